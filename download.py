@@ -1,0 +1,89 @@
+"""
+One careful file download, shared by model.py (GPT-2 weights) and the prepare scripts (datasets).
+
+- A file already at `path` is trusted and no request is made (the cache).
+- Bytes go to `path + ".incomplete"` first; an interrupted download resumes from there with an HTTP Range
+  request, and only a complete, verified file is moved into place with os.replace. So a crash, a Ctrl-C
+  or a full disk never leaves a half-written file under the real name, where a later run would trust it.
+- The file is checked against a sha256 when one is known: given by the caller, or sent by the server
+  (the Hugging Face hub sends it as `X-Linked-Etag` for large files). A mismatch deletes the bytes and raises.
+"""
+
+import hashlib
+import os
+import re
+
+import requests
+from tqdm import tqdm
+
+CHUNK = 1 << 20
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_from_headers(response: requests.Response) -> str | None:
+    # The hub answers /resolve/ for large files with a redirect whose headers carry X-Linked-Etag = the sha256
+    # of the content; small files carry it (or a git sha1, which we must not mistake for it) in ETag.
+    for r in [*response.history, response]:
+        for name in ("X-Linked-Etag", "ETag"):
+            value = r.headers.get(name, "")
+            value = value.removeprefix("W/").strip('"')
+            if re.fullmatch(r"[0-9a-f]{64}", value):
+                return value
+    return None
+
+
+def download(url: str, path: str, sha256: str | None = None, desc: str | None = None) -> str:
+    """Download url to path (cached, resumable, verified, atomic). Returns path."""
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".incomplete"
+    have = os.path.getsize(partial) if os.path.exists(partial) else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        response = requests.get(url, stream=True, headers=headers, timeout=30)
+    except requests.RequestException as e:
+        raise RuntimeError(
+            f"could not download {url} ({type(e).__name__}). If this machine is offline, "
+            f"put the file there yourself: {path}"
+        ) from None
+    with response:
+        if response.status_code == 416:  # the partial file is already complete (or bigger than the file)
+            response = None
+        elif response.status_code == 404:
+            raise FileNotFoundError(f"{url} does not exist (HTTP 404)")
+        elif response.status_code not in (200, 206):
+            raise RuntimeError(f"could not download {url}: HTTP {response.status_code}. Put the file at {path}")
+        if response is not None:
+            if response.status_code == 200:
+                have = 0  # the server ignored our Range header: start again from byte 0
+            expected = sha256 or _sha256_from_headers(response)
+            total = int(response.headers.get("Content-Length", 0)) + have or None
+            with open(partial, "ab" if have else "wb") as f, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=desc or os.path.basename(path),
+            ) as bar:
+                try:
+                    for block in response.iter_content(CHUNK):
+                        f.write(block)
+                        bar.update(len(block))
+                except requests.RequestException as e:
+                    raise RuntimeError(
+                        f"download of {url} was cut off ({type(e).__name__}); run again to resume from {partial}"
+                    ) from None
+        else:
+            expected = sha256
+    if expected is not None:
+        got = sha256_of(partial)
+        if got != expected:
+            os.remove(partial)  # never keep bytes we know are wrong; the next call starts afresh
+            raise RuntimeError(f"sha256 mismatch for {url}: expected {expected}, got {got}. Nothing was saved.")
+    os.replace(partial, path)
+    return path

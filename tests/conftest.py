@@ -1,0 +1,41 @@
+"""Shared test fixtures: the real GPT-2 BPE files and data from ../shared, when that folder is present."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+sys.path.insert(0, ROOT)
+
+# tiktoken looks for its GPT-2 files in $TIKTOKEN_CACHE_DIR under sha1(url) names (see ../shared/README.md).
+_TIKTOKEN_FILES = {
+    "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
+    "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
+}
+HAVE_BPE = all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in _TIKTOKEN_FILES)
+ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
+SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
+
+
+def pytest_configure(config):
+    # Populate a tiktoken cache once per run and point every test (and its subprocesses) at it.
+    if HAVE_BPE and "TIKTOKEN_CACHE_DIR" not in os.environ:
+        cache = os.path.join(ROOT, ".pytest_cache", "tiktoken")
+        os.makedirs(cache, exist_ok=True)
+        for name, sha1 in _TIKTOKEN_FILES.items():
+            dest = os.path.join(cache, sha1)
+            if not os.path.exists(dest):
+                shutil.copy(os.path.join(SHARED, "gpt2", name), dest)
+        os.environ["TIKTOKEN_CACHE_DIR"] = cache
+
+
+needs_bpe = pytest.mark.skipif(not HAVE_BPE, reason="needs ../shared/data/gpt2 (the GPT-2 BPE files)")
+needs_alpaca = pytest.mark.skipif(
+    not (HAVE_BPE and os.path.exists(ALPACA_5000)), reason="needs ../shared/data (GPT-2 BPE + alpaca_5000.json)"
+)
+needs_shakespeare = pytest.mark.skipif(
+    not (HAVE_BPE and os.path.exists(SHAKESPEARE)), reason="needs ../shared/data (GPT-2 BPE + tinyshakespeare)"
+)
