@@ -1,0 +1,176 @@
+"""
+Chat templates: how a conversation becomes token ids, and which of those ids the model learns to predict.
+
+A template wraps each turn in markers so the model can tell who is speaking and, above all, where its own
+answer ends. ChatML (the default) looks like this:
+
+    <|im_start|>user
+    What is the capital of France?<|im_end|>
+    <|im_start|>assistant
+    Paris.<|im_end|>
+
+`encode` returns the ids and a loss mask: mask[i] == 1 exactly where ids[i] is a training target. Targets are
+the assistant's content and its closing end token (so the model learns to stop); the system and user turns,
+the role headers and the newlines between turns are context only. The markers are special tokens added to
+GPT-2's vocabulary (<|im_start|> = 50257, <|im_end|> = 50258) and are inserted by id. Message content is
+encoded as plain text, so a literal "<|im_end|>" typed by a user is just ordinary characters: data can never
+close a turn or forge one.
+
+Run `python chat_template.py` to see an example with its targets coloured.
+"""
+
+import functools
+import sys
+
+import tiktoken
+
+EOT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = {EOT: 50256, IM_START: 50257, IM_END: 50258}  # GPT-2 has 0..50256; ours follow on
+TEMPLATES = ("chatml", "alpaca", "llama2")
+ROLES = ("system", "user", "assistant")
+
+# Stanford Alpaca's preamble (their no-input prompt); a system message replaces it.
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+
+@functools.cache
+def get_tokenizer() -> tiktoken.Encoding:
+    """GPT-2's BPE plus the chat special tokens, extended the way tiktoken's README documents."""
+    try:
+        gpt2 = tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken downloads its files on first use; offline that fails deep in requests
+        raise RuntimeError(
+            f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Offline, pre-fill its cache: "
+            "see 'Offline use' in README.md (TIKTOKEN_CACHE_DIR)."
+        ) from e
+    return tiktoken.Encoding(
+        name="gpt2_chat",
+        pat_str=gpt2._pat_str,
+        mergeable_ranks=gpt2._mergeable_ranks,
+        special_tokens=SPECIAL_TOKENS,
+    )
+
+
+def end_token(template: str) -> int:
+    """The id that closes an assistant turn: what generation stops at."""
+    _check_template(template)
+    return SPECIAL_TOKENS[IM_END] if template == "chatml" else SPECIAL_TOKENS[EOT]
+
+
+def _check_template(template: str) -> None:
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
+        if m["role"] == "system" and i != 0:
+            raise ValueError(f"message {i}: a system message may only come first")
+
+
+def _segments(messages, template, add_generation_prompt=False):
+    """The conversation as a list of (piece, is_target): piece is plain text or a special token's id."""
+    _check_template(template)
+    _check_messages(messages)
+    eot, im_start, im_end = SPECIAL_TOKENS[EOT], SPECIAL_TOKENS[IM_START], SPECIAL_TOKENS[IM_END]
+    out = []
+    if template == "chatml":
+        for m in messages:
+            is_assistant = m["role"] == "assistant"
+            out += [(im_start, False), (m["role"] + "\n", False), (m["content"], is_assistant),
+                    (im_end, is_assistant), ("\n", False)]
+        if add_generation_prompt:
+            out += [(im_start, False), ("assistant\n", False)]
+    elif template == "alpaca":
+        # Below is an instruction...\n\n### Instruction:\n{user}\n\n### Response:\n{assistant}<|endoftext|>
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ALPACA_PREAMBLE
+        out.append((system, False))
+        for m in messages:
+            if m["role"] == "user":
+                out.append(("\n\n### Instruction:\n" + m["content"], False))
+            elif m["role"] == "assistant":
+                out += [("\n\n### Response:\n", False), (m["content"], True), (eot, True)]
+        if add_generation_prompt:
+            out.append(("\n\n### Response:\n", False))
+    else:  # llama2: [INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant}<|endoftext|>
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        first_user = True
+        for m in messages:
+            if m["role"] == "user":
+                sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system is not None and first_user else ""
+                out.append((f"[INST] {sys_block}{m['content']} [/INST] ", False))
+                first_user = False
+            elif m["role"] == "assistant":
+                out += [(m["content"], True), (eot, True)]
+    return out
+
+
+def render(messages, template: str = "chatml", add_generation_prompt: bool = False) -> str:
+    """The conversation as text, special tokens written out."""
+    id_to_special = {v: k for k, v in SPECIAL_TOKENS.items()}
+    segs = _segments(messages, template, add_generation_prompt)
+    return "".join(id_to_special[p] if isinstance(p, int) else p for p, _ in segs)
+
+
+def encode(messages, template: str = "chatml", train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """ids and loss mask (1 where ids[i] is a training target). train_on_prompt=True makes every token a target."""
+    enc = get_tokenizer()
+    ids, mask = [], []
+    for piece, is_target in _segments(messages, template):
+        piece_ids = [piece] if isinstance(piece, int) else enc.encode_ordinary(piece)  # data stays plain text
+        ids += piece_ids
+        mask += [1 if (is_target or train_on_prompt) else 0] * len(piece_ids)
+    return ids, mask
+
+
+def encode_prompt(messages, template: str = "chatml") -> list[int]:
+    """Everything up to and including the assistant header: what the model continues at inference time.
+
+    Built from the same pieces as encode, so it is exactly the prefix the model saw in training.
+    """
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        raise ValueError("encode_prompt: the last message is the assistant's; the prompt should end with the user")
+    enc = get_tokenizer()
+    ids = []
+    for piece, _ in _segments(messages, template, add_generation_prompt=True):
+        ids += [piece] if isinstance(piece, int) else enc.encode_ordinary(piece)
+    return ids
+
+
+def show_mask(ids, mask, color: bool = True) -> str:
+    """The loss-masking picture: context tokens dimmed, target tokens green and underlined."""
+    enc = get_tokenizer()
+    out = []
+    for i, m in zip(ids, mask, strict=True):
+        text = enc.decode([i]).replace("\n", "\\n\n")
+        if color:
+            out.append(f"\033[4;32m{text}\033[0m" if m else f"\033[2m{text}\033[0m")
+        else:
+            out.append(f"[{text}]" if m else text)
+    return "".join(out)
+
+
+if __name__ == "__main__":
+    template = sys.argv[1] if len(sys.argv) > 1 else "chatml"
+    example = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Name three primary colours."},
+        {"role": "assistant", "content": "Red, yellow and blue."},
+    ]
+    ids, mask = encode(example, template)
+    print(f"--- rendered ({template}) ---")
+    print(render(example, template))
+    print("--- token ids ---")
+    print(ids)
+    print("--- loss mask: dim = context (label -100), green = target the model learns to predict ---")
+    print(show_mask(ids, mask, color=sys.stdout.isatty()))
+    print(f"\n{sum(mask)} of {len(ids)} tokens are targets: the answer and its end token "
+          f"{get_tokenizer().decode([end_token(template)])!r}, nothing else.")
