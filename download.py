@@ -55,16 +55,22 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
             f"put the file there yourself: {path}"
         ) from None
     with response:
-        if response.status_code == 416:  # the partial file is already complete (or bigger than the file)
-            response = None
-        elif response.status_code == 404:
+        if response.status_code == 404:
             raise FileNotFoundError(f"{url} does not exist (HTTP 404)")
-        elif response.status_code not in (200, 206):
+        if response.status_code not in (200, 206, 416):
             raise RuntimeError(f"could not download {url}: HTTP {response.status_code}. Put the file at {path}")
-        if response is not None:
+        expected = sha256 or _sha256_from_headers(response)
+        if response.status_code == 416:
+            # Nothing left to send after our partial file. Trust it only if it is exactly the remote size;
+            # anything else is stale bytes of another version of the file.
+            remote_size = response.headers.get("Content-Range", "").rpartition("/")[2]
+            if not remote_size.isdigit() or int(remote_size) != have:
+                os.remove(partial)
+                raise RuntimeError(f"stale partial download of {url} removed ({have} bytes, remote "
+                                   f"{remote_size or 'unknown'}); run again to download afresh")
+        else:
             if response.status_code == 200:
                 have = 0  # the server ignored our Range header: start again from byte 0
-            expected = sha256 or _sha256_from_headers(response)
             total = int(response.headers.get("Content-Length", 0)) + have or None
             with open(partial, "ab" if have else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
@@ -78,8 +84,6 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
                     raise RuntimeError(
                         f"download of {url} was cut off ({type(e).__name__}); run again to resume from {partial}"
                     ) from None
-        else:
-            expected = sha256
     if expected is not None:
         got = sha256_of(partial)
         if got != expected:

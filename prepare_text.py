@@ -1,0 +1,118 @@
+"""
+Prepare a plain-text corpus (Tiny Shakespeare by default) for pretraining: text -> GPT-2 BPE token ids.
+
+    python prepare_text.py                                    # downloads input.txt into data/shakespeare
+    python prepare_text.py --input my_book.txt --out_dir data/my_book
+
+Output, in out_dir (nanoGPT's format): train.bin and val.bin, np.uint16 token ids, plus meta.json (written
+last). The first (1 - val_fraction) of the text's characters are train, the rest val. Plain text has no
+turns, so there is no template and no loss mask: every token is a target. Special-token strings in the text
+("<|endoftext|>") are encoded as the ordinary characters they are.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+import chat_template
+from download import download
+
+DEFAULT_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def read_text(path: str) -> str:
+    if not os.path.isfile(path):
+        raise ValueError(f"input file {path!r} does not exist (or is not a file)")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte {data[e.start]:#04x} at offset {e.start}. Convert it first, "
+            f"e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty (or only whitespace): there is nothing to train on")
+    return text
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write under a temporary name, then rename: `path` never holds a half-written file."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def prepare(
+    input_path: str | None = None,
+    url: str = DEFAULT_URL,
+    out_dir: str = "data/shakespeare",
+    val_fraction: float = 0.1,
+) -> dict:
+    """Tokenise one text file into train.bin / val.bin. Returns the meta dict saved as meta.json."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"--val_fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
+    if input_path is not None:
+        source, path = input_path, input_path
+    else:
+        source, path = url, download(url, os.path.join(out_dir, "input.txt"))
+    text = read_text(path)
+
+    # Split the characters, then tokenise each part: the two files never share a token.
+    split_at = int(len(text) * (1 - val_fraction))
+    enc = chat_template.get_tokenizer()
+    train_ids = np.array(enc.encode_ordinary(text[:split_at]), dtype=np.uint16)
+    val_ids = np.array(enc.encode_ordinary(text[split_at:]), dtype=np.uint16)
+    if len(train_ids) == 0 or len(val_ids) == 0:
+        raise ValueError(
+            f"{path} is too short ({len(text)} characters) to split into non-empty train and val parts"
+        )
+
+    meta = {
+        "template": "none",
+        "tokenizer": enc.name,
+        "vocab_size": enc.n_vocab,
+        "end_token": chat_template.SPECIAL_TOKENS[chat_template.EOT],
+        "source": source,
+        "n_train_tokens": len(train_ids),
+        "n_val_tokens": len(val_ids),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # meta.json present means the .bin files beside it are complete and match it
+    write_atomically(os.path.join(out_dir, "train.bin"), train_ids.tobytes())
+    write_atomically(os.path.join(out_dir, "val.bin"), val_ids.tobytes())
+    write_atomically(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+
+    print(f"read {len(text):,} characters from {source}")
+    print(f"train: {len(train_ids):,} tokens, val: {len(val_ids):,} tokens")
+    print(f"wrote {os.path.join(out_dir, 'train.bin')}, val.bin and meta.json")
+    return meta
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--input", help="a local UTF-8 text file (instead of downloading --url)")
+    parser.add_argument("--url", default=DEFAULT_URL, help="where to download the text when --input is not given")
+    parser.add_argument("--out_dir", default="data/shakespeare")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="the last this much of the text is val")
+    args = parser.parse_args()
+    try:
+        prepare(input_path=args.input, url=args.url, out_dir=args.out_dir, val_fraction=args.val_fraction)
+    except (ValueError, RuntimeError, OSError) as e:  # bad input, failed download, unwritable out_dir
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

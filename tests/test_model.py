@@ -1,0 +1,441 @@
+"""model.py against an independent reference: Hugging Face's GPT2LMHeadModel (random weights, tiny configs).
+
+Every checkpoint here is written by transformers' own save_pretrained and read back by GPT.from_pretrained;
+logits, losses and generated tokens are compared with what transformers computes from the same weights.
+"""
+
+import itertools
+import json
+import math
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+
+from model import GPT, GPTConfig, cross_entropy
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+# Unlike GPT-2 on purpose (layers, heads, width, context, vocabulary), so no shape can be hard-coded.
+CONFIGS = {
+    "3l-4h-64e-v300": dict(n_layer=3, n_head=4, n_embd=64, n_positions=128, vocab_size=300),
+    "2l-2h-48e-v1000": dict(n_layer=2, n_head=2, n_embd=48, n_positions=64, vocab_size=1000),
+}
+ATOL_LOGITS = 1e-4
+ATOL_LOSS = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting turns
+    each ~10 us op into milliseconds (seconds per test). Restored afterwards for the other test files."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_hf(seed: int = 0, **kw) -> GPT2LMHeadModel:
+    """A random GPT2LMHeadModel whose logits are decisive (no near-tied argmax) and whose every tensor matters."""
+    torch.manual_seed(seed)
+    config = GPT2Config(initializer_range=0.5, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
+    hf = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        # HF starts biases at 0 and LayerNorm gains at 1: a bias never loaded (or a gain swapped with a bias)
+        # would go unnoticed. Make them random too.
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if name.endswith(".weight") else 0.0) + 0.2 * torch.randn_like(p))
+    return hf.eval()
+
+
+def save_hf(hf: GPT2LMHeadModel, folder) -> str:
+    hf.save_pretrained(str(folder))
+    assert os.path.exists(os.path.join(folder, "model.safetensors"))
+    return str(folder)
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def ckpt(request, tmp_path_factory):
+    """(hf model, folder holding its save_pretrained checkpoint), for each config."""
+    hf = make_hf(seed=1, **CONFIGS[request.param])
+    return hf, save_hf(hf, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The first config only: for the generation tests, which compare many sequences."""
+    hf = make_hf(seed=2, **CONFIGS["3l-4h-64e-v300"])
+    folder = save_hf(hf, tmp_path_factory.mktemp("small"))
+    model = GPT.from_pretrained(folder).eval()
+    return hf, folder, model
+
+
+def hf_logits(hf, idx):
+    with torch.no_grad():
+        return hf(idx).logits
+
+
+def ours_logits(model, idx):
+    with torch.no_grad():
+        return model.eval()(idx)[0]
+
+
+def random_idx(vocab, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, shape, generator=g)
+
+
+def hf_greedy(hf, idx, n):
+    out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n,
+                      do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert out.shape == (idx.size(0), idx.size(1) + n), "transformers stopped early: the reference is unusable"
+    return out
+
+
+def assert_tied(model):
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parity with transformers: logits, loss, greedy generation
+
+
+def test_logits_and_loss_match_transformers(ckpt):
+    hf, folder = ckpt
+    cfg = hf.config
+    model = GPT.from_pretrained(folder).eval()
+    assert (model.config.n_layer, model.config.n_head, model.config.n_embd) == (cfg.n_layer, cfg.n_head, cfg.n_embd)
+    assert (model.config.block_size, model.config.vocab_size) == (cfg.n_positions, cfg.vocab_size)
+
+    idx = random_idx(cfg.vocab_size, (3, cfg.n_positions), seed=3)  # the full context window
+    ref = hf_logits(hf, idx)
+    logits = ours_logits(model, idx)
+    assert logits.shape == ref.shape
+    assert (logits - ref).abs().max().item() < ATOL_LOGITS
+    # The weights must be decisive for the generation tests to mean anything.
+    top2 = ref.topk(2, dim=-1).values
+    assert (top2[..., 0] - top2[..., 1]).median() > 0.1
+
+    # Loss: HF shifts its labels itself; our targets are already shifted (targets[t] follows idx[t]).
+    labels = random_idx(cfg.vocab_size, idx.shape, seed=4)
+    labels[0, :20] = -100  # a masked prompt
+    labels[1, 5::3] = -100  # scattered holes
+    labels[2, :] = -100  # a fully masked row
+    with torch.no_grad():
+        ref_loss = hf(idx, labels=labels).loss
+        targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        _, loss = model(idx, targets)
+    assert torch.isfinite(loss)
+    assert abs(loss.item() - ref_loss.item()) < ATOL_LOSS
+
+
+def test_greedy_generate_matches_transformers(ckpt):
+    hf, folder = ckpt
+    model = GPT.from_pretrained(folder)
+    idx = random_idx(hf.config.vocab_size, (2, 9), seed=5)
+    ref = hf_greedy(hf, idx, 32)
+    out = model.generate(idx, 32, temperature=0)
+    assert torch.equal(out, ref)
+    assert torch.equal(model.generate(idx, 32, temperature=0, use_cache=False), ref)
+
+
+def test_sampling_matches_transformers_with_the_same_seed(small):
+    """Temperature, then top-k, then top-p, then one multinomial draw: the same recipe as transformers, so
+    with the global RNG seeded alike the samples agree (this checks which tokens top-k/top-p keep)."""
+    hf, _, model = small
+    idx = random_idx(hf.config.vocab_size, (3, 6), seed=6)
+    for temperature, top_k, top_p in [(0.8, 20, 0.9), (1.3, None, 0.7), (0.9, 5, None)]:
+        torch.manual_seed(123)
+        ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=24, min_new_tokens=24,
+                          do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
+                          pad_token_id=0, eos_token_id=None)
+        torch.manual_seed(123)
+        out = model.generate(idx, 24, temperature=temperature, top_k=top_k, top_p=top_p)
+        assert torch.equal(out, ref), (temperature, top_k, top_p)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint layouts and bad checkpoints
+
+
+def test_pytorch_model_bin_layout_loads_the_same(ckpt, tmp_path):
+    hf, folder = ckpt
+    # transformers 5 always writes safetensors; the older pickle layout is its state dict under this name.
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    shutil.copy(os.path.join(folder, "config.json"), tmp_path / "config.json")
+    assert not (tmp_path / "model.safetensors").exists()
+    model = GPT.from_pretrained(str(tmp_path))
+    idx = random_idx(hf.config.vocab_size, (2, 17), seed=7)
+    assert (ours_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
+    assert_tied(model)
+
+
+def test_keys_without_transformer_prefix_load(ckpt, tmp_path):
+    """openai-community/gpt2's own file: `h.0.attn.c_attn.weight`, `wte.weight`, plus the attn.bias mask buffers."""
+    hf, folder = ckpt
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    stripped = {k.removeprefix("transformer."): v.contiguous() for k, v in state.items()}
+    assert "wte.weight" in stripped and "h.0.attn.c_attn.weight" in stripped
+    n = hf.config.n_positions
+    for i in range(hf.config.n_layer):  # the causal-mask buffers old GPT-2 checkpoints carry
+        stripped[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+    save_file(stripped, str(tmp_path / "model.safetensors"))
+    shutil.copy(os.path.join(folder, "config.json"), tmp_path / "config.json")
+    model = GPT.from_pretrained(str(tmp_path))
+    idx = random_idx(hf.config.vocab_size, (2, 17), seed=8)
+    assert (ours_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
+    assert_tied(model)
+
+
+def _write_checkpoint(folder, state, config_json):
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(folder, "model.safetensors"))
+    shutil.copy(config_json, os.path.join(folder, "config.json"))
+    return str(folder)
+
+
+def test_bad_checkpoint_names_every_bad_key(small, tmp_path):
+    _, folder, _ = small
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    del state["transformer.h.1.ln_2.bias"]  # missing
+    state["transformer.h.0.attn.rotary.weight"] = torch.zeros(4)  # unexpected
+    state["transformer.h.2.mlp.c_fc.bias"] = torch.zeros(7)  # wrong shape
+    bad = _write_checkpoint(tmp_path, state, os.path.join(folder, "config.json"))
+    with pytest.raises(ValueError) as e:
+        GPT.from_pretrained(bad)
+    msg = str(e.value)
+    for key in ("h.1.ln_2.bias", "transformer.h.0.attn.rotary.weight", "h.2.mlp.c_fc.bias"):
+        assert key in msg, f"{key} not named in: {msg}"
+
+
+@pytest.mark.parametrize("width", [1, 72], ids=["broadcastable", "too-wide"])
+def test_misshaped_wte_is_rejected_even_when_growing_the_vocabulary(small, tmp_path, width):
+    """The vocabulary-growth branch of _load_hf_weights copies wte without the shape check every other tensor
+    gets: a wte of the right row count but the wrong width must still be a ValueError that names it (width 1
+    broadcasts into (V, n_embd) and loads silently; a wider one dies in copy_ with a RuntimeError)."""
+    _, folder, _ = small
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    V, C = state["transformer.wte.weight"].shape
+    assert width != C
+    state["transformer.wte.weight"] = torch.zeros(V, width)
+    bad = _write_checkpoint(tmp_path, state, os.path.join(folder, "config.json"))
+    with pytest.raises(ValueError, match="wte.weight"):
+        GPT.from_pretrained(bad)  # without growth: the ordinary shape check catches it
+    with pytest.raises(ValueError, match="wte.weight"):
+        GPT.from_pretrained(bad, vocab_size=V + 20)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weight tying and vocabulary growth
+
+
+def test_weight_tying_and_vocabulary_growth(ckpt):
+    hf, folder = ckpt
+    V = hf.config.vocab_size
+    assert_tied(GPT.from_pretrained(folder))
+
+    model = GPT.from_pretrained(folder, vocab_size=V + 37).eval()
+    assert_tied(model)
+    assert model.config.vocab_size == V + 37
+    wte_ref = hf.transformer.wte.weight.detach()
+    wte = model.transformer.wte.weight.detach()
+    assert wte.shape == (V + 37, hf.config.n_embd)
+    assert torch.equal(wte[:V], wte_ref)
+    torch.testing.assert_close(wte[V:], wte_ref.mean(dim=0, keepdim=True).expand(37, -1), rtol=0, atol=1e-6)
+
+    idx = random_idx(V, (2, 21), seed=9)
+    logits = ours_logits(model, idx)
+    assert logits.shape[-1] == V + 37
+    assert (logits[..., :V] - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
+
+    with pytest.raises(ValueError, match="smaller"):
+        GPT.from_pretrained(folder, vocab_size=V - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation: KV cache, stop tokens, sampling filters
+
+
+def test_kv_cache_matches_no_cache_batch_of_one(small):
+    hf, _, model = small
+    idx = random_idx(hf.config.vocab_size, (1, 11), seed=10)
+    ref = hf_greedy(hf, idx, 60)
+    streamed = []
+    cached = model.generate(idx, 60, temperature=0, on_token=streamed.append)
+    assert torch.equal(cached, ref)
+    assert torch.equal(model.generate(idx, 60, temperature=0, use_cache=False), ref)
+    assert torch.equal(torch.stack(streamed, dim=1), cached[:, idx.size(1):])  # on_token sees every column
+    # A one-token prompt (prefill of length 1) too.
+    assert torch.equal(model.generate(idx[:, :1], 20, temperature=0), hf_greedy(hf, idx[:, :1], 20))
+
+
+def _pick_stop_tokens(new: list[list[int]]):
+    """Stop tokens (one per row) under which every row stops at a different step, as far apart as possible."""
+    n = len(new[0])
+    candidates = [list(dict.fromkeys(row[1 : n - 4]))[:10] for row in new]  # distinct, by first appearance
+    best = None
+    for combo in itertools.product(*candidates):
+        stops = set(combo)
+        at = [next(i for i, t in enumerate(row) if t in stops) for row in new]
+        gap = min(b - a for a, b in itertools.pairwise(sorted(at)))
+        if gap > 0 and min(at) >= 1 and (best is None or gap > best[0]):
+            best = gap, combo, at
+    assert best is not None, f"no stop tokens give distinct stop steps for {new}"
+    return best[1], best[2]
+
+
+def test_kv_cache_matches_no_cache_with_rows_stopping_at_different_steps(small):
+    hf, _, model = small
+    B, T, n = 3, 8, 30
+    idx = random_idx(hf.config.vocab_size, (B, T), seed=11)
+    free = hf_greedy(hf, idx, n)[:, T:].tolist()  # the reference continuations, no stop tokens
+    stop_tokens, at = _pick_stop_tokens(free)
+    length = max(at) + 1  # generation ends once every row has stopped
+    expected = torch.tensor([row[: s + 1] + [row[s]] * (length - s - 1) for row, s in zip(free, at, strict=True)])
+    expected = torch.cat([idx, expected], dim=1)
+
+    cached = model.generate(idx, n, temperature=0, stop_tokens=stop_tokens)
+    uncached = model.generate(idx, n, temperature=0, stop_tokens=stop_tokens, use_cache=False)
+    assert torch.equal(uncached, expected)
+    assert torch.equal(cached, expected)
+    for r, s in enumerate(at):  # each row: its stop token at step s, then only that token
+        new = cached[r, T:]
+        assert new[s].item() in stop_tokens
+        assert not any(t in stop_tokens for t in new[:s].tolist())
+        assert (new[s:] == new[s]).all()
+
+
+def _greedy_sliding_window(hf, idx, n, block_size):
+    """Greedy decoding past the context window with transformers: each step reruns the last block_size tokens."""
+    with torch.no_grad():
+        for _ in range(n):
+            next_id = hf(idx[:, -block_size:]).logits[:, -1].argmax(dim=-1, keepdim=True)
+            idx = torch.cat([idx, next_id], dim=1)
+    return idx
+
+
+def test_generation_past_block_size_falls_back_and_matches(small):
+    hf, _, model = small
+    block = model.config.block_size
+    idx = random_idx(hf.config.vocab_size, (2, block - 20), seed=12)
+    ref = _greedy_sliding_window(hf, idx, 45, block)  # 25 steps past the window
+    assert torch.equal(model.generate(idx, 45, temperature=0, use_cache=False), ref)
+    assert torch.equal(model.generate(idx, 45, temperature=0), ref)
+    # A prompt already longer than the window.
+    long = random_idx(hf.config.vocab_size, (1, block + 5), seed=13)
+    ref = _greedy_sliding_window(hf, long, 10, block)
+    assert torch.equal(model.generate(long, 10, temperature=0), ref)
+
+
+def test_seeded_sampling_is_the_same_with_and_without_cache(small):
+    hf, _, model = small
+    idx = random_idx(hf.config.vocab_size, (3, 7), seed=14)
+    outs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(77)
+        outs.append(model.generate(idx, 40, temperature=0.8, top_k=40, top_p=0.9, generator=g, use_cache=use_cache))
+    assert torch.equal(outs[0], outs[1])
+    g = torch.Generator().manual_seed(78)
+    other = model.generate(idx, 40, temperature=0.8, top_k=40, top_p=0.9, generator=g)
+    assert not torch.equal(other, outs[0])  # the generator is really what drives the draws
+
+
+def test_generate_vocab_size_never_samples_padded_rows(small):
+    hf, folder, _ = small
+    V = hf.config.vocab_size
+    model = GPT.from_pretrained(folder, vocab_size=V + 20)
+    with torch.no_grad():  # make the padded rows the most likely by far
+        model.transformer.wte.weight[V:] = 100.0 * torch.randn(20, model.config.n_embd,
+                                                               generator=torch.Generator().manual_seed(0))
+    idx = random_idx(V, (4, 5), seed=15)
+    unrestricted = model.generate(idx, 8, temperature=0)
+    assert (unrestricted[:, 5:] >= V).any(), "the padded rows should win without vocab_size: test is vacuous"
+    for kw in (dict(temperature=0), dict(temperature=1.0), dict(temperature=2.0, top_k=50, top_p=0.99)):
+        g = torch.Generator().manual_seed(1)
+        out = model.generate(idx, 30, vocab_size=V, generator=g, **kw)
+        assert (out[:, 5:] < V).all(), kw
+    # and the greedy ids with vocab_size are transformers' greedy ids on the unpadded checkpoint
+    assert torch.equal(model.generate(idx, 20, temperature=0, vocab_size=V), hf_greedy(hf, idx, 20))
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(small):
+    hf, _, model = small
+    idx = random_idx(hf.config.vocab_size, (3, 6), seed=16)
+    greedy = hf_greedy(hf, idx, 25)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.generate(idx, 25, temperature=1.5, top_k=1, generator=g), greedy)
+    assert torch.equal(model.generate(idx, 25, temperature=1.5, top_p=1e-9, generator=g), greedy)
+
+
+def test_generate_restores_training_mode(small):
+    _, folder, _ = small
+    model = GPT.from_pretrained(folder).train()
+    model.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=0)
+    assert model.training
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_untrained_loss_is_log_vocab():
+    torch.manual_seed(0)
+    V = 500
+    model = GPT(GPTConfig(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32))
+    idx = random_idx(V, (8, 32), seed=17)
+    targets = random_idx(V, (8, 32), seed=18)
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(V)) < 0.1
+
+
+def test_all_masked_batch_gives_zero_loss_and_zero_grads():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    loss = cross_entropy(logits, torch.full((2, 5), -100))
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad == 0).all()
+
+    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
+    idx = torch.randint(0, 50, (2, 8))
+    _, loss = model(idx, torch.full((2, 8), -100))
+    assert loss.item() == 0.0
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad == 0).all(), name
+
+
+def test_loss_ignores_masked_positions():
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(3, 7, 13)
+    targets = torch.randint(0, 13, (3, 7))
+    targets[0, :4] = -100
+    targets[2, 1::2] = -100
+    keep = targets != -100
+    logp = F.log_softmax(logits[keep].double(), dim=-1)  # only the unmasked positions
+    by_hand = -logp.gather(1, targets[keep][:, None]).mean()
+    assert abs(cross_entropy(logits, targets).item() - by_hand.item()) < 1e-5
+    # The logits at masked positions do not matter at all.
+    scrambled = logits.clone()
+    scrambled[~keep] = 1e4 * torch.randn_like(scrambled[~keep])
+    assert cross_entropy(scrambled, targets).item() == cross_entropy(logits, targets).item()
+
+
+def test_config_json_is_read_not_assumed(tmp_path):
+    """layer_norm_epsilon and n_positions come from config.json (transformers honours them too)."""
+    hf = make_hf(seed=3, n_layer=1, n_head=2, n_embd=32, n_positions=40, vocab_size=120, layer_norm_epsilon=1e-2)
+    folder = save_hf(hf, tmp_path)
+    with open(os.path.join(folder, "config.json")) as f:
+        assert json.load(f)["layer_norm_epsilon"] == 1e-2
+    model = GPT.from_pretrained(folder)
+    assert model.config.block_size == 40
+    assert model.config.layer_norm_epsilon == 1e-2
+    idx = random_idx(120, (2, 40), seed=19)
+    assert (ours_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
