@@ -1,0 +1,27 @@
+# Instruction-tune GPT-2 124M on the full Stanford Alpaca set (52K records) in ChatML. Made for one GPU.
+#   python train_sft.py configs/gpt2_alpaca.py
+#   torchrun --standalone --nproc_per_node=8 train_sft.py configs/gpt2_alpaca.py --gradient_accumulation_steps=1
+# Recipe: Stanford Alpaca's (3 epochs, cosine schedule, 3% warmup, no weight decay, global batch 128) with
+# the learning rate raised from their 2e-5 (for 7B parameters) to 5e-5, the value used for GPT-2 124M in
+# "Build a Large Language Model (From Scratch)", ch. 7; smaller models want larger learning rates.
+# 3 epochs of ~49.4K training examples at 128 per step = 1,158 steps (~4.3M tokens, 68% of them targets).
+# Expected cost (estimated from FLOPs, not yet measured here, see BENCHMARKS.md): ~5-10 minutes on one
+# A100/H100 with dtype='auto' (bf16) and compile=True; peak memory ~6 GB at batch 16. Use
+# --init_from=gpt2-medium (355M) with --batch_size=8 --gradient_accumulation_steps=16 for a better model.
+out_dir = "out/gpt2_alpaca"
+init_from = "gpt2"
+data_dir = "data/alpaca"
+batch_size = 16
+gradient_accumulation_steps = 8  # 16 x 8 = 128 examples per step on one GPU
+max_iters = 1158
+eval_interval = 100
+eval_iters = 40
+learning_rate = 5e-5
+min_lr = 5e-6
+warmup_iters = 35  # 3% of the steps
+weight_decay = 0.0
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0
+dropout = 0.0
+compile = True

@@ -1,0 +1,53 @@
+"""
+Settings for the training scripts, nanoGPT style: defaults in the script, then a config file, then overrides.
+
+    python train_sft.py configs/gpt2_alpaca.py --batch_size=4 --max_iters=100
+
+A config file is plain Python assignments. Every key must already exist in the script's defaults and keep
+its type (an int may stand for a float), so a typo such as --learing_rate=1e-4 stops the run at once,
+listing the valid keys, instead of silently training with the default.
+"""
+
+import ast
+import difflib
+import types
+
+
+def load_config(defaults: dict, argv: list[str]) -> dict:
+    config = dict(defaults)
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, raw = arg[2:].partition("=")
+            if not sep:
+                raise SystemExit(f"{arg}: expected --key=value")
+            try:
+                value = ast.literal_eval(raw)  # numbers, True/False, None, quoted strings, lists
+            except (ValueError, SyntaxError):
+                value = raw  # a bare word such as --init_from=gpt2 is a string
+            _set(config, key, value, arg)
+        else:
+            print(f"config file: {arg}")
+            with open(arg) as f:
+                source = f.read()
+            values = {}
+            exec(compile(source, arg, "exec"), {}, values)
+            for key, value in values.items():
+                if not key.startswith("_") and not isinstance(value, types.ModuleType):
+                    _set(config, key, value, arg)
+    return config
+
+
+def _set(config: dict, key: str, value, where: str) -> None:
+    if key not in config:
+        close = difflib.get_close_matches(key, config, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SystemExit(f"{where}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(config))}")
+    default = config[key]
+    if type(value) is int and type(default) is float:
+        value = float(value)
+    if default is not None and type(value) is not type(default):
+        raise SystemExit(
+            f"{where}: {key} must be a {type(default).__name__} (default {default!r}), "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    config[key] = value
