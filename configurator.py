@@ -10,6 +10,7 @@ listing the valid keys, instead of silently training with the default.
 
 import ast
 import difflib
+import os
 import types
 
 
@@ -26,6 +27,8 @@ def load_config(defaults: dict, argv: list[str]) -> dict:
                 value = raw  # a bare word such as --init_from=gpt2 is a string
             _set(config, key, value, arg)
         else:
+            if arg.startswith("-") or not os.path.isfile(arg):
+                raise SystemExit(f"{arg}: expected a config file (e.g. configs/gpt2_alpaca.py) or --key=value")
             print(f"config file: {arg}")
             with open(arg) as f:
                 source = f.read()

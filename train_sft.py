@@ -109,7 +109,8 @@ if init_from == "resume" or init_from.endswith(".pt") or os.path.exists(os.path.
         ckpt_path = os.path.join(ckpt_path, "ckpt.pt")
     print(f"loading {ckpt_path}")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model_args = checkpoint["model_args"] | ({} if init_from == "resume" else {"dropout": dropout})
+    model = GPT(GPTConfig(**model_args))
     model.load_state_dict(checkpoint["model"])
 elif init_from == "scratch":
     model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
@@ -220,7 +221,11 @@ if init_from == "resume":
     optimizer.load_state_dict(checkpoint["optimizer"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     data_state.update(checkpoint["data_state"])
-    torch.set_rng_state(checkpoint["rng_state"][ddp_rank % len(checkpoint["rng_state"])])
+    scaler.load_state_dict(checkpoint["scaler"])
+    rng_state = checkpoint["rng_state"][ddp_rank % len(checkpoint["rng_state"])]
+    torch.set_rng_state(rng_state["cpu"])
+    if device_type == "cuda" and "cuda" in rng_state:
+        torch.cuda.set_rng_state(rng_state["cuda"])
 checkpoint = None  # free the memory
 raw_model = model
 if compile:
@@ -261,16 +266,20 @@ def estimate_loss():
 
 def save_checkpoint(path, with_optimizer=True):
     """Atomic: a crash mid-write leaves the previous file intact, never a torn one. Call on every process."""
-    rng_states = [torch.get_rng_state()]
+    rng_state = {"cpu": torch.get_rng_state()}
+    if device_type == "cuda":
+        rng_state["cuda"] = torch.cuda.get_rng_state().cpu()
+    rng_states = [rng_state]
     if ddp:  # each process has its own dropout stream; gathering is collective, so all processes come here
         rng_states = [None] * ddp_world_size
-        dist.all_gather_object(rng_states, torch.get_rng_state())
+        dist.all_gather_object(rng_states, rng_state)
     if not master_process:
         return
     state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config), "config": config,
              "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta}
     if with_optimizer:
-        state.update(optimizer=optimizer.state_dict(), data_state=data_state, rng_state=rng_states)
+        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), data_state=data_state,
+                     rng_state=rng_states)
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 

@@ -1,0 +1,231 @@
+"""
+Talk to a model: GPT-2 as published, or one of our checkpoints, before and after SFT.
+
+    python sample.py --init_from=gpt2 --template=none --prompt "The capital of France is"
+    python sample.py --ckpt=out/gpt2_alpaca --prompt "Write a haiku about machine learning."
+    python sample.py --ckpt=out/gpt2_alpaca --compare --prompt "Write a haiku about machine learning."
+    python sample.py --ckpt=out/gpt2_alpaca --chat
+    python sample.py --ckpt=out/tiny_alpaca --compare --eval_text=data/shakespeare/val.bin
+
+A checkpoint of ours knows its chat template and system prompt (they come from the prepared data's
+meta.json), so it needs no flags; --template overrides it (`none` = plain text completion). --compare puts
+the base model the checkpoint was fine-tuned from (its init_from, or --init_from) next to it: same prompts,
+same seed, one above the other.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_token, get_tokenizer
+from model import GPT, GPTConfig, pick_device, pick_dtype
+
+
+def load_model(source: str, device: str):
+    """(model, meta, name) from our checkpoint (a .pt file or a folder with ckpt.pt) or a GPT-2 name / HF dir."""
+    ckpt_path = source if source.endswith(".pt") else os.path.join(source, "ckpt.pt")
+    if os.path.exists(ckpt_path):
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model = GPT(GPTConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"])
+        meta = dict(checkpoint["meta"], init_from=checkpoint["config"]["init_from"])
+    else:
+        # GPT-2 itself: grow the vocabulary so the chat tokens exist (as untrained, average rows), letting
+        # the base model be prompted with exactly the text the fine-tuned one sees.
+        model = GPT.from_pretrained(source, vocab_size=50304)
+        meta = {"template": "none", "system_prompt": None}
+    model.eval().to(device)
+    return model, meta, source
+
+
+def prompt_ids(messages: list[dict], template: str) -> list[int]:
+    """What the model continues: the template's prompt, or for template 'none' the bare text."""
+    if template == "none":
+        return get_tokenizer().encode_ordinary("\n".join(m["content"] for m in messages if m["role"] != "system"))
+    return encode_prompt(messages, template)
+
+
+def fit_history(history: list[dict], template: str, max_prompt_tokens: int) -> list[int]:
+    """The conversation as a prompt, dropping the oldest exchanges (never the system prompt) until it fits."""
+    history = list(history)
+    has_system = history[0]["role"] == "system"
+    while True:
+        ids = prompt_ids(history, template)
+        if len(ids) <= max_prompt_tokens or len(history) <= 1 + has_system:
+            return ids
+        del history[has_system : has_system + 2]  # the oldest user/assistant pair
+
+
+def respond(model, ids: list[int], template: str, args, device: str, ctx, stream: bool) -> tuple[list[int], bool]:
+    """Generate one response; returns its token ids (without the end token) and whether it ended by itself."""
+    enc = get_tokenizer()
+    stop = {SPECIAL_TOKENS[EOT]} | ({end_token(template)} if template != "none" else set())
+    budget = model.config.block_size - len(ids)
+    if budget <= 0:
+        raise SystemExit(f"the prompt has {len(ids)} tokens; the model's context is {model.config.block_size}")
+    new = []
+    printed = ""
+
+    def on_token(next_ids):
+        nonlocal printed
+        new.append(int(next_ids[0]))
+        if stream and new[-1] not in stop:
+            text = enc.decode([t for t in new if t not in stop])
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                print(text[len(printed) :], end="", flush=True)
+                printed = text
+
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    with ctx:
+        model.generate(x, min(args.max_new_tokens, budget), temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, stop_tokens=tuple(stop), vocab_size=enc.n_vocab, on_token=on_token)
+    if stream:
+        print()
+    stopped = bool(new) and new[-1] in stop
+    return (new[:-1] if stopped else new), stopped
+
+
+@torch.no_grad()
+def text_loss(model, path: str, device: str, ctx, max_tokens: int) -> tuple[float, int]:
+    """Mean next-token loss on a plain-text corpus (.bin of uint16 ids from prepare_text.py, or a text file)."""
+    if path.endswith(".bin"):
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")[: max_tokens + 1].astype(np.int64)
+    else:
+        with open(path, encoding="utf-8") as f:
+            tokens = np.array(get_tokenizer().encode_ordinary(f.read())[: max_tokens + 1], dtype=np.int64)
+    T = model.config.block_size
+    loss_sum, n = 0.0, 0
+    for start in range(0, len(tokens) - 1, T):  # back-to-back windows, each a fresh context
+        window = torch.from_numpy(tokens[start : start + T + 1]).to(device)
+        with ctx:
+            _, loss = model(window[None, :-1], window[None, 1:])
+        loss_sum += loss.item() * (len(window) - 1)
+        n += len(window) - 1
+    return loss_sum / max(n, 1), n
+
+
+def read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    if args.prompts_file is None:
+        return []
+    with open(args.prompts_file, encoding="utf-8") as f:
+        text = f.read()
+    if not args.prompts_file.endswith(".json"):
+        return [line for line in text.splitlines() if line.strip()]
+    prompts = []
+    for i, item in enumerate(json.loads(text)):  # strings, or Alpaca-style records
+        if isinstance(item, dict) and isinstance(item.get("instruction"), str):
+            extra = item.get("input") or ""
+            prompts.append(item["instruction"] + ("\n\n" + extra if extra.strip() else ""))
+        elif isinstance(item, str):
+            prompts.append(item)
+        else:
+            raise SystemExit(f"{args.prompts_file}: item {i} is neither a string nor an object with 'instruction'")
+    return prompts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="our checkpoint: a folder with ckpt.pt (e.g. out/gpt2_alpaca) or a .pt file")
+    p.add_argument("--init_from", help="a GPT-2 name or HF folder; with --compare, the base model")
+    p.add_argument("--compare", action="store_true", help="run the base model and --ckpt side by side")
+    p.add_argument("--template", choices=[*TEMPLATES, "none"], help="override the checkpoint's template")
+    p.add_argument("--system_prompt", help="override the checkpoint's system prompt")
+    p.add_argument("--prompt", help="one prompt")
+    p.add_argument("--prompts_file", help="a text file (one prompt per line) or a JSON list")
+    p.add_argument("--chat", action="store_true", help="an interactive conversation (reads stdin)")
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", help="write every sample to this JSONL file")
+    p.add_argument("--eval_text", help="report each model's loss on this text corpus (.bin or .txt)")
+    p.add_argument("--eval_tokens", type=int, default=32768, help="at most this many tokens of --eval_text")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
+    args = p.parse_args(argv)
+    if not args.ckpt and not args.init_from:
+        p.error("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
+
+    device = pick_device(args.device)
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = pick_dtype(args.dtype, device_type)
+    ctx = (nullcontext() if dtype == "float32" else
+           torch.autocast(device_type=device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]))
+
+    # The models: (label, model, meta). A checkpoint also tells us which model it was fine-tuned from.
+    models = []
+    if args.ckpt:
+        model, meta, name = load_model(args.ckpt, device)
+        models.append((f"fine-tuned ({name})", model, meta))
+    if args.compare or not args.ckpt:
+        base = args.init_from or (models[0][2].get("init_from") if models else None)
+        if not base or base in ("scratch", "resume"):
+            raise SystemExit("--compare needs the base model: pass --init_from=gpt2 (or a folder/checkpoint)")
+        model, meta, name = load_model(base, device)
+        models.insert(0, (f"base ({name})", model, meta))
+    template = args.template or models[-1][2]["template"]
+    system_prompt = args.system_prompt if args.system_prompt is not None else models[-1][2].get("system_prompt")
+    enc = get_tokenizer()
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    print(f"template: {template}" + (f", system prompt: {system_prompt!r}" if system_prompt else ""))
+
+    if args.eval_text:
+        losses = {}
+        for label, model, _ in models:
+            losses[label], n = text_loss(model, args.eval_text, device, ctx, args.eval_tokens)
+            print(f"loss on {args.eval_text} ({n:,} tokens), {label}: {losses[label]:.4f} "
+                  f"(perplexity {math.exp(losses[label]):.1f})")
+        if len(models) == 2:
+            (_, a), (_, b) = losses.items()
+            print(f"fine-tuning changed this loss by {b - a:+.4f} ({(b - a) / a:+.1%})")
+
+    if args.chat:
+        label, model, _ = models[-1]
+        print(f"chatting with {label}; an empty line or Ctrl-D ends")
+        history = list(system)
+        torch.manual_seed(args.seed)
+        for line in sys.stdin:
+            if not line.strip():
+                break
+            history.append({"role": "user", "content": line.rstrip("\n")})
+            ids = fit_history(history, template, model.config.block_size - args.max_new_tokens)
+            print("assistant: ", end="", flush=True)
+            new, _ = respond(model, ids, template, args, device, ctx, stream=True)
+            history.append({"role": "assistant", "content": enc.decode(new)})
+        return
+
+    out = open(args.out, "a", encoding="utf-8") if args.out else None
+    for i, prompt in enumerate(read_prompts(args)):
+        print(f"\n=== prompt {i + 1}: {prompt}")
+        ids = prompt_ids(system + [{"role": "user", "content": prompt}], template)
+        for label, model, _ in models:
+            torch.manual_seed(args.seed)  # the same seed for every model: differences come from the weights
+            for k in range(args.num_samples):
+                print(f"--- {label}" + (f", sample {k + 1}" if args.num_samples > 1 else "") + " ---")
+                new, stopped = respond(model, ids, template, args, device, ctx, stream=True)
+                if not stopped:
+                    print(f"[no end token within {args.max_new_tokens} tokens]")
+                if out:
+                    settings = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed",
+                                                              "max_new_tokens")}
+                    out.write(json.dumps({"prompt": prompt, "model": label, "template": template,
+                                          "system_prompt": system_prompt, "settings": settings, "sample": k,
+                                          "response": enc.decode(new), "stopped": stopped,
+                                          "n_tokens": len(new)}) + "\n")
+    if out:
+        out.close()
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

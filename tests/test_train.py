@@ -1,0 +1,683 @@
+"""train_pretrain.py and train_sft.py, run for real as subprocesses on tiny models and tiny synthetic data.
+
+What is checked: the two scripts differ only in their docstring and data-loader section; gradient
+accumulation weights micro-batches by their target tokens (through the script and in-process); resuming
+reproduces an uninterrupted run step for step; torchrun (2 CPU processes, gloo) matches one process; config
+mistakes stop the run with a clear message; checkpoints are atomic and can seed a new run; a failed data
+preparation exits cleanly. Every run is a few steps of a 2-layer, 32-wide GPT, and independent runs go two
+at a time (OMP_NUM_THREADS=1 each), so the whole file takes well under a minute and a half on 2 cores.
+"""
+
+import ast
+import difflib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, needs_bpe
+
+from configurator import load_config
+from model import GPT, GPTConfig
+
+SCRIPTS = ("train_pretrain.py", "train_sft.py")
+SEED = 1337
+MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, dropout=0.0, bias=True)
+TINY = [
+    "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--vocab_size=50304", "--batch_size=4",
+    "--eval_iters=2", "--eval_interval=1000", "--log_interval=1", "--dtype=float32", "--device=cpu",
+    "--init_from=scratch", f"--seed={SEED}",
+]
+IGNORE = -100
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """In-process torch on one thread: two threads on two shared, busy cores make tiny matmuls crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers: running the scripts, reading what they write
+
+
+def script_env(**extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("RANK", None)  # never let a stray DDP environment leak into a single-process run
+    return env
+
+
+def run(script, *args, torchrun=False, check=True, env=None, base=True):
+    """Run one training script (cwd = repo root) with the tiny settings plus args; later args win."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
+        else [sys.executable]
+    cmd = [*launcher, script, *(TINY if base else []), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or script_env(), capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
+                    f"--- stderr\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_parallel(*jobs):
+    """jobs: (args, kwargs) for run(); two at a time, one per core."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(run, *args, **kwargs) for args, kwargs in jobs]
+        return [f.result() for f in futures]
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def step_losses(out_dir):
+    """{iter: loss} of the training-step lines (the last line wins if a resumed run repeats an iter)."""
+    return {r["iter"]: r["loss"] for r in metrics(out_dir) if "loss" in r}
+
+
+def evals(out_dir):
+    return [r for r in metrics(out_dir) if "val_loss" in r]
+
+
+def load_ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rel_err(a: dict, b: dict) -> float:
+    """Norm-wise relative error ||a - b|| / ||b|| over all tensors of two same-keyed dicts."""
+    assert a.keys() == b.keys()
+    num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a)
+    den = sum(float(b[k].double().pow(2).sum()) for k in b)
+    return math.sqrt(num / den)
+
+
+def exp_avg_by_name(ckpt) -> dict:
+    """The optimizer's exp_avg of each parameter, keyed by parameter name (configure_optimizer's order)."""
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    named = list(model.named_parameters())
+    names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    ids = [i for group in ckpt["optimizer"]["param_groups"] for i in group["params"]]
+    assert len(ids) == len(names)
+    return {name: ckpt["optimizer"]["state"][i]["exp_avg"] for i, name in zip(ids, names, strict=True)}
+
+
+def sft_loader(data_dir, batch_size, gradient_accumulation_steps=1, world_size=1, rank=0, block_size=64):
+    """train_sft.py's own DATA LOADER section, executed in-process: its get_batch() with these settings."""
+    with open(os.path.join(ROOT, "train_sft.py")) as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:"))
+    end = lines.index("# END OF DATA LOADER")
+
+    def run_prepare(args):
+        raise AssertionError(f"the test data should exist; the loader wanted to run {args}")
+
+    ns = dict(os=os, json=json, np=np, torch=torch, data_dir=data_dir, block_size=block_size,
+              batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+              ddp_world_size=world_size, ddp_rank=rank, master_process=rank == 0, seed=SEED,
+              model=types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"])),
+              to_device=torch.from_numpy, run_prepare=run_prepare)
+    exec(compile("\n".join(lines[start:end]), "train_sft.py (DATA LOADER)", "exec"), ns)
+    return ns
+
+
+def example_keys(X, Y) -> list[tuple]:
+    """Each row's real input tokens (up to its last target, the end token), to recognise an example."""
+    keys = []
+    for x, y in zip(X, Y, strict=True):
+        last = int(torch.nonzero(y != IGNORE).max())
+        keys.append(tuple(x[: last + 1].tolist()))
+    return keys
+
+
+def grads_of(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def accumulated_grads(model, batches, n_step_targets=None) -> dict:
+    """The scripts' accumulation: each micro-batch's mean loss * its targets / the step's targets."""
+    if n_step_targets is None:
+        n_step_targets = sum((Y != IGNORE).sum() for _, Y in batches)
+    model.zero_grad(set_to_none=True)
+    for X, Y in batches:
+        _, loss = model(X, Y)
+        (loss * (Y != IGNORE).sum() / torch.as_tensor(n_step_targets).clamp(min=1)).backward()
+    return grads_of(model)
+
+
+def naive_grads(model, batches) -> dict:
+    """The naive scheme the scripts must not use: the mean of per-micro-batch mean losses."""
+    model.zero_grad(set_to_none=True)
+    for X, Y in batches:
+        _, loss = model(X, Y)
+        (loss / len(batches)).backward()
+    return grads_of(model)
+
+
+def full_batch_grads(model, X, Y) -> dict:
+    model.zero_grad(set_to_none=True)
+    _, loss = model(X, Y)
+    loss.backward()
+    return grads_of(model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tiny synthetic data, prepared once per module
+
+WORDS = "apple river stone cloud bright seven quick green table music".split()
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    """40 alpaca-style records (32 train, 8 val) of similar total length but very different output lengths:
+    the loader puts examples of similar length in a step, and those then hold unequal numbers of targets."""
+    import prepare_alpaca
+
+    tmp = tmp_path_factory.mktemp("sft_data")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(40):
+        n_out = int(rng.integers(1, 30))
+        n_in = 30 - n_out + int(rng.integers(0, 4))
+        records.append({
+            "instruction": f"Task {i}: " + " ".join(WORDS[(i + j) % 10] for j in range(n_in)),
+            "input": "" if i % 3 else "some extra input",
+            "output": " ".join(WORDS[(3 * i + j) % 10] for j in range(n_out)),
+        })
+    path = tmp / "records.json"
+    path.write_text(json.dumps(records))
+    out = tmp / "prepared"
+    meta = prepare_alpaca.prepare(input_path=str(path), out_dir=str(out), val_size=8)
+    assert (meta["n_train"], meta["n_val"]) == (32, 8)
+    lengths = np.diff(np.fromfile(out / "train_offsets.bin", dtype=np.int64))
+    assert lengths.max() - 1 <= MODEL["block_size"], "every example must fit the tiny block_size"
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    import prepare_text
+
+    tmp = tmp_path_factory.mktemp("text_data")
+    text = "\n".join(" ".join(WORDS[(7 * i + j) % 10] for j in range(i % 13 + 3)) for i in range(600))
+    (tmp / "input.txt").write_text(text)
+    prepare_text.prepare(input_path=str(tmp / "input.txt"), out_dir=str(tmp / "prepared"))
+    return str(tmp / "prepared")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. the two scripts differ only in the docstring and the data loader
+
+
+def allowed_regions(text: str, name: str) -> list[range]:
+    """0-based line ranges that may differ: the module docstring and the DATA LOADER section (both inclusive)."""
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    doc = tree.body[0] if tree.body else None
+    assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str), \
+        f"{name}: no module docstring"
+    assert lines[doc.lineno - 1].startswith('"""'), f"{name}: the module docstring is not a triple-quoted string"
+    starts = [i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:")]
+    ends = [i for i, line in enumerate(lines) if line == "# END OF DATA LOADER"]
+    assert len(starts) == 1, f"{name}: {len(starts)} lines start with '# DATA LOADER:', expected exactly 1"
+    assert len(ends) == 1, f"{name}: {len(ends)} lines are '# END OF DATA LOADER', expected exactly 1"
+    assert starts[0] < ends[0], f"{name}: '# END OF DATA LOADER' comes before '# DATA LOADER:'"
+    return [range(doc.lineno - 1, doc.end_lineno), range(starts[0], ends[0] + 1)]
+
+
+def outside(text: str, regions: list[range]) -> list[str]:
+    """The lines outside the regions, each region collapsed to one placeholder line."""
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        region = next((r for r in regions if i in r), None)
+        if region is None:
+            out.append(lines[i])
+            i += 1
+        else:
+            out.append(f"<region {regions.index(region)}>")
+            i = region.stop
+    return out
+
+
+def check_diff_shape(a_text: str, b_text: str, a_name="train_pretrain.py", b_name="train_sft.py"):
+    """(violations, n_changed): every line changed in the unified diff must lie in an allowed region."""
+    a_regions, b_regions = allowed_regions(a_text, a_name), allowed_regions(b_text, b_name)
+    violations, n_changed = [], 0
+    a_no = b_no = None
+    for line in difflib.unified_diff(a_text.splitlines(), b_text.splitlines(), n=0, lineterm=""):
+        if line.startswith("@@"):
+            m = re.match(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", line)
+            assert m, line
+            a_no, b_no = int(m[1]) - 1, int(m[3]) - 1  # 0-based; a side with count 0 has no lines to check
+            continue
+        if a_no is None:  # the ---/+++ file headers
+            continue
+        if line.startswith("-"):
+            n_changed += 1
+            if not any(a_no in r for r in a_regions):
+                violations.append(f"{a_name}:{a_no + 1}: -{line[1:]}")
+            a_no += 1
+        elif line.startswith("+"):
+            n_changed += 1
+            if not any(b_no in r for r in b_regions):
+                violations.append(f"{b_name}:{b_no + 1}: +{line[1:]}")
+            b_no += 1
+    if outside(a_text, a_regions) != outside(b_text, b_regions):
+        violations.append("the text outside the docstring and the DATA LOADER section is not identical")
+    return violations, n_changed
+
+
+def read(name):
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read()
+
+
+def test_scripts_differ_only_in_docstring_and_data_loader():
+    violations, n_changed = check_diff_shape(read("train_pretrain.py"), read("train_sft.py"))
+    assert not violations, "changed lines outside the allowed regions:\n" + "\n".join(violations)
+    assert n_changed > 0
+    print(f"train_pretrain.py vs train_sft.py: {n_changed} changed lines, all in the docstring or the loader")
+
+
+def test_diff_shape_check_has_teeth():
+    pre, sft = read("train_pretrain.py"), read("train_sft.py")
+    # A change inside SFT's loader is fine; one in the loop, an inserted line, or a lost marker is not.
+    inside = sft.replace("epoch_orders = {}\n", "epoch_orders = {}  # cache\n", 1)
+    assert inside != sft and check_diff_shape(pre, inside)[0] == []
+    loop = sft.replace("if grad_clip > 0:", "if grad_clip >= 0:", 1)
+    assert loop != sft
+    violations, _ = check_diff_shape(pre, loop)
+    assert any("grad_clip >= 0" in v for v in violations), violations
+    inserted = sft.replace("pbar.close()\n", "pbar.close()\nprint('extra')\n", 1)
+    violations, _ = check_diff_shape(pre, inserted)
+    assert any("print('extra')" in v for v in violations), violations
+    deleted = pre.replace("    scaler.update()\n", "", 1)  # a line missing from one side only
+    assert deleted != pre
+    violations, _ = check_diff_shape(deleted, sft)
+    assert any("scaler.update()" in v for v in violations), violations
+    with pytest.raises(AssertionError, match="END OF DATA LOADER"):
+        check_diff_shape(pre, sft.replace("# END OF DATA LOADER\n", "", 1))
+    with pytest.raises(AssertionError, match="DATA LOADER:"):
+        check_diff_shape(pre.replace("# END OF DATA LOADER\n", "# END OF DATA LOADER\n# DATA LOADER: 2\n"), sft)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2b. gradient accumulation in-process: the scripts' formula gives the full-batch gradient
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=128, dropout=0.0))
+    model.train()
+    return model
+
+
+def padded(examples):
+    """Examples (tokens, n_prompt) as (X, Y) padded to the longest; targets only after the prompt."""
+    T = max(len(t) for t, _ in examples) - 1
+    X = torch.zeros(len(examples), T, dtype=torch.long)
+    Y = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for r, (tokens, n_prompt) in enumerate(examples):
+        X[r, : len(tokens) - 1] = tokens[:-1]
+        Y[r, n_prompt - 1 : len(tokens) - 1] = tokens[n_prompt:]
+    return X, Y
+
+
+@pytest.fixture(scope="module")
+def synthetic_examples():
+    g = torch.Generator().manual_seed(0)
+    # (length, prompt length): targets per example range from 1 to 27, and per micro-batch from 4 to 50
+    shapes = [(30, 29), (12, 9), (28, 3), (31, 7), (6, 2), (20, 19), (25, 10), (9, 8)]
+    return [(torch.randint(0, 128, (n,), generator=g), p) for n, p in shapes]
+
+
+def test_accumulation_equals_full_batch_in_process(synthetic_examples):
+    model = tiny_model()
+    full = full_batch_grads(model, *padded(synthetic_examples))
+    micro = [padded(synthetic_examples[i : i + 2]) for i in range(0, 8, 2)]
+    counts = [int((Y != IGNORE).sum()) for _, Y in micro]
+    assert len(set(counts)) == len(counts), f"micro-batches should hold different numbers of targets: {counts}"
+    acc = accumulated_grads(model, micro)
+    err = rel_err(acc, full)
+    assert err < 1e-6, f"accumulated vs full-batch gradient: relative error {err:.2e}"
+    # Negative control: the naive mean of micro-batch means is far off with these unequal target counts.
+    naive_err = rel_err(naive_grads(model, micro), full)
+    print(f"in-process: targets per micro-batch {counts}; accumulated vs full {err:.1e}, naive {naive_err:.2f}")
+    assert naive_err > 0.1, f"naive accumulation differs by only {naive_err:.2e}: the data has no teeth"
+
+
+def test_all_masked_micro_batch_is_harmless(synthetic_examples):
+    model = tiny_model()
+    micro = [padded(synthetic_examples[i : i + 2]) for i in range(0, 8, 2)]
+    X, _ = micro[0]
+    empty = (X, torch.full_like(X, IGNORE))
+    model.zero_grad(set_to_none=True)
+    _, loss = model(*empty)
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() and not p.grad.any() for p in model.parameters())
+
+    acc = accumulated_grads(model, micro)
+    with_empty = accumulated_grads(model, [micro[0], empty, *micro[1:], empty])
+    assert all(torch.isfinite(g).all() for g in with_empty.values())
+    assert rel_err(with_empty, acc) < 1e-6
+    # a step of nothing but masked micro-batches: zero gradient, not NaN (n_step_targets is clamped to 1)
+    nothing = accumulated_grads(model, [empty, empty])
+    assert all(torch.isfinite(g).all() and not g.any() for g in nothing.values())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2a. gradient accumulation through train_sft.py: 4 micro-batches of 2 == 1 batch of 8
+
+ONE_STEP = ["--max_iters=1", "--grad_clip=0.0", "--weight_decay=0.0", "--beta1=0.9"]
+
+
+@pytest.fixture(scope="module")
+def one_step_runs(sft_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grad_accum")
+    full, accum = str(tmp / "full"), str(tmp / "accum")
+    run_parallel(
+        (("train_sft.py", *ONE_STEP, f"--data_dir={sft_data}", f"--out_dir={full}", "--batch_size=8",
+          "--gradient_accumulation_steps=1"), {}),
+        (("train_sft.py", *ONE_STEP, f"--data_dir={sft_data}", f"--out_dir={accum}", "--batch_size=2",
+          "--gradient_accumulation_steps=4"), {}),
+    )
+    return full, accum
+
+
+@needs_bpe
+def test_sft_script_accumulation_matches_full_batch(one_step_runs, sft_data):
+    full_dir, accum_dir = one_step_runs
+    full, accum = (load_ckpt(os.path.join(d, "ckpt.pt")) for d in one_step_runs)
+    assert full["iter_num"] == accum["iter_num"] == 1
+    # AdamW's first step stores exp_avg = (1 - beta1) * grad: compare the two runs' gradients through it.
+    g_full = {k: v / 0.1 for k, v in exp_avg_by_name(full).items()}
+    g_accum = {k: v / 0.1 for k, v in exp_avg_by_name(accum).items()}
+    err = rel_err(g_accum, g_full)
+    assert err < 1e-6, f"exp_avg of 4x2 accumulation vs one batch of 8: relative error {err:.2e}"
+    loss_full, loss_accum = step_losses(full_dir)[1], step_losses(accum_dir)[1]
+    assert loss_accum == pytest.approx(loss_full, rel=1e-6)
+
+    # In-process, from the same initial weights and the loader's own batches: the script's gradient is the
+    # full-batch gradient, and the naive scheme would be far off on this very step (the check has teeth).
+    torch.manual_seed(SEED)
+    model = GPT(GPTConfig(**MODEL))
+    X, Y = sft_loader(sft_data, batch_size=8)["get_batch"]("train")
+    ref = full_batch_grads(model, X, Y)
+    _, ref_loss = model(X, Y)
+    ref_err = rel_err(g_full, ref)
+    assert ref_err < 1e-6, f"the script's step-0 gradient is not the full-batch gradient ({ref_err:.2e})"
+    assert loss_full == pytest.approx(ref_loss.item(), rel=1e-6)
+    loader = sft_loader(sft_data, batch_size=2, gradient_accumulation_steps=4)
+    micro = [loader["get_batch"]("train") for _ in range(4)]
+    assert sorted(k for X_, Y_ in micro for k in example_keys(X_, Y_)) == sorted(example_keys(X, Y)), \
+        "both configurations should see the same 8 examples in step 0"
+    counts = [int((Y_ != IGNORE).sum()) for _, Y_ in micro]
+    assert len(set(counts)) > 1, f"the micro-batches should hold different numbers of targets: {counts}"
+    naive_err = rel_err(naive_grads(model, micro), g_accum)
+    assert naive_err > 0.1, f"naive accumulation is only {naive_err:.2e} off: the test would not catch it"
+    print(f"train_sft.py: targets per micro-batch {counts}; exp_avg 4x2 vs 1x8 {err:.1e}, 1x8 vs in-process "
+          f"{ref_err:.1e}, loss {abs(loss_accum - loss_full) / loss_full:.1e}; naive off by {naive_err:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. resume: k steps + resume to 2k == 2k uninterrupted, for both scripts (dropout on: the RNG is restored)
+
+K = 3
+RESUME = ["--gradient_accumulation_steps=2", "--dropout=0.1", "--learning_rate=3e-3", "--warmup_iters=2",
+          f"--lr_decay_iters={2 * K}", "--min_lr=3e-4"]
+
+
+@pytest.fixture(scope="module")
+def resume_runs(sft_data, text_data, tmp_path_factory):
+    """{script: (resumed out_dir, uninterrupted out_dir, ckpt after the first k steps)}"""
+    tmp = tmp_path_factory.mktemp("resume")
+    data = {"train_sft.py": sft_data, "train_pretrain.py": text_data}
+    dirs = {s: (str(tmp / f"{s[:-3]}_resumed"), str(tmp / f"{s[:-3]}_straight")) for s in SCRIPTS}
+    jobs = []
+    for s in SCRIPTS:
+        common = [*RESUME, f"--data_dir={data[s]}"]
+        jobs += [((s, *common, f"--out_dir={dirs[s][0]}", f"--max_iters={K}"), {}),
+                 ((s, *common, f"--out_dir={dirs[s][1]}", f"--max_iters={2 * K}"), {})]
+    run_parallel(*jobs)
+    first = {s: load_ckpt(os.path.join(dirs[s][0], "ckpt.pt")) for s in SCRIPTS}
+    run_parallel(*[((s, *RESUME, f"--data_dir={data[s]}", f"--out_dir={dirs[s][0]}", "--init_from=resume",
+                     f"--max_iters={2 * K}"), {}) for s in SCRIPTS])
+    return {s: (*dirs[s], first[s]) for s in SCRIPTS}
+
+
+@needs_bpe
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_reproduces_uninterrupted_run(resume_runs, script):
+    resumed, straight, first = resume_runs[script]
+    assert first["iter_num"] == K
+    assert first["data_state"]["train"] == K * 2, "k steps of 2 micro-batches each"
+    assert len(first["rng_state"]) == 1
+    a, b = step_losses(resumed), step_losses(straight)
+    assert sorted(a) == sorted(b) == list(range(1, 2 * K + 1))
+    for it in range(1, K + 1):  # the first k steps: the same run twice
+        assert a[it] == pytest.approx(b[it], rel=1e-6, abs=0)
+    print(f"{script}: resumed vs uninterrupted |loss diff| per step "
+          f"{[abs(a[it] - b[it]) for it in range(K + 1, 2 * K + 1)]}")
+    for it in range(K + 1, 2 * K + 1):
+        assert abs(a[it] - b[it]) <= 1e-6 * abs(b[it]), f"step {it}: resumed {a[it]!r} vs uninterrupted {b[it]!r}"
+    lrs_a = {r["iter"]: r["lr"] for r in metrics(resumed) if "lr" in r}
+    lrs_b = {r["iter"]: r["lr"] for r in metrics(straight) if "lr" in r}
+    assert lrs_a == lrs_b
+    # the resumed run started at step k: it logged no training step twice
+    assert [r["iter"] for r in metrics(resumed) if "loss" in r] == list(range(1, 2 * K + 1))
+
+    ra, rb = load_ckpt(os.path.join(resumed, "ckpt.pt")), load_ckpt(os.path.join(straight, "ckpt.pt"))
+    assert ra["iter_num"] == rb["iter_num"] == 2 * K
+    assert ra["data_state"] == rb["data_state"] == {"train": 2 * K * 2, "val": 0}, "loader position restored"
+    assert torch.equal(ra["rng_state"][0]["cpu"], rb["rng_state"][0]["cpu"]), "the dropout RNG stream continued"
+    for name, tensor in rb["model"].items():
+        assert torch.allclose(ra["model"][name], tensor, rtol=1e-6, atol=0), name
+    assert ra["best_val_loss"] == pytest.approx(rb["best_val_loss"], rel=1e-6)
+    assert evals(resumed)[-1]["val_loss"] == pytest.approx(evals(straight)[-1]["val_loss"], rel=1e-6)
+
+
+@needs_bpe
+def test_resume_with_dropout_depends_on_restored_rng(resume_runs):
+    """Teeth for the check above: with dropout 0.1 the step losses depend on the RNG stream."""
+    resumed, straight, first = resume_runs["train_sft.py"]
+    assert first["config"]["dropout"] == 0.1 and first["model_args"]["dropout"] == 0.1
+    ckpt = load_ckpt(os.path.join(straight, "ckpt.pt"))
+    assert not torch.equal(first["rng_state"][0]["cpu"], ckpt["rng_state"][0]["cpu"]), "dropout drew no random numbers"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. torchrun: 2 CPU processes (gloo) x 4 examples == 1 process x 8 examples
+
+
+@needs_bpe
+def test_torchrun_matches_single_process(sft_data, tmp_path):
+    common = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1"]
+    ddp_dir, single_dir = str(tmp_path / "ddp"), str(tmp_path / "single")
+    ddp, _ = run_parallel(
+        (("train_sft.py", *common, f"--out_dir={ddp_dir}", "--batch_size=4", "--gradient_accumulation_steps=1"),
+         {"torchrun": True}),
+        (("train_sft.py", *common, f"--out_dir={single_dir}", "--batch_size=8"), {}),
+    )
+    assert "2 process(es)" in ddp.stdout
+    a, b = step_losses(ddp_dir), step_losses(single_dir)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    print(f"torchrun vs one process, relative loss diff per step: {[abs(a[i] - b[i]) / b[i] for i in a]}")
+    for it in a:
+        assert a[it] == pytest.approx(b[it], rel=1e-5), f"step {it}: torchrun {a[it]!r} vs one process {b[it]!r}"
+    ckpt = load_ckpt(os.path.join(ddp_dir, "ckpt.pt"))
+    assert ckpt["iter_num"] == 3 and ckpt["data_state"]["train"] == 3
+    assert len(ckpt["rng_state"]) == 2, "one RNG state per process"
+    assert not torch.equal(ckpt["rng_state"][0]["cpu"], ckpt["rng_state"][1]["cpu"])
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])  # the rank-0 checkpoint is complete and loads
+    assert not any(name.startswith("module.") for name in ckpt["model"])
+    assert not [f for f in os.listdir(ddp_dir) if f.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. config errors
+
+DEFAULTS = {"out_dir": "out", "init_from": "scratch", "batch_size": 8, "max_iters": 1000, "learning_rate": 6e-4,
+            "dropout": 0.0, "compile": False, "device": "auto"}
+
+
+def config_error(argv, defaults=DEFAULTS) -> str:
+    with pytest.raises(SystemExit) as e:
+        load_config(dict(defaults), argv)
+    assert isinstance(e.value.code, str), "a SystemExit with a message (exit status 1), not a bare code"
+    return e.value.code
+
+
+def test_config_accepts_good_values(tmp_path):
+    path = tmp_path / "cfg.py"
+    path.write_text("import math\nbatch_size = 4\nlearning_rate = 1\nout_dir = 'out/x'\n_private = 3\n")
+    config = load_config(dict(DEFAULTS), [str(path), "--batch_size=2", "--init_from=gpt2-medium",
+                                           "--out_dir=/tmp/a-b/c", "--compile=True", "--dropout=0"])
+    assert config == {**DEFAULTS, "batch_size": 2, "learning_rate": 1.0, "out_dir": "/tmp/a-b/c",
+                      "init_from": "gpt2-medium", "compile": True, "dropout": 0.0}
+    assert type(config["learning_rate"]) is float and type(config["dropout"]) is float
+
+
+def test_config_unknown_key():
+    msg = config_error(["--learing_rate=1e-3"])
+    assert "learing_rate" in msg and "Did you mean 'learning_rate'" in msg
+    assert "Valid settings:" in msg and all(k in msg for k in DEFAULTS)
+
+
+@pytest.mark.parametrize("arg, key, expected", [
+    ("--batch_size=abc", "batch_size", "int"),
+    ("--max_iters=1.5", "max_iters", "int"),
+    ("--batch_size=True", "batch_size", "int"),
+    ("--compile=1", "compile", "bool"),
+    ("--learning_rate=fast", "learning_rate", "float"),
+    ("--out_dir=3", "out_dir", "str"),
+])
+def test_config_wrong_type(arg, key, expected):
+    msg = config_error([arg])
+    assert f"{key} must be a {expected}" in msg, msg
+
+
+def test_config_missing_equals_sign():
+    assert "--max_iters" in config_error(["--max_iters"])
+
+
+def test_config_file_errors(tmp_path):
+    bad_key = tmp_path / "bad_key.py"
+    bad_key.write_text("batch_size = 4\nlearing_rate = 1e-3\n")
+    msg = config_error([str(bad_key)])
+    assert str(bad_key) in msg and "learing_rate" in msg and "learning_rate" in msg
+    bad_type = tmp_path / "bad_type.py"
+    bad_type.write_text("max_iters = 1.5\n")
+    msg = config_error([str(bad_type)])
+    assert str(bad_type) in msg and "max_iters must be a int" in msg
+
+
+@pytest.fixture(scope="module")
+def config_error_runs():
+    """The real scripts, stopped by their configurator before any work (no data, no out_dir)."""
+    return run_parallel(
+        (("train_sft.py", "--learing_rate=1e-3"), {"check": False, "base": False}),
+        (("train_pretrain.py", "--max_iters=1.5"), {"check": False, "base": False}),
+    )
+
+
+def test_script_stops_on_unknown_key(config_error_runs):
+    proc = config_error_runs[0]
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "unknown setting 'learing_rate'" in proc.stderr and "Did you mean 'learning_rate'" in proc.stderr
+    valid = proc.stderr.split("Valid settings:")[1]
+    assert all(k in valid for k in ("learning_rate", "batch_size", "gradient_accumulation_steps", "init_from"))
+
+
+def test_script_stops_on_wrong_type(config_error_runs):
+    proc = config_error_runs[1]
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "max_iters must be a int" in proc.stderr and "1.5" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. checkpoints: atomic, complete, and a seed for a new run
+
+CKPT_KEYS = {"model", "model_args", "config", "iter_num", "best_val_loss", "meta", "optimizer", "data_state",
+             "rng_state", "scaler"}
+
+
+@needs_bpe
+def test_checkpoints_are_complete_and_atomic(resume_runs, one_step_runs):
+    dirs = [*one_step_runs, *(d for s in SCRIPTS for d in resume_runs[s][:2])]
+    for d in dirs:
+        assert not [f for f in os.listdir(d) if f.endswith(".tmp")], f"{d}: a .tmp file was left behind"
+        ckpt = load_ckpt(os.path.join(d, "ckpt.pt"))
+        assert set(ckpt) == CKPT_KEYS
+        best = load_ckpt(os.path.join(d, "best.pt"))
+        assert set(best) == CKPT_KEYS - {"optimizer", "scaler", "data_state", "rng_state"}
+        assert best["iter_num"] > 0 and best["best_val_loss"] == min(e["val_loss"] for e in evals(d))
+
+
+@pytest.fixture(scope="module")
+def from_own_checkpoint(resume_runs, sft_data, tmp_path_factory):
+    """A new SFT run seeded from the uninterrupted run's out_dir (dropout 0.1 there), asking for dropout 0.0."""
+    old = resume_runs["train_sft.py"][1]
+    new = str(tmp_path_factory.mktemp("from_ckpt") / "out")
+    run("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={new}", f"--init_from={old}", "--max_iters=1",
+        "--dropout=0.0")
+    return old, new
+
+
+@needs_bpe
+def test_init_from_own_checkpoint_starts_a_new_run(from_own_checkpoint):
+    old, new = from_own_checkpoint
+    first_eval = evals(new)[0]
+    assert first_eval["iter"] == 0
+    assert first_eval["val_loss"] == pytest.approx(evals(old)[-1]["val_loss"], rel=1e-6), \
+        "step-0 val loss of the new run should be the old run's final val loss (same weights, same data)"
+    ckpt = load_ckpt(os.path.join(new, "ckpt.pt"))
+    assert ckpt["iter_num"] == 1 and ckpt["data_state"]["train"] == 1
+    assert all(int(s["step"]) == 1 for s in ckpt["optimizer"]["state"].values()), "a fresh optimizer"
+    assert [r["iter"] for r in metrics(new) if "loss" in r] == [1]
+
+
+@needs_bpe
+def test_init_from_own_checkpoint_honours_dropout_setting(from_own_checkpoint):
+    """A new run from our checkpoint should train with its own dropout, as init_from='gpt2' does
+    (GPT.from_pretrained(..., dropout=dropout)); the checkpoint's config and model_args must agree."""
+    _, new = from_own_checkpoint
+    ckpt = load_ckpt(os.path.join(new, "ckpt.pt"))
+    assert ckpt["config"]["dropout"] == 0.0
+    assert ckpt["model_args"]["dropout"] == ckpt["config"]["dropout"], (
+        f"--dropout=0.0 was silently ignored: the model trained with the old checkpoint's dropout "
+        f"{ckpt['model_args']['dropout']}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. data on demand: when preparing fails (offline here), the run stops cleanly
+
+
+def test_missing_data_dir_fails_cleanly(tmp_path):
+    # A proxy nobody listens on makes every download fail at once, online or not.
+    env = script_env(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="",
+                     https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", no_proxy="")
+    data_dir = tmp_path / "no_such_data"
+    procs = run_parallel(*[((s, f"--data_dir={data_dir / s}", f"--out_dir={tmp_path / s}"),
+                            {"check": False, "env": env}) for s in SCRIPTS])
+    for script, proc in zip(SCRIPTS, procs, strict=True):
+        prepare = "prepare_text.py" if script == "train_pretrain.py" else "prepare_alpaca.py"
+        assert proc.returncode != 0, f"{script} succeeded without data"
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert "could not download" in proc.stderr
+        assert f"python {prepare} --out_dir {data_dir / script} failed" in proc.stderr
+        assert not (data_dir / script / "meta.json").exists()
