@@ -1,0 +1,703 @@
+"""
+How fast is nanoSFT? Every comparison here runs side by side in one process, with interleaved repetitions
+(round 1: A, B, C; round 2: A, B, C; ...), so a busy or throttling machine slows every variant alike.
+Figures are medians after warm-up; a ratio is the median of the per-round ratios.
+
+    (a) train step (forward + backward + AdamW), ours vs Hugging Face's GPT2LMHeadModel with the same weights
+    (b) generation: ours with the KV cache, ours without, Hugging Face's generate
+    (c) the SFT loader of train_sft.py: share of real (non-pad) and target tokens in its batches
+    (d) prepare_alpaca.prepare time, 5,000 real records and 52,002 (the 5,000 repeated)
+    (e) peak memory of one SFT train step (fresh subprocess)
+    (f) AdamW: default vs foreach vs fused
+    (g) allocator: glibc's default vs tune_cpu_allocator()
+    (h) CUDA only: GPT-2 124M SFT step with bf16 autocast + torch.compile, tokens/s and MFU
+
+    python bench.py                          # everything (a few minutes on 2 CPU cores)
+    python bench.py --quick                  # tiny shapes, 2 reps: a smoke test (seconds)
+    python bench.py --only a,f --reps 7 --json bench.json
+"""
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import datetime
+import functools
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the same place tests/conftest.py looks
+ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
+
+# Model shapes (GPTConfig arguments). TINY is for --quick: small enough that every section takes a second.
+SMALL = dict(n_layer=6, n_head=6, n_embd=384)  # vocab 50304, block 1024: GPTConfig's defaults
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768)
+TINY = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=1000, block_size=256)
+PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LR, BETAS, WEIGHT_DECAY = 6e-4, (0.9, 0.95), 0.1  # train_sft.py's defaults
+
+device, device_type = "cpu", "cpu"  # set in main() from --device
+SUMMARY = []  # every table again, in Markdown, printed at the end for BENCHMARKS.md
+
+# ----------------------------------------------------------------------------------------------------------
+# timing and printing
+
+
+def sync(dev_type=None):
+    if (dev_type or device_type) == "cuda":
+        torch.cuda.synchronize()  # CUDA runs asynchronously: without this we would time the launch only
+
+
+def interleaved(variants, reps, warmup=1, dev_type=None):
+    """Run each variant (a no-argument function) warmup times untimed, then reps timed rounds of all of them.
+
+    Returns ({name: [seconds per round]}, {name: what its last run returned}).
+    """
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    times, last = {name: [] for name in variants}, {}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            sync(dev_type)
+            t0 = time.perf_counter()
+            last[name] = fn()
+            sync(dev_type)
+            times[name].append(time.perf_counter() - t0)
+    return times, last
+
+
+def speedup(times, fast, slow):
+    """How many times faster `fast` ran than `slow`: the median over rounds of slow's time / fast's time."""
+    return statistics.median(s / f for f, s in zip(times[fast], times[slow], strict=True))
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def show(title, headers, rows, notes=()):
+    """Print an aligned table (and keep a Markdown copy for the summary)."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max(len(x) for x in col) for col in zip(headers, *rows, strict=True)]
+    print(f"\n{title}")
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    for note in notes:
+        print(f"  {note}")
+    SUMMARY.extend([f"{title}:", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)])
+    SUMMARY.extend("| " + " | ".join(row) + " |" for row in rows)
+    SUMMARY.extend([""] + [f"- {note}" for note in notes] + ([""] if notes else []))
+
+
+def skipped(reason):
+    print(f"skipped: {reason}")
+    SUMMARY.extend([f"skipped: {reason}", ""])
+    return {"skipped": reason}
+
+
+def quietly(fn, *args, **kwargs):
+    """Call fn with its prints and progress bars swallowed (prepare() reports on every call)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared helpers: batches, train steps, the Hugging Face twin of a model
+
+
+def autocast(dtype, dev_type=None):
+    dev_type = dev_type or device_type
+    return contextlib.nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=PTDTYPE[dtype])
+
+
+def random_batch(vocab_size, batch, seq, dev=None):
+    """X and its next tokens Y, like one SFT micro-batch with every position a target."""
+    tokens = torch.randint(0, vocab_size, (batch, seq + 1))
+    return tokens[:, :-1].contiguous().to(dev or device), tokens[:, 1:].contiguous().to(dev or device)
+
+
+def train_step(model, optimizer, X, Y, dtype="float32", hf=False):
+    with autocast(dtype):
+        # Hugging Face shifts the labels itself, so labels=X asks it for the same next-token loss (over T-1
+        # positions instead of T: the same work within one position).
+        loss = model(input_ids=X, labels=X, use_cache=False).loss if hf else model(X, Y)[1]
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def adamw(model, **impl):
+    """AdamW grouped as model.configure_optimizer does it (decay on matrices only); impl picks the kernel."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=LR, betas=BETAS, **impl)
+
+
+# Hugging Face's GPT-2 uses Conv1D layers, whose weight is stored (in, out); nn.Linear stores (out, in).
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_twin(model):
+    """transformers' GPT2LMHeadModel holding exactly our weights, or None when transformers is not installed.
+
+    Same vocabulary (50304, not 50257) and no dropout, so both models do the same work.
+    """
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    hf_logging.set_verbosity_error()
+    cfg = model.config
+    hf = GPT2LMHeadModel(GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, layer_norm_epsilon=cfg.layer_norm_epsilon, activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,  # no stop token: generate runs its full length
+    ))
+    hf_state = hf.state_dict()  # tensors sharing storage with hf's parameters: copying into them sets the weights
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name != "lm_head.weight":  # tied to wte in both models
+                hf_state[name].copy_(tensor.t() if name.endswith(CONV1D) else tensor)
+    return hf.to(device).train(model.training)
+
+
+@torch.no_grad()
+def logits_gap(model, hf, X):
+    """max |our logits - HF's| on X: ~1e-5 says the two models really hold the same weights."""
+    was_training = model.training
+    model.eval()
+    hf.eval()
+    gap = (model(X)[0] - hf(input_ids=X).logits).abs().max().item()
+    model.train(was_training)
+    hf.train(was_training)
+    return gap
+
+
+def matmul_peak(dtypes, n, reps, dev=None):
+    """FLOP/s of an n x n x n matmul per dtype: the ceiling a training step is measured against."""
+    dev = dev or device
+    mats = {dt: (torch.randn(n, n, device=dev, dtype=PTDTYPE[dt]), torch.randn(n, n, device=dev, dtype=PTDTYPE[dt]))
+            for dt in dtypes}
+    variants = {dt: (lambda a=a, b=b: torch.mm(a, b)) for dt, (a, b) in mats.items()}
+    times, _ = interleaved(variants, reps, warmup=2, dev_type=dev.split(":")[0])
+    return {dt: 2 * n**3 / med(t) for dt, t in times.items()}
+
+
+def reps_for(args, full, quick=2):
+    return args.reps or (quick if args.quick else full)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (a) train step: ours vs Hugging Face
+
+
+def bench_train_step(args):
+    reps = reps_for(args, 5)
+    auto = pick_dtype("auto", device_type)
+    n = 256 if args.quick else 2048
+    peak = matmul_peak(["float32"] + ([auto] if auto != "float32" else []), n, max(reps, 5))
+    show(f"matmul peak ({n}^3, median of {max(reps, 5)})", ["dtype", "GFLOP/s"],
+         [[dt, f"{f / 1e9:,.0f}"] for dt, f in peak.items()])
+    if args.quick:
+        shapes = [("2L/64d (n_head 2), seq 32, batch 2, vocab 1000", TINY, 32, 2),
+                  ("2L/64d (n_head 2), seq 64, batch 4, vocab 1000", TINY, 64, 4)]
+    else:
+        shapes = [("6L/384d (n_head 6), seq 256, batch 8", SMALL, 256, 8),
+                  ("GPT-2 124M shape (12L/768d/12 heads), seq 512, batch 2", GPT2_124M, 512, 2)]
+    out = {"peak_flops": peak, "auto_dtype": auto, "shapes": []}
+    for name, shape, seq, batch in shapes:
+        out["shapes"].append({"name": name, **bench_one_shape(name, shape, seq, batch, auto, peak, reps)})
+    return out
+
+
+def bench_one_shape(name, shape, seq, batch, auto, peak, reps):
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**shape)).to(device)
+    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, device_type)  # fused, as the trainer's
+    X, Y = random_batch(model.config.vocab_size, batch, seq)
+    variants = {"ours fp32": lambda: train_step(model, optimizer, X, Y)}
+    hf = hf_twin(model)
+    if hf is not None:
+        gap = logits_gap(model, hf, X)
+        hf_optimizer = adamw(hf, fused=device_type in ("cpu", "cuda"))
+        variants["HF fp32"] = lambda: train_step(hf, hf_optimizer, X, Y, hf=True)
+    # The same model and optimizer as "ours fp32": timing does not depend on the weights, and a 124M model
+    # with its AdamW state is 2 GB we need only once.
+    variants["ours auto"] = lambda: train_step(model, optimizer, X, Y, dtype=auto)
+    times, _ = interleaved(variants, reps)
+
+    flops = model.flops_per_token(seq) * batch * seq  # the same for HF: same model, same batch
+    rows, figures = [], {"batch": batch, "seq": seq}
+    for variant, ts in times.items():
+        t, dtype = med(ts), auto if variant == "ours auto" else "float32"
+        rows.append([variant + (f" ({auto})" if variant == "ours auto" else ""), f"{batch * seq / t:,.0f}",
+                     f"{1000 * t:,.1f}", f"{flops / t / 1e9:,.0f}", f"{100 * flops / t / peak[dtype]:.0f}%"])
+        figures[variant.replace(" ", "_").lower()] = {"tokens_per_s": batch * seq / t, "step_s": t,
+                                                      "gflops": flops / t / 1e9, "dtype": dtype}
+    ratios = {"auto_over_ours_fp32": speedup(times, "ours auto", "ours fp32")}
+    if hf is not None:
+        ratios |= {"ours_over_hf_fp32": speedup(times, "ours fp32", "HF fp32"),
+                   "auto_over_hf_fp32": speedup(times, "ours auto", "HF fp32")}
+    notes = ["; ".join(f"{k.replace('_over_', ' / ')}: {v:.2f}x" for k, v in ratios.items()),
+             "HF skipped: transformers is not installed" if hf is None else
+             f"same weights: max |logits ours - HF| = {gap:.1e}"]
+    show(f"{name}: median of {reps} (% of the matmul peak of the row's dtype)",
+         ["variant", "tokens/s", "ms/step", "GFLOP/s", "% of peak"], rows, notes)
+    return figures | ratios | {"logits_max_diff": gap if hf is not None else None}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (b) generation
+
+
+def bench_generation(args):
+    reps = reps_for(args, 3)
+    shape, prompt_len, new = (TINY, 16, 32) if args.quick else (GPT2_124M, 64, 128)
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**shape)).to(device).eval()
+    with torch.no_grad():
+        # At GPT-2's init (std 0.02) the logits of a random model are so flat that the greedy choice is
+        # often a near-tie, and rounding alone could flip it. Wider embeddings make every choice decisive.
+        model.transformer.wte.weight.normal_(0.0, 0.2)
+    hf = hf_twin(model)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    prompt = prompt.to(device)
+
+    labels = {"ours_cached": "ours, KV cache", "ours_uncached": "ours, no cache", "hf": "HF generate (its cache)"}
+    variants = {"ours_cached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=True),
+                "ours_uncached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=False)}
+    if hf is not None:
+        variants["hf"] = lambda n=new: hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                                   max_new_tokens=n, min_new_tokens=n)
+    for fn in variants.values():  # warm-up: a short run each (a full uncached one costs ~15 s on 2 cores)
+        fn(8)
+    times, outputs = interleaved(variants, reps, warmup=0)
+
+    cached = outputs["ours_cached"]
+    with torch.no_grad():  # how close the nearest call was: the smallest top-1 minus top-2 logit on the path
+        top2 = model(cached)[0][0, prompt_len - 1 : -1].topk(2).values
+        margin = (top2[:, 0] - top2[:, 1]).min().item()
+    same = {"cached_equals_uncached": torch.equal(cached, outputs["ours_uncached"])}
+    ratios = {"cached_over_uncached": speedup(times, "ours_cached", "ours_uncached")}
+    if hf is not None:
+        same["cached_equals_hf"] = torch.equal(cached, outputs["hf"])
+        ratios["cached_over_hf"] = speedup(times, "ours_cached", "hf")
+    rows = [[labels[k], f"{new / med(ts):,.1f}", f"{med(ts):,.2f}"] for k, ts in times.items()]
+    notes = ["; ".join(f"{k.replace('_over_', ' / ')}: {v:.2f}x" for k, v in ratios.items()),
+             "same greedy tokens: " + ", ".join(f"{k.replace('_equals_', ' == ')}: {v}" for k, v in same.items())
+             + f" (smallest top-1 vs top-2 logit margin on the path: {margin:.3f})"]
+    show(f"generation, {model.num_params() / 1e6:.1f}M params, prompt {prompt_len}, {new} new tokens, batch 1, "
+         f"greedy, fp32: median of {reps}", ["variant", "tokens/s", "s/run"], rows, notes)
+    figures = {k: {"tokens_per_s": new / med(ts), "s": med(ts)} for k, ts in times.items()}
+    return {"prompt": prompt_len, "new_tokens": new, **figures, **ratios, **same, "min_logit_margin": margin}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (c) the SFT loader, and (d) prepare time: both on real Alpaca records
+
+
+def alpaca_ready():
+    """None if the Alpaca file and a GPT-2 tokenizer are at hand, else why not."""
+    if not os.path.exists(ALPACA_5000):
+        return f"{ALPACA_5000} not found"
+    # No network here: point tiktoken at ../shared's copy of the GPT-2 BPE files, under the names its cache
+    # uses (sha1 of the download URL), exactly as tests/conftest.py does.
+    bpe = {"vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
+           "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"}
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in bpe):
+        cache = tempfile.mkdtemp(prefix="bench-tiktoken-")
+        for name, sha1 in bpe.items():
+            shutil.copy(os.path.join(SHARED, "gpt2", name), os.path.join(cache, sha1))
+        os.environ["TIKTOKEN_CACHE_DIR"] = cache
+        atexit.register(shutil.rmtree, cache, True)
+    import chat_template
+
+    try:
+        chat_template.get_tokenizer()
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def sft_loader(data_dir, batch_size=8, block_size=1024):
+    """train_sft.py's DATA LOADER section, executed from the script's own text.
+
+    We run the trainer's lines rather than a copy of them, so the figures are those of exactly the code the
+    trainer runs. The namespace holds what those lines use from the rest of the script.
+    """
+    with open(os.path.join(ROOT, "train_sft.py")) as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("# END OF DATA LOADER"))
+
+    def run_prepare(args):
+        raise RuntimeError(f"bench prepared {data_dir} itself; the loader should not need {args}")
+
+    ns = dict(data_dir=data_dir, block_size=block_size, batch_size=batch_size, gradient_accumulation_steps=1,
+              ddp_world_size=1, ddp_rank=0, seed=1337, master_process=False, eval_iters=20,
+              model=SimpleNamespace(config=SimpleNamespace(vocab_size=50304, block_size=block_size)),
+              to_device=torch.from_numpy, run_prepare=run_prepare, np=np, os=os, json=json, torch=torch)
+    source = "\n" * start + "\n".join(lines[start:end])  # blank lines first: tracebacks show the real line numbers
+    exec(compile(source, os.path.join(ROOT, "train_sft.py"), "exec"), ns)
+    return ns
+
+
+def bench_loader(args):
+    why_not = alpaca_ready()
+    if why_not:
+        return skipped(why_not)
+    import prepare_alpaca
+
+    batch_size, block_size = 8, 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
+        ns = sft_loader(tmp, batch_size, block_size)
+        order = ns["epoch_order"]("train", 0)  # every example the first epoch draws, in order
+        n_batches = len(order) // batch_size
+        positions = targets = 0
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            X, Y = ns["get_batch"]("train")
+            positions += X.numel()
+            targets += int((Y != -100).sum())
+        loader_s = time.perf_counter() - t0
+        lengths = ns["data"]["train"][3]
+    real = int((lengths[order] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
+    # The two simple alternatives, from the same examples: pad everything to the context window, or pad each
+    # random batch of 8 (no grouping by length) to its longest example.
+    random_batches = np.random.default_rng(1337).permutation(order).reshape(-1, batch_size)
+    random_positions = int(batch_size * (lengths[random_batches] - 1).max(axis=1).sum())
+    strategies = {"pad every example to 1024": len(order) * block_size,
+                  "pad to the longest of a random batch of 8": random_positions,
+                  "train_sft.py loader (length-grouped)": positions}
+    rows = [[name, f"{p:,}", f"{100 * real / p:.1f}%"] for name, p in strategies.items()]
+    notes = [f"{len(order):,} train examples, {n_batches} batches of {batch_size}, {real:,} real tokens; "
+             f"target tokens: {100 * targets / real:.1f}% of real tokens",
+             f"one epoch of get_batch('train') took {loader_s:.2f} s ({1000 * loader_s / n_batches:.2f} ms/batch)"]
+    show("SFT batches over one epoch of Alpaca (5,000 records, ChatML)", ["batching", "positions", "non-pad share"],
+         rows, notes)
+    return {"examples": len(order), "batches": n_batches, "real_tokens": real, "target_share": targets / real,
+            "non_pad_share": {name: real / p for name, p in strategies.items()}, "loader_s_per_epoch": loader_s}
+
+
+def bench_prepare(args):
+    why_not = alpaca_ready()
+    if why_not:
+        return skipped(why_not)
+    import prepare_alpaca
+
+    reps = reps_for(args, 3, quick=1)
+    with open(ALPACA_5000) as f:
+        records = json.load(f)
+    with tempfile.TemporaryDirectory() as tmp:  # deleted afterwards, the 52K file with it
+        inputs = {"real_5000": (f"{len(records):,} real records", ALPACA_5000, len(records))}
+        if not args.quick:
+            big = (records * (52002 // len(records) + 1))[:52002]  # as many as the full alpaca_data.json
+            big_path = os.path.join(tmp, "alpaca_52002.json")
+            with open(big_path, "w") as f:
+                json.dump(big, f)
+            inputs["repeated_52002"] = (f"{len(big):,} records (the {len(records):,} repeated)", big_path, len(big))
+        variants = {key: functools.partial(quietly, prepare_alpaca.prepare, input_path=path,
+                                           out_dir=os.path.join(tmp, key)) for key, (_, path, _) in inputs.items()}
+        times, _ = interleaved(variants, reps, warmup=0)  # the tokenizer is already loaded (alpaca_ready)
+    rows = [[label, f"{med(times[key]):.2f}", f"{n / med(times[key]):,.0f}"] for key, (label, _, n) in inputs.items()]
+    show(f"prepare_alpaca.prepare (read, check, tokenise, split, write): median of {reps}",
+         ["input", "seconds", "records/s"], rows, ["tokenizer loaded beforehand (once per process, not included)"])
+    return {key: {"records": n, "s": med(times[key])} for key, (_, _, n) in inputs.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (e) peak memory of one train step, measured in a fresh process
+
+
+def memory_probe(spec):
+    """Run by `bench.py --_memory_probe SPEC` in a fresh process: memory one train step adds to the model's.
+
+    A fresh process because ru_maxrss only ever grows: in this one it would remember earlier sections.
+    """
+    import resource
+
+    torch.set_num_threads(spec["threads"])
+    dev = spec["device"]
+    dev_type = dev.split(":")[0]
+    if dev_type == "cpu":
+        tune_cpu_allocator()  # as the trainer does
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**spec["shape"])).to(dev)
+    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, dev_type)  # its state is created by step 1
+    X, Y = random_batch(model.config.vocab_size, spec["batch"], spec["seq"], dev)
+    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+
+    def used():
+        if dev_type == "cuda":
+            return torch.cuda.max_memory_allocated()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+
+    if dev_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    baseline = used()
+    with autocast(spec["dtype"], dev_type):
+        _, loss = model(X, Y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync(dev_type)
+    print(json.dumps({"baseline": baseline, "peak": used(), "params": model.num_params(non_embedding=False)}))
+
+
+def bench_memory(args):
+    shape, batch, seq = (TINY, 2, 32) if args.quick else (GPT2_124M, 8, 256)
+    auto = pick_dtype("auto", device_type)
+    rows, out = [], {"batch": batch, "seq": seq}
+    for dtype in ["float32"] + ([auto] if auto != "float32" else []):
+        spec = {"shape": shape, "batch": batch, "seq": seq, "dtype": dtype, "device": device,
+                "threads": torch.get_num_threads()}
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory_probe", json.dumps(spec)],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory probe failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        mib = 1 << 20
+        step = r["peak"] - r["baseline"]
+        state = 12 * r["params"]  # fp32 gradients (4 B/param) + AdamW's two moments (8 B/param)
+        rows.append([dtype, f"{r['baseline'] / mib:,.0f}", f"{r['peak'] / mib:,.0f}", f"{step / mib:,.0f}",
+                     f"{state / mib:,.0f}", f"{(step - state) / mib:,.0f}"])
+        out[dtype] = {"baseline_mib": r["baseline"] / mib, "peak_mib": r["peak"] / mib, "step_mib": step / mib}
+    what = "CUDA max_memory_allocated" if device_type == "cuda" else "ru_maxrss"
+    show(f"peak memory of one train step ({what}), {shape['n_layer']}L/{shape['n_embd']}d, batch {batch} of seq "
+         f"{seq}", ["dtype", "after model (MiB)", "peak (MiB)", "step adds (MiB)", "grads + AdamW (MiB)",
+                    "activations etc. (MiB)"], rows,
+         ["'after model' includes the Python process and torch itself on CPU; 'step adds' = peak - that"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (f) AdamW implementations
+
+
+def bench_adamw(args):
+    reps = reps_for(args, 5)
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**(TINY if args.quick else GPT2_124M))).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    # One set of parameters, three optimizers (each keeps its own state): the step's cost does not depend
+    # on the values, and one copy of a 124M model's parameters and gradients is enough memory.
+    impls = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    variants = {name: adamw(model, **impl).step for name, impl in impls.items()}
+    times, _ = interleaved(variants, reps)
+    rows = [[name if name == "default" else f"{name}=True", f"{1000 * med(ts):,.1f}",
+             f"{speedup(times, 'fused', name):.2f}x"] for name, ts in times.items()]
+    default = "the per-tensor for-loop" if device_type == "cpu" else "foreach"
+    show(f"AdamW step on {model.num_params(non_embedding=False) / 1e6:.1f}M parameters: median of {reps}",
+         ["implementation", "ms/step", "fused is faster by"], rows, [f"default on {device_type}: {default}"])
+    return {name: {"step_s": med(ts), "fused_speedup": speedup(times, "fused", name)}
+            for name, ts in times.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (g) the allocator
+
+# mallopt parameters (malloc.h). Any mallopt call also freezes glibc's *dynamic* mmap threshold (normally it
+# rises, up to 32 MiB, as mmapped blocks are freed), so "default" sets M_MMAP_THRESHOLD to its documented
+# starting value, 128 KiB, to be the same state whatever ran before. Blocks above it are mmapped and
+# returned at free; the logits and their gradient (hundreds of MiB) are over 32 MiB and would be either way.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+MALLOC_SETTINGS = {
+    "default": {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_THRESHOLD: 128 * 1024},
+    "tuned": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30},  # what model.py's tune_cpu_allocator() sets
+}
+
+
+def bench_allocator(args):
+    if device_type != "cpu":
+        return skipped("the glibc allocator matters on CPU only")
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return skipped("no glibc here")
+    reps, warmup = reps_for(args, 5), 1
+    shape, seq, batch = (TINY, 32, 2) if args.quick else (SMALL, 256, 8)
+    dtype = pick_dtype("auto", "cpu")  # what train_sft.py runs by default
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**shape))
+    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, "cpu")
+    X, Y = random_batch(model.config.vocab_size, batch, seq)
+    times = {name: [] for name in MALLOC_SETTINGS}
+    for r in range(warmup + reps):
+        for name, settings in MALLOC_SETTINGS.items():
+            for param, value in settings.items():
+                mallopt(param, value)
+            # One untimed step first: right after a switch the heap is still shaped by the other setting.
+            train_step(model, optimizer, X, Y, dtype)
+            t0 = time.perf_counter()
+            train_step(model, optimizer, X, Y, dtype)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    tune_cpu_allocator()  # back to the setting every other section runs under
+    tokens = batch * seq
+    ratio = speedup(times, "tuned", "default")
+    labels = {"default": "glibc default", "tuned": "tune_cpu_allocator()"}
+    rows = [[labels[name], f"{tokens / med(ts):,.0f}", f"{1000 * med(ts):,.1f}"] for name, ts in times.items()]
+    show(f"train step {shape['n_layer']}L/{shape['n_embd']}d, seq {seq}, batch {batch}, {dtype}, under each malloc "
+         f"setting (toggled with mallopt, interleaved): median of {reps}", ["malloc", "tokens/s", "ms/step"], rows,
+         [f"tuned/default: {ratio:.2f}x",
+          "default = M_MMAP_MAX 65536, M_TRIM_THRESHOLD 128 KiB, M_MMAP_THRESHOLD 128 KiB (fixed; see bench.py); "
+          "tuned = M_MMAP_MAX 0, M_TRIM_THRESHOLD 1 GiB"])
+    return {name: {"tokens_per_s": tokens / med(ts), "step_s": med(ts)} for name, ts in times.items()} | {
+        "tuned_over_default": ratio}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (h) CUDA: the real SFT setting
+
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]  # dense TFLOP/s
+
+
+def bench_cuda(args):
+    if not torch.cuda.is_available():
+        return skipped("no CUDA device")
+    reps = reps_for(args, 5)
+    name = torch.cuda.get_device_name()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    shape, batch, seq = (TINY, 2, 64) if args.quick else (GPT2_124M, 16, 512)
+    peak = next((flops for key, flops in PEAK_BF16 if all(w in name for w in key.split())), None)
+    source = "spec sheet"
+    if peak is None:
+        peak, source = matmul_peak(["bfloat16"], 8192, 10, "cuda")["bfloat16"], "measured 8192^3 matmul"
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**shape)).to("cuda")
+    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, "cuda")
+    compiled = model if args.quick else torch.compile(model)  # compiling takes a minute: not in --quick
+    X, Y = random_batch(model.config.vocab_size, batch, seq, "cuda")
+
+    def ten_steps():
+        for _ in range(10):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = compiled(X, Y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    ten_steps()  # includes the compilation
+    sync("cuda")
+    first_s = time.perf_counter() - t0
+    times, _ = interleaved({"10 steps": ten_steps}, reps, dev_type="cuda")
+    t = med(times["10 steps"]) / 10
+    tokens_per_s = batch * seq / t
+    mfu = model.flops_per_token(seq) * tokens_per_s / peak
+    show(f"{name}: {shape['n_layer']}L/{shape['n_embd']}d, batch {batch}, seq {seq}, bf16 autocast"
+         f"{'' if args.quick else ' + torch.compile'}: median of {reps}x10 steps",
+         ["tokens/s", "ms/step", "TFLOP/s", "MFU"],
+         [[f"{tokens_per_s:,.0f}", f"{1000 * t:.1f}", f"{mfu * peak / 1e12:.0f}", f"{100 * mfu:.1f}%"]],
+         [f"bf16 peak {peak / 1e12:.0f} TFLOP/s ({source}); first 10 steps (with compilation) {first_s:.1f} s"])
+    return {"device": name, "tokens_per_s": tokens_per_s, "step_s": t, "mfu": mfu, "peak_flops": peak,
+            "compiled": not args.quick}
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+SECTIONS = {
+    "a": ("train step: ours vs Hugging Face GPT2LMHeadModel", bench_train_step),
+    "b": ("generation: KV cache, no cache, Hugging Face", bench_generation),
+    "c": ("SFT loader: share of non-pad and target tokens", bench_loader),
+    "d": ("prepare time for Alpaca", bench_prepare),
+    "e": ("peak memory of one SFT train step", bench_memory),
+    "f": ("AdamW: default vs foreach vs fused", bench_adamw),
+    "g": ("allocator: glibc default vs tune_cpu_allocator()", bench_allocator),
+    "h": ("CUDA: GPT-2 124M SFT step, bf16 + torch.compile", bench_cuda),
+}
+
+
+def machine():
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    try:
+        import transformers
+
+        hf_version = transformers.__version__
+    except ImportError:
+        hf_version = None
+    gpu = torch.cuda.get_device_name() if device_type == "cuda" else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16(), "gpu": gpu,
+            "device": device, "torch": torch.__version__, "transformers": hf_version,
+            "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+
+
+def main():
+    global device, device_type
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 reps: a smoke test")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,b,f")
+    parser.add_argument("--reps", type=int, default=0, help="timed repetitions (default: per section)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)  # internal: section (e)'s fresh process
+    args = parser.parse_args()
+    if args._memory_probe:
+        return memory_probe(json.loads(args._memory_probe))
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    if args.reps < 0:
+        parser.error("--reps must be at least 1")
+
+    # All cores, as training would use them. Not in --quick: tiny tensors gain nothing from threads, and on a
+    # busy machine OpenMP's waiting turns each ~10 us op into milliseconds (the smoke test would crawl).
+    torch.set_num_threads(1 if args.quick else os.cpu_count() or 1)
+    device = pick_device(args.device)
+    device_type = "cuda" if device.startswith("cuda") else device
+    if device_type == "cpu":
+        tune_cpu_allocator()  # as the trainers do; section (g) toggles it on purpose
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the trainers do
+    info = machine()
+    print(f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), device {device}, "
+          f"dtype auto = {pick_dtype('auto', device_type)}, torch {info['torch']}, transformers {info['transformers']}"
+          f"{', QUICK (tiny shapes)' if args.quick else ''}")
+    results = {"machine": info, "quick": args.quick, "reps": args.reps or None}
+    for key in only:
+        title, fn = SECTIONS[key]
+        print(f"\n=== ({key}) {title} ===")
+        SUMMARY.extend([f"### ({key}) {title}", ""])
+        t0 = time.perf_counter()
+        results[key] = fn(args)
+        print(f"({key}: {time.perf_counter() - t0:.1f} s)")
+
+    print("\n" + "-" * 100 + "\n\n## Benchmarks (bench.py" + (" --quick" if args.quick else "") + ")\n")
+    print(f"{info['cpu']}, {info['cores']} cores, native bf16: {'yes' if info['native_bf16'] else 'no'}"
+          f"{', ' + info['gpu'] if info['gpu'] else ''}; torch {info['torch']}, transformers {info['transformers']}, "
+          f"Python {info['python']}; {info['date']}. Interleaved repetitions in one process, medians.\n")
+    print("\n".join(SUMMARY))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
