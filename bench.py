@@ -286,6 +286,13 @@ def bench_generation(args):
     labels = {"ours_cached": "ours, KV cache", "ours_uncached": "ours, no cache", "hf": "HF generate (its cache)"}
     variants = {"ours_cached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=True),
                 "ours_uncached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=False)}
+    auto = pick_dtype("auto", device_type)
+    if auto != "float32":  # what sample.py runs by default: the weights themselves in bf16 (half the bytes)
+        model_auto = GPT(GPTConfig(**shape)).to(device)
+        model_auto.load_state_dict(model.state_dict())
+        model_auto.to(PTDTYPE[auto]).eval()
+        labels["ours_auto"] = f"ours, KV cache, {auto} weights (sample.py default)"
+        variants["ours_auto"] = lambda n=new: model_auto.generate(prompt, n, temperature=0, use_cache=True)
     if hf is not None:
         variants["hf"] = lambda n=new: hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                                    max_new_tokens=n, min_new_tokens=n)
@@ -302,12 +309,16 @@ def bench_generation(args):
     if hf is not None:
         same["cached_equals_hf"] = torch.equal(cached, outputs["hf"])
         ratios["cached_over_hf"] = speedup(times, "ours_cached", "hf")
+        if "ours_auto" in times:
+            ratios["auto_over_hf"] = speedup(times, "ours_auto", "hf")
+    if "ours_auto" in times:  # bf16 rounding may flip a choice of a random model: report, don't require
+        same["auto_equals_fp32_share"] = float((outputs["ours_auto"] == cached).float().mean())
     rows = [[labels[k], f"{new / med(ts):,.1f}", f"{med(ts):,.2f}"] for k, ts in times.items()]
     notes = ["; ".join(f"{k.replace('_over_', ' / ')}: {v:.2f}x" for k, v in ratios.items()),
              "same greedy tokens: " + ", ".join(f"{k.replace('_equals_', ' == ')}: {v}" for k, v in same.items())
              + f" (smallest top-1 vs top-2 logit margin on the path: {margin:.3f})"]
     show(f"generation, {model.num_params() / 1e6:.1f}M params, prompt {prompt_len}, {new} new tokens, batch 1, "
-         f"greedy, fp32: median of {reps}", ["variant", "tokens/s", "s/run"], rows, notes)
+         f"greedy, fp32 unless said: median of {reps}", ["variant", "tokens/s", "s/run"], rows, notes)
     figures = {k: {"tokens_per_s": new / med(ts), "s": med(ts)} for k, ts in times.items()}
     return {"prompt": prompt_len, "new_tokens": new, **figures, **ratios, **same, "min_logit_margin": margin}
 
@@ -433,7 +444,7 @@ def bench_prepare(args):
 def memory_probe(spec):
     """Run by `bench.py --_memory_probe SPEC` in a fresh process: memory one train step adds to the model's.
 
-    A fresh process because ru_maxrss only ever grows: in this one it would remember earlier sections.
+    A fresh process because the peak only ever grows: in this one it would remember earlier sections.
     """
     import resource
 
@@ -451,6 +462,11 @@ def memory_probe(spec):
     def used():
         if dev_type == "cuda":
             return torch.cuda.max_memory_allocated()
+        # Linux carries ru_maxrss over from the parent across fork + exec (a 6 GB parent makes every child
+        # report 6 GB); VmHWM belongs to this process's own address space.
+        if os.path.exists("/proc/self/status"):
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
 
     if dev_type == "cuda":
@@ -483,7 +499,7 @@ def bench_memory(args):
         rows.append([dtype, f"{r['baseline'] / mib:,.0f}", f"{r['peak'] / mib:,.0f}", f"{step / mib:,.0f}",
                      f"{state / mib:,.0f}", f"{(step - state) / mib:,.0f}"])
         out[dtype] = {"baseline_mib": r["baseline"] / mib, "peak_mib": r["peak"] / mib, "step_mib": step / mib}
-    what = "CUDA max_memory_allocated" if device_type == "cuda" else "ru_maxrss"
+    what = "CUDA max_memory_allocated" if device_type == "cuda" else "VmHWM"
     show(f"peak memory of one train step ({what}), {shape['n_layer']}L/{shape['n_embd']}d, batch {batch} of seq "
          f"{seq}", ["dtype", "after model (MiB)", "peak (MiB)", "step adds (MiB)", "grads + AdamW (MiB)",
                     "activations etc. (MiB)"], rows,
@@ -518,52 +534,54 @@ def bench_adamw(args):
 # ----------------------------------------------------------------------------------------------------------
 # (g) the allocator
 
-# mallopt parameters (malloc.h). Any mallopt call also freezes glibc's *dynamic* mmap threshold (normally it
-# rises, up to 32 MiB, as mmapped blocks are freed), so "default" sets M_MMAP_THRESHOLD to its documented
-# starting value, 128 KiB, to be the same state whatever ran before. Blocks above it are mmapped and
-# returned at free; the logits and their gradient (hundreds of MiB) are over 32 MiB and would be either way.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-MALLOC_SETTINGS = {
-    "default": {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_THRESHOLD: 128 * 1024},
-    "tuned": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 1 << 30},  # what model.py's tune_cpu_allocator() sets
-}
+# The allocator is per-process state that only takes full effect from a process's first allocations (glibc's
+# dynamic mmap threshold, the heap's shape), so the two settings run in fresh processes, alternating
+# default, tuned, default, tuned, ... and each process reports the median of its own steps.
+
+
+def alloc_probe(spec):
+    """Run by `bench.py --_alloc_probe SPEC` in a fresh process: median train-step time under one malloc setting."""
+    torch.set_num_threads(spec["threads"])
+    if spec["setting"] == "tuned":
+        tune_cpu_allocator()
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**spec["shape"]))
+    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, "cpu")
+    X, Y = random_batch(model.config.vocab_size, spec["batch"], spec["seq"])
+    times = []
+    for i in range(spec["steps"] + 1):
+        t0 = time.perf_counter()
+        train_step(model, optimizer, X, Y, spec["dtype"])
+        if i > 0:  # the first step builds the heap
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"step_s": med(times)}))
 
 
 def bench_allocator(args):
     if device_type != "cpu":
         return skipped("the glibc allocator matters on CPU only")
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
         return skipped("no glibc here")
-    reps, warmup = reps_for(args, 5), 1
+    reps = reps_for(args, 3)
     shape, seq, batch = (TINY, 32, 2) if args.quick else (SMALL, 256, 8)
     dtype = pick_dtype("auto", "cpu")  # what train_sft.py runs by default
-    torch.manual_seed(1337)
-    model = GPT(GPTConfig(**shape))
-    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, "cpu")
-    X, Y = random_batch(model.config.vocab_size, batch, seq)
-    times = {name: [] for name in MALLOC_SETTINGS}
-    for r in range(warmup + reps):
-        for name, settings in MALLOC_SETTINGS.items():
-            for param, value in settings.items():
-                mallopt(param, value)
-            # One untimed step first: right after a switch the heap is still shaped by the other setting.
-            train_step(model, optimizer, X, Y, dtype)
-            t0 = time.perf_counter()
-            train_step(model, optimizer, X, Y, dtype)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    tune_cpu_allocator()  # back to the setting every other section runs under
+    times = {"default": [], "tuned": []}
+    for _ in range(reps):
+        for setting in times:
+            spec = {"setting": setting, "shape": shape, "seq": seq, "batch": batch, "dtype": dtype,
+                    "steps": 2 if args.quick else 4, "threads": torch.get_num_threads()}
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_alloc_probe", json.dumps(spec)],
+                                  cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"allocator probe failed:\n{proc.stderr[-3000:]}")
+            times[setting].append(json.loads(proc.stdout.strip().splitlines()[-1])["step_s"])
     tokens = batch * seq
     ratio = speedup(times, "tuned", "default")
     labels = {"default": "glibc default", "tuned": "tune_cpu_allocator()"}
     rows = [[labels[name], f"{tokens / med(ts):,.0f}", f"{1000 * med(ts):,.1f}"] for name, ts in times.items()]
-    show(f"train step {shape['n_layer']}L/{shape['n_embd']}d, seq {seq}, batch {batch}, {dtype}, under each malloc "
-         f"setting (toggled with mallopt, interleaved): median of {reps}", ["malloc", "tokens/s", "ms/step"], rows,
-         [f"tuned/default: {ratio:.2f}x",
-          "default = M_MMAP_MAX 65536, M_TRIM_THRESHOLD 128 KiB, M_MMAP_THRESHOLD 128 KiB (fixed; see bench.py); "
-          "tuned = M_MMAP_MAX 0, M_TRIM_THRESHOLD 1 GiB"])
+    show(f"train step {shape['n_layer']}L/{shape['n_embd']}d, seq {seq}, batch {batch}, {dtype}, each setting in "
+         f"fresh processes, alternating: median of {reps} processes", ["malloc", "tokens/s", "ms/step"], rows,
+         [f"tuned/default: {ratio:.2f}x", "tuned = M_MMAP_MAX 0 (no mmap per allocation), M_TRIM_THRESHOLD never"])
     return {name: {"tokens_per_s": tokens / med(ts), "step_s": med(ts)} for name, ts in times.items()} | {
         "tuned_over_default": ratio}
 
@@ -656,9 +674,12 @@ def main():
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)  # internal: section (e)'s fresh process
+    parser.add_argument("--_alloc_probe", help=argparse.SUPPRESS)  # internal: section (g)'s fresh processes
     args = parser.parse_args()
     if args._memory_probe:
         return memory_probe(json.loads(args._memory_probe))
+    if args._alloc_probe:
+        return alloc_probe(json.loads(args._alloc_probe))
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
@@ -672,7 +693,7 @@ def main():
     device = pick_device(args.device)
     device_type = "cuda" if device.startswith("cuda") else device
     if device_type == "cpu":
-        tune_cpu_allocator()  # as the trainers do; section (g) toggles it on purpose
+        tune_cpu_allocator()  # as the trainers do; section (g) compares it with the default
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the trainers do
     info = machine()
@@ -691,7 +712,8 @@ def main():
     print("\n" + "-" * 100 + "\n\n## Benchmarks (bench.py" + (" --quick" if args.quick else "") + ")\n")
     print(f"{info['cpu']}, {info['cores']} cores, native bf16: {'yes' if info['native_bf16'] else 'no'}"
           f"{', ' + info['gpu'] if info['gpu'] else ''}; torch {info['torch']}, transformers {info['transformers']}, "
-          f"Python {info['python']}; {info['date']}. Interleaved repetitions in one process, medians.\n")
+          f"Python {info['python']}; {info['date']}. Interleaved repetitions (in one process, except (e) and "
+          "(g), which need fresh ones), medians.\n")
     print("\n".join(SUMMARY))
     if args.json:
         with open(args.json, "w") as f:

@@ -428,6 +428,6 @@ def tune_cpu_allocator() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-4, 0)  # M_MMAP_MAX: never serve a malloc with its own mmap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed memory for reuse
+        libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD: -1 becomes SIZE_MAX (glibc takes it as size_t): never trim
     except (OSError, AttributeError):
         pass

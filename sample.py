@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_tok
 from model import GPT, GPTConfig, pick_device, pick_dtype
 
 
-def load_model(source: str, device: str):
+def load_model(source: str, device: str, dtype: torch.dtype):
     """(model, meta, name) from our checkpoint (a .pt file or a folder with ckpt.pt) or a GPT-2 name / HF dir."""
     ckpt_path = source if source.endswith(".pt") else os.path.join(source, "ckpt.pt")
     if os.path.exists(ckpt_path):
@@ -40,7 +39,9 @@ def load_model(source: str, device: str):
         # the base model be prompted with exactly the text the fine-tuned one sees.
         model = GPT.from_pretrained(source, vocab_size=50304)
         meta = {"template": "none", "system_prompt": None}
-    model.eval().to(device)
+    # Generating one token reads every weight once: bf16 weights halve the bytes, and that is the speed
+    # (2.3x on a CPU with native bf16, BENCHMARKS.md). Training keeps fp32 weights; here nothing is learned.
+    model.eval().to(device=device, dtype=dtype)
     return model, meta, source
 
 
@@ -62,7 +63,7 @@ def fit_history(history: list[dict], template: str, max_prompt_tokens: int) -> l
         del history[has_system : has_system + 2]  # the oldest user/assistant pair
 
 
-def respond(model, ids: list[int], template: str, args, device: str, ctx, stream: bool) -> tuple[list[int], bool]:
+def respond(model, ids: list[int], template: str, args, device: str, stream: bool) -> tuple[list[int], bool]:
     """Generate one response; returns its token ids (without the end token) and whether it ended by itself."""
     enc = get_tokenizer()
     stop = {SPECIAL_TOKENS[EOT]} | ({end_token(template)} if template != "none" else set())
@@ -82,9 +83,8 @@ def respond(model, ids: list[int], template: str, args, device: str, ctx, stream
                 printed = text
 
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    with ctx:
-        model.generate(x, min(args.max_new_tokens, budget), temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, stop_tokens=tuple(stop), vocab_size=enc.n_vocab, on_token=on_token)
+    model.generate(x, min(args.max_new_tokens, budget), temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, stop_tokens=tuple(stop), vocab_size=enc.n_vocab, on_token=on_token)
     if stream:
         print()
     stopped = bool(new) and new[-1] in stop
@@ -92,7 +92,7 @@ def respond(model, ids: list[int], template: str, args, device: str, ctx, stream
 
 
 @torch.no_grad()
-def text_loss(model, path: str, device: str, ctx, max_tokens: int) -> tuple[float, int]:
+def text_loss(model, path: str, device: str, max_tokens: int) -> tuple[float, int]:
     """Mean next-token loss on a plain-text corpus (.bin of uint16 ids from prepare_text.py, or a text file)."""
     if path.endswith(".bin"):
         tokens = np.memmap(path, dtype=np.uint16, mode="r")[: max_tokens + 1].astype(np.int64)
@@ -103,8 +103,7 @@ def text_loss(model, path: str, device: str, ctx, max_tokens: int) -> tuple[floa
     loss_sum, n = 0.0, 0
     for start in range(0, len(tokens) - 1, T):  # back-to-back windows, each a fresh context
         window = torch.from_numpy(tokens[start : start + T + 1]).to(device)
-        with ctx:
-            _, loss = model(window[None, :-1], window[None, 1:])
+        _, loss = model(window[None, :-1], window[None, 1:])
         loss_sum += loss.item() * (len(window) - 1)
         n += len(window) - 1
     return loss_sum / max(n, 1), n
@@ -151,27 +150,26 @@ def main(argv=None):
     p.add_argument("--eval_text", help="report each model's loss on this text corpus (.bin or .txt)")
     p.add_argument("--eval_tokens", type=int, default=32768, help="at most this many tokens of --eval_text")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where the hardware has it), float32, bfloat16")
     args = p.parse_args(argv)
     if not args.ckpt and not args.init_from:
         p.error("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
 
     device = pick_device(args.device)
     device_type = "cuda" if device.startswith("cuda") else device
-    dtype = pick_dtype(args.dtype, device_type)
-    ctx = (nullcontext() if dtype == "float32" else
-           torch.autocast(device_type=device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        pick_dtype(args.dtype, device_type)]
 
     # The models: (label, model, meta). A checkpoint also tells us which model it was fine-tuned from.
     models = []
     if args.ckpt:
-        model, meta, name = load_model(args.ckpt, device)
+        model, meta, name = load_model(args.ckpt, device, dtype)
         models.append((f"fine-tuned ({name})", model, meta))
     if args.compare or not args.ckpt:
         base = args.init_from or (models[0][2].get("init_from") if models else None)
         if not base or base in ("scratch", "resume"):
             raise SystemExit("--compare needs the base model: pass --init_from=gpt2 (or a folder/checkpoint)")
-        model, meta, name = load_model(base, device)
+        model, meta, name = load_model(base, device, dtype)
         models.insert(0, (f"base ({name})", model, meta))
     template = args.template or models[-1][2]["template"]
     system_prompt = args.system_prompt if args.system_prompt is not None else models[-1][2].get("system_prompt")
@@ -182,7 +180,7 @@ def main(argv=None):
     if args.eval_text:
         losses = {}
         for label, model, _ in models:
-            losses[label], n = text_loss(model, args.eval_text, device, ctx, args.eval_tokens)
+            losses[label], n = text_loss(model, args.eval_text, device, args.eval_tokens)
             print(f"loss on {args.eval_text} ({n:,} tokens), {label}: {losses[label]:.4f} "
                   f"(perplexity {math.exp(losses[label]):.1f})")
         if len(models) == 2:
@@ -200,7 +198,7 @@ def main(argv=None):
             history.append({"role": "user", "content": line.rstrip("\n")})
             ids = fit_history(history, template, model.config.block_size - args.max_new_tokens)
             print("assistant: ", end="", flush=True)
-            new, _ = respond(model, ids, template, args, device, ctx, stream=True)
+            new, _ = respond(model, ids, template, args, device, stream=True)
             history.append({"role": "assistant", "content": enc.decode(new)})
         return
 
@@ -212,7 +210,7 @@ def main(argv=None):
             torch.manual_seed(args.seed)  # the same seed for every model: differences come from the weights
             for k in range(args.num_samples):
                 print(f"--- {label}" + (f", sample {k + 1}" if args.num_samples > 1 else "") + " ---")
-                new, stopped = respond(model, ids, template, args, device, ctx, stream=True)
+                new, stopped = respond(model, ids, template, args, device, stream=True)
                 if not stopped:
                     print(f"[no end token within {args.max_new_tokens} tokens]")
                 if out:
