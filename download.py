@@ -28,14 +28,13 @@ def sha256_of(path: str) -> str:
 
 
 def _sha256_from_headers(response: requests.Response) -> str | None:
-    # The hub answers /resolve/ for large files with a redirect whose headers carry X-Linked-Etag = the sha256
-    # of the content; small files carry it (or a git sha1, which we must not mistake for it) in ETag.
+    # The hub answers /resolve/ for large (LFS) files with a redirect whose X-Linked-Etag is the sha256 of the
+    # content. A plain ETag is not used: servers put all sorts of hashes there (git blob ids, hashes of the
+    # compressed bytes), and a false mismatch would make a good file undownloadable.
     for r in [*response.history, response]:
-        for name in ("X-Linked-Etag", "ETag"):
-            value = r.headers.get(name, "")
-            value = value.removeprefix("W/").strip('"')
-            if re.fullmatch(r"[0-9a-f]{64}", value):
-                return value
+        value = r.headers.get("X-Linked-Etag", "").removeprefix("W/").strip('"')
+        if re.fullmatch(r"[0-9a-f]{64}", value):
+            return value
     return None
 
 
@@ -46,7 +45,8 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".incomplete"
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # Byte offsets must mean the same thing in every request, so no transparent compression.
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     try:
         response = requests.get(url, stream=True, headers=headers, timeout=30)
     except requests.RequestException as e:
@@ -71,6 +71,9 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
         else:
             if response.status_code == 200:
                 have = 0  # the server ignored our Range header: start again from byte 0
+            elif not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                os.remove(partial)
+                raise RuntimeError(f"{url} resumed at the wrong offset; the partial file was removed, run again")
             total = int(response.headers.get("Content-Length", 0)) + have or None
             with open(partial, "ab" if have else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
@@ -84,6 +87,8 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
                     raise RuntimeError(
                         f"download of {url} was cut off ({type(e).__name__}); run again to resume from {partial}"
                     ) from None
+            if total is not None and os.path.getsize(partial) < total:  # the server closed early, silently
+                raise RuntimeError(f"download of {url} was cut off; run again to resume from {partial}")
     if expected is not None:
         got = sha256_of(partial)
         if got != expected:

@@ -181,6 +181,13 @@ class GPT(nn.Module):
             raise ValueError(f"{name_or_dir}: model_type is {hf.get('model_type')!r}; only GPT-2 checkpoints load")
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"{name_or_dir}: activation_function {hf['activation_function']!r} is not GPT-2's")
+        unsupported = {k: hf[k] for k, ok in (("scale_attn_by_inverse_layer_idx", False),
+                                              ("reorder_and_upcast_attn", False), ("scale_attn_weights", True))
+                       if k in hf and hf[k] != ok}
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            unsupported["n_inner"] = hf["n_inner"]
+        if unsupported:  # variants of GPT-2 that this model would compute differently: refuse, don't guess
+            raise ValueError(f"{name_or_dir}: unsupported GPT-2 options {unsupported}")
         ckpt_vocab = hf["vocab_size"]
         if vocab_size is not None and vocab_size < ckpt_vocab:
             raise ValueError(f"vocab_size={vocab_size} is smaller than the checkpoint's {ckpt_vocab}")
@@ -319,7 +326,11 @@ def fetch_hf_checkpoint(name: str, cache_dir: str | None = None) -> str:
         return download(f"{endpoint}/{repo}/resolve/main/{filename}", os.path.join(folder, filename),
                         desc=f"{repo}/{filename}")
 
-    get("config.json")
+    try:
+        get("config.json")
+    except (RuntimeError, FileNotFoundError) as e:
+        raise RuntimeError(f"{name!r} is not a local folder (with config.json, or our ckpt.pt) and the hub did "
+                           f"not serve it: {e}") from None
     if not os.path.exists(os.path.join(folder, "pytorch_model.bin")):
         try:
             get("model.safetensors")

@@ -212,7 +212,7 @@ def prepare(
     records = read_records(path)
     check_records(records, path)
 
-    # 2. Tokenise, one record at a time (a plain loop is the fast way on few cores; see PERF-NOTES.md).
+    # 2. Tokenise, one record at a time (a plain loop is the fast way on few cores; see BENCHMARKS.md).
     enc = chat_template.get_tokenizer()
     assert enc.n_vocab <= np.iinfo(np.uint16).max + 1, "token ids must fit in uint16"
     examples = []  # (ids, mask) of every kept record, in file order

@@ -150,7 +150,8 @@ def main(argv=None):
     p.add_argument("--eval_text", help="report each model's loss on this text corpus (.bin or .txt)")
     p.add_argument("--eval_tokens", type=int, default=32768, help="at most this many tokens of --eval_text")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 where the hardware has it), float32, bfloat16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the weights' precision; auto = bf16 where the hardware has it, else fp32")
     args = p.parse_args(argv)
     if not args.ckpt and not args.init_from:
         p.error("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
@@ -175,7 +176,8 @@ def main(argv=None):
     system_prompt = args.system_prompt if args.system_prompt is not None else models[-1][2].get("system_prompt")
     enc = get_tokenizer()
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    print(f"template: {template}" + (f", system prompt: {system_prompt!r}" if system_prompt else ""))
+    print(f"template: {template}, weights in {str(dtype).removeprefix('torch.')}"
+          + (f", system prompt: {system_prompt!r}" if system_prompt else ""))
 
     if args.eval_text:
         losses = {}
@@ -196,14 +198,19 @@ def main(argv=None):
             if not line.strip():
                 break
             history.append({"role": "user", "content": line.rstrip("\n")})
-            ids = fit_history(history, template, model.config.block_size - args.max_new_tokens)
+            # keep at least half the context for the conversation so far, however long the answers may be
+            room = model.config.block_size - min(args.max_new_tokens, model.config.block_size // 2)
+            ids = fit_history(history, template, room)
             print("assistant: ", end="", flush=True)
             new, _ = respond(model, ids, template, args, device, stream=True)
             history.append({"role": "assistant", "content": enc.decode(new)})
         return
 
+    prompts = read_prompts(args)
+    if not prompts and not args.eval_text:
+        p.error("nothing to do: give --prompt, --prompts_file, --chat or --eval_text")
     out = open(args.out, "a", encoding="utf-8") if args.out else None
-    for i, prompt in enumerate(read_prompts(args)):
+    for i, prompt in enumerate(prompts):
         print(f"\n=== prompt {i + 1}: {prompt}")
         ids = prompt_ids(system + [{"role": "user", "content": prompt}], template)
         for label, model, _ in models:

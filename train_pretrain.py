@@ -49,7 +49,7 @@ dropout = 0.0
 bias = True
 # optimization
 batch_size = 8  # examples (or windows) per micro-batch, per process
-gradient_accumulation_steps = 1  # micro-batches per optimizer step
+gradient_accumulation_steps = 1  # micro-batches per step and process: a step sees batch_size x this x processes
 max_iters = 1000
 learning_rate = 6e-4
 min_lr = 6e-5  # the cosine schedule ends here
@@ -100,12 +100,15 @@ if master_process:
 
 # ----------------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
+if ddp and ddp_local_rank != 0:
+    dist.barrier()  # one process per machine downloads GPT-2 first; the others then read it from the cache
 checkpoint = None
 if init_from == "resume" or init_from.endswith(".pt") or os.path.exists(os.path.join(init_from, "ckpt.pt")):
     ckpt_path = {"resume": os.path.join(out_dir, "ckpt.pt")}.get(init_from, init_from)
     if os.path.isdir(ckpt_path):
         ckpt_path = os.path.join(ckpt_path, "ckpt.pt")
-    print(f"loading {ckpt_path}")
+    if master_process:
+        print(f"loading {ckpt_path}")
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     model_args = checkpoint["model_args"] | ({} if init_from == "resume" else {"dropout": dropout})
     model = GPT(GPTConfig(**model_args))
@@ -115,6 +118,8 @@ elif init_from == "scratch":
                           vocab_size=vocab_size, dropout=dropout, bias=bias))
 else:
     model = GPT.from_pretrained(init_from, vocab_size=vocab_size, dropout=dropout)
+if ddp and ddp_local_rank == 0:
+    dist.barrier()
 block_size = model.config.block_size  # a loaded model brings its own context window
 model.to(device)
 if master_process:
@@ -130,7 +135,7 @@ def to_device(array):
 
 def run_prepare(args):
     """Data on demand: make the prepared data this run needs, so the main command works on a fresh clone."""
-    if master_process:
+    if ddp_local_rank == 0:  # once per machine: nodes need not share a filesystem
         print(f"prepared data not found; running: python {' '.join(args)}")
         if subprocess.run([sys.executable, *args]).returncode != 0:
             raise SystemExit(f"python {' '.join(args)} failed (its message is above); fix that and run again")
@@ -151,6 +156,9 @@ if meta["vocab_size"] > model.config.vocab_size:
     raise SystemExit(f"the data uses {meta['vocab_size']} token ids; the model has only {model.config.vocab_size}")
 data = {split: np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
         for split in ("train", "val")}
+for split, tokens in data.items():
+    if len(tokens) <= block_size:
+        raise SystemExit(f"{split}.bin has {len(tokens)} tokens; one window needs block_size + 1 = {block_size + 1}")
 
 
 def get_batch(split, i=None):
@@ -220,6 +228,10 @@ def estimate_loss():
             n = int((Y != -100).sum())
             loss_sum, n_targets = loss_sum + loss.item() * n, n_targets + n
         out[split] = loss_sum / max(n_targets, 1)
+        if ddp:  # every process must take the same "is this the best?" decision, to the last bit
+            loss_tensor = torch.tensor(out[split], device=device)
+            dist.broadcast(loss_tensor, src=0)
+            out[split] = loss_tensor.item()
     model.train()
     return out
 
@@ -230,7 +242,7 @@ def save_checkpoint(path, with_optimizer=True):
     if device_type == "cuda":
         rng_state["cuda"] = torch.cuda.get_rng_state().cpu()
     rng_states = [rng_state]
-    if ddp:  # each process has its own dropout stream; gathering is collective, so all processes come here
+    if ddp and with_optimizer:  # each process has its own dropout stream; a collective: all processes come here
         rng_states = [None] * ddp_world_size
         dist.all_gather_object(rng_states, rng_state)
     if not master_process:
@@ -240,7 +252,10 @@ def save_checkpoint(path, with_optimizer=True):
     if with_optimizer:
         state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), data_state=data_state,
                      rng_state=rng_states)
-    torch.save(state, path + ".tmp")
+    with open(path + ".tmp", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename, so even a power cut leaves the old file or the new
     os.replace(path + ".tmp", path)
 
 
@@ -253,7 +268,9 @@ def evaluate_and_save():
         tqdm.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                    + (" (best)" if is_best else ""))
         log_metrics({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
-    if always_save_checkpoint or iter_num == max_iters:
+    if eval_only:
+        return  # measuring must never overwrite the run's checkpoint
+    if (always_save_checkpoint and iter_num > 0) or iter_num == max_iters:
         save_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # the latest state: what init_from=resume continues
     if is_best and iter_num > 0:
         save_checkpoint(os.path.join(out_dir, "best.pt"), with_optimizer=False)

@@ -4,8 +4,9 @@ What is checked: the two scripts differ only in their docstring and data-loader 
 accumulation weights micro-batches by their target tokens (through the script and in-process); resuming
 reproduces an uninterrupted run step for step; torchrun (2 CPU processes, gloo) matches one process; config
 mistakes stop the run with a clear message; checkpoints are atomic and can seed a new run; a failed data
-preparation exits cleanly. Every run is a few steps of a 2-layer, 32-wide GPT, and independent runs go two
-at a time (OMP_NUM_THREADS=1 each), so the whole file takes well under a minute and a half on 2 cores.
+preparation exits cleanly; both data loaders give exactly the expected batches on small hand-written data.
+Every run is a few steps of a 2-layer, 32-wide GPT, and independent runs go two at a time (OMP_NUM_THREADS=1
+each), so the whole file takes well under a minute and a half on 2 cores.
 """
 
 import ast
@@ -114,21 +115,9 @@ def exp_avg_by_name(ckpt) -> dict:
 
 def sft_loader(data_dir, batch_size, gradient_accumulation_steps=1, world_size=1, rank=0, block_size=64):
     """train_sft.py's own DATA LOADER section, executed in-process: its get_batch() with these settings."""
-    with open(os.path.join(ROOT, "train_sft.py")) as f:
-        lines = f.read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:"))
-    end = lines.index("# END OF DATA LOADER")
-
-    def run_prepare(args):
-        raise AssertionError(f"the test data should exist; the loader wanted to run {args}")
-
-    ns = dict(os=os, json=json, np=np, torch=torch, data_dir=data_dir, block_size=block_size,
-              batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-              ddp_world_size=world_size, ddp_rank=rank, master_process=rank == 0, seed=SEED,
-              model=types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"])),
-              to_device=torch.from_numpy, run_prepare=run_prepare)
-    exec(compile("\n".join(lines[start:end]), "train_sft.py (DATA LOADER)", "exec"), ns)
-    return ns
+    return loader_section("train_sft.py", data_dir=data_dir, block_size=block_size, batch_size=batch_size,
+                          gradient_accumulation_steps=gradient_accumulation_steps, ddp_world_size=world_size,
+                          ddp_rank=rank)
 
 
 def example_keys(X, Y) -> list[tuple]:
@@ -681,3 +670,240 @@ def test_missing_data_dir_fails_cleanly(tmp_path):
         assert "could not download" in proc.stderr
         assert f"python {prepare} --out_dir {data_dir / script} failed" in proc.stderr
         assert not (data_dir / script / "meta.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. the data loaders on hand-written data: exact batches, the epoch order, DDP slices, the windows
+
+
+def loader_section(script, **settings):
+    """The DATA LOADER section of a script, executed in-process with these settings: its namespace."""
+    with open(os.path.join(ROOT, script)) as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:"))
+    end = lines.index("# END OF DATA LOADER")
+
+    def run_prepare(args):
+        raise AssertionError(f"the test data should exist; the loader wanted to run {args}")
+
+    ns = {"os": os, "json": json, "np": np, "torch": torch, "seed": SEED, "gradient_accumulation_steps": 1,
+          "ddp_world_size": 1, "ddp_rank": 0, "eval_iters": 2, "to_device": torch.from_numpy,
+          "model": types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"])),
+          "run_prepare": run_prepare, **settings}
+    ns.setdefault("master_process", ns["ddp_rank"] == 0)
+    exec(compile("\n".join(lines[start:end]), f"{script} (DATA LOADER)", "exec"), ns)
+    return ns
+
+
+PAD = 50258  # chatml's end token: the SFT loader pads X with it
+# (ids, loss mask) of each example, in the order they are stored; block_size 4 fits up to 5 tokens.
+SFT_TRAIN = [
+    ([10, 11, 12, 13, 14], [0, 0, 1, 1, 1]),            # A: exactly block_size + 1 tokens: usable
+    ([90, 91, 92, 93, 94, 95], [0, 0, 0, 1, 1, 1]),     # too long: left out, never truncated
+    ([20, 21, 22], [0, 1, 1]),                          # B
+    ([30, 31, 32, 33], [0, 0, 1, 1]),                   # C
+    ([40, 41], [0, 1]),                                 # D
+    ([50, 51, 52, 53, 54], [0, 1, 0, 1, 1]),            # E: a prompt token between two response tokens
+    ([60, 61, 62], [0, 0, 1]),                          # F
+    ([70, 71, 72, PAD], [0, 1, 1, 1]),                  # G: ends with the end token (an id above 2**15)
+    ([80, 81], [0, 1]),                                 # H
+    ([100, 101, 102, 103, 104, 105, 106], [0] * 3 + [1] * 4),  # too long
+]
+SFT_VAL = [([5, 6, 7], [0, 1, 1]), ([8, 9], [0, 1])]
+
+
+def write_sft_split(out_dir, split, examples):
+    ids = np.array([t for tokens, _ in examples for t in tokens], dtype=np.uint16)
+    mask = np.array([m for _, masks in examples for m in masks], dtype=np.uint8)
+    offsets = np.cumsum([0] + [len(tokens) for tokens, _ in examples], dtype=np.int64)
+    assert len(offsets) == len(examples) + 1 and offsets[0] == 0
+    ids.tofile(os.path.join(out_dir, f"{split}_ids.bin"))
+    mask.tofile(os.path.join(out_dir, f"{split}_mask.bin"))
+    offsets.tofile(os.path.join(out_dir, f"{split}_offsets.bin"))
+
+
+@pytest.fixture
+def hand_sft_data(tmp_path):
+    out = tmp_path / "sft"
+    out.mkdir()
+    write_sft_split(str(out), "train", SFT_TRAIN)
+    write_sft_split(str(out), "val", SFT_VAL)
+    meta = {"template": "chatml", "system_prompt": None, "train_on_prompt": False, "tokenizer": "gpt2",
+            "vocab_size": 50259, "end_token": PAD, "n_train": len(SFT_TRAIN), "n_val": len(SFT_VAL)}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return str(out)
+
+
+def first_tokens(X) -> list[int]:
+    """Every hand-written example starts with its own token: the first column names each row's example."""
+    return X[:, 0].tolist()
+
+
+def test_sft_get_batch_matches_hand_written_x_and_y(hand_sft_data, capsys):
+    ns = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=2)
+    get_batch = ns["get_batch"]
+    out = capsys.readouterr().out
+    assert "train: leaving out 2 examples longer than block_size 4" in out, out
+    assert "val:" not in out, "no val example is too long"
+    assert ns["data"]["train"][4].tolist() == [0, 2, 3, 4, 5, 6, 7, 8], "usable: all but the two long ones"
+
+    # eval batch 0: usable rows 0 and 1 = A and B (the long example between them is skipped, not cut)
+    X, Y = get_batch("train", 0)
+    assert X.dtype == Y.dtype == torch.int64
+    assert X.tolist() == [[10, 11, 12, 13], [20, 21, PAD, PAD]]
+    assert Y.tolist() == [[IGNORE, 12, 13, 14], [21, 22, IGNORE, IGNORE]]
+    X, Y = get_batch("train", 1)  # C, D: padded to the longer one, C (4 tokens -> 3 positions)
+    assert X.tolist() == [[30, 31, 32], [40, PAD, PAD]]
+    assert Y.tolist() == [[IGNORE, 32, 33], [41, IGNORE, IGNORE]]
+    X, Y = get_batch("train", 2)  # E (a masked token between targets), F
+    assert X.tolist() == [[50, 51, 52, 53], [60, 61, PAD, PAD]]
+    assert Y.tolist() == [[51, IGNORE, 53, 54], [IGNORE, 62, IGNORE, IGNORE]]
+    X, Y = get_batch("val", 0)
+    assert X.tolist() == [[5, 6], [8, PAD]]
+    assert Y.tolist() == [[6, 7], [9, IGNORE]]
+    assert ns["data_state"] == {"train": 0, "val": 0}, "evaluation batches do not move the training stream"
+    X2, Y2 = get_batch("train", 0)
+    assert X2.tolist() == [[10, 11, 12, 13], [20, 21, PAD, PAD]] and torch.equal(Y2, get_batch("train", 0)[1])
+
+    # batch 2 of 3 wraps around the 8 usable examples: G, H, A (the end token id 50258 survives uint16)
+    X, Y = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=3)["get_batch"]("train", 2)
+    assert X.tolist() == [[70, 71, 72, PAD], [80, PAD, PAD, PAD], [10, 11, 12, 13]]
+    assert Y.tolist() == [[71, 72, PAD, IGNORE], [81, IGNORE, IGNORE, IGNORE], [IGNORE, 12, 13, 14]]
+
+    # with block_size 6 nothing is left out: the 6- and 7-token examples come back whole, and nothing is printed
+    capsys.readouterr()
+    ns = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=6, batch_size=2)
+    assert capsys.readouterr().out == ""
+    X, Y = ns["get_batch"]("train", 0)
+    assert X.tolist() == [[10, 11, 12, 13, PAD], [90, 91, 92, 93, 94]]
+    assert Y.tolist() == [[IGNORE, 12, 13, 14, IGNORE], [IGNORE, IGNORE, 93, 94, 95]]
+    X, Y = ns["get_batch"]("train", 4)  # rows 8 and 9: H and the 7-token example
+    assert X.tolist() == [[80, PAD, PAD, PAD, PAD, PAD], [100, 101, 102, 103, 104, 105]]
+    assert Y.tolist() == [[81] + [IGNORE] * 5, [IGNORE, IGNORE, 103, 104, 105, 106]]
+
+    # the training stream: each row is a whole example, with the same X and Y as in evaluation
+    expected = {}  # first token -> (x, y) of that example alone
+    for tokens, masks in SFT_TRAIN:
+        if len(tokens) - 1 <= 4:
+            targets = [t if m else IGNORE for t, m in zip(tokens[1:], masks[1:], strict=True)]
+            expected[tokens[0]] = (tokens[:-1], targets)
+    ns = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=2)
+    epochs = []
+    for _ in range(2):
+        seen = []
+        for _ in range(4):  # 8 usable examples / step size 2 = 4 steps per epoch
+            X, Y = ns["get_batch"]("train")
+            for x, y in zip(X.tolist(), Y.tolist(), strict=True):
+                ex_x, ex_y = expected[x[0]]
+                n = len(ex_x)
+                assert x == ex_x + [PAD] * (len(x) - n) and y == ex_y + [IGNORE] * (len(y) - n)
+            assert len(X[0]) == max(len(expected[t][0]) for t in first_tokens(X)), "padded to the longest only"
+            seen += first_tokens(X)
+        epochs.append(seen)
+    assert ns["data_state"]["train"] == 8
+    for seen in epochs:
+        assert sorted(seen) == sorted(expected), f"an epoch should visit every usable example once: {seen}"
+    assert epochs[0] != epochs[1], "the second epoch should be a new permutation"
+    assert 90 not in epochs[0] + epochs[1] and 100 not in epochs[0] + epochs[1]
+
+    # DDP: in each step, the two ranks' batches are disjoint and together the single-process step
+    single = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=4)
+    ranks = [loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=2,
+                            ddp_world_size=2, ddp_rank=r) for r in (0, 1)]
+    accum = [loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=1,
+                            gradient_accumulation_steps=2, ddp_world_size=2, ddp_rank=r) for r in (0, 1)]
+    for step in range(4):  # two epochs of two steps of 4 examples
+        want = first_tokens(single["get_batch"]("train")[0])
+        got = [first_tokens(ns_["get_batch"]("train")[0]) for ns_ in ranks]
+        assert not set(got[0]) & set(got[1]), f"step {step}: the ranks share examples {got}"
+        assert sorted(got[0] + got[1]) == sorted(want), f"step {step}: ranks {got} vs one process {want}"
+        # and with 2 micro-batches of 1 per rank: still the same 4 examples per step
+        got = [first_tokens(ns_["get_batch"]("train")[0]) + first_tokens(ns_["get_batch"]("train")[0])
+               for ns_ in accum]
+        assert not set(got[0]) & set(got[1]) and sorted(got[0] + got[1]) == sorted(want), (step, got, want)
+
+
+def write_text_data(out_dir, train, val):
+    os.makedirs(out_dir, exist_ok=True)
+    np.asarray(train, dtype=np.uint16).tofile(os.path.join(out_dir, "train.bin"))
+    np.asarray(val, dtype=np.uint16).tofile(os.path.join(out_dir, "val.bin"))
+    meta = {"template": "none", "tokenizer": "gpt2", "vocab_size": 50257, "end_token": 50256,
+            "n_train_tokens": len(train), "n_val_tokens": len(val)}
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return out_dir
+
+
+def test_pretrain_get_batch_targets_are_next_tokens(tmp_path):
+    # train: 0..99; val: ids above 2**15 (uint16 on disk, int64 in the batch)
+    data_dir = write_text_data(str(tmp_path / "text"), np.arange(100), np.arange(50000, 50040))
+    ns = loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=3, eval_iters=2)
+    get_batch = ns["get_batch"]
+
+    # evaluation: windows spread evenly; stride (100 - 8) // (2 * 3) = 15 over 92 possible starts
+    X, Y = get_batch("train", 0)
+    assert X.dtype == Y.dtype == torch.int64 and X.shape == Y.shape == (3, 8)
+    assert X.tolist() == [list(range(s, s + 8)) for s in (0, 15, 30)]
+    assert Y.tolist() == [list(range(s + 1, s + 9)) for s in (0, 15, 30)]
+    X, Y = get_batch("train", 1)
+    assert X.tolist() == [list(range(s, s + 8)) for s in (45, 60, 75)]
+    assert torch.equal(Y, X + 1)
+    X, Y = get_batch("train", 2)  # (6, 7, 8) * 15 = 90, 105, 120 wrap around 92 starts
+    assert X[:, 0].tolist() == [90, 13, 28] and torch.equal(Y, X + 1)
+    X, Y = get_batch("val", 1)  # stride (40 - 8) // 6 = 5
+    assert X.tolist() == [list(range(50000 + s, 50008 + s)) for s in (15, 20, 25)]
+    assert Y.tolist() == [list(range(50001 + s, 50009 + s)) for s in (15, 20, 25)]
+    assert ns["data_state"] == {"train": 0, "val": 0}, "evaluation batches do not move the training stream"
+
+    # training: random windows of block_size consecutive tokens, targets one ahead, every start reachable
+    ns = loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=16)
+    starts = []
+    for _ in range(100):
+        X, Y = ns["get_batch"]("train")
+        assert X.shape == Y.shape == (16, 8)
+        assert torch.equal(X, X[:, :1] + torch.arange(8)), "each row is a window of consecutive tokens"
+        assert torch.equal(Y, X + 1), "the targets are the next tokens"
+        starts += X[:, 0].tolist()
+    assert ns["data_state"]["train"] == 100
+    assert set(starts) == set(range(92)), "every window start from 0 to len - block_size - 1, and no other"
+    X, _ = ns["get_batch"]("val")
+    assert X.min() >= 50000 and X.max() <= 50038
+    ranks = [loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=16, ddp_world_size=2,
+                            ddp_rank=r)["get_batch"]("train")[0] for r in (0, 1)]
+    assert not torch.equal(*ranks), "the two ranks should draw different windows"
+
+    # exactly block_size + 1 tokens: one window; one token fewer: the run stops, naming the split
+    short = write_text_data(str(tmp_path / "exact"), np.arange(9), np.arange(9))
+    X, Y = loader_section("train_pretrain.py", data_dir=short, block_size=8, batch_size=2)["get_batch"]("val")
+    assert X.tolist() == [list(range(8))] * 2 and Y.tolist() == [list(range(1, 9))] * 2
+    for split, train, val in (("train", np.arange(8), np.arange(50)), ("val", np.arange(50), np.arange(3))):
+        data_dir = write_text_data(str(tmp_path / f"short_{split}"), train, val)
+        with pytest.raises(SystemExit) as e:
+            loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=2)
+        msg = str(e.value.code)
+        assert msg.startswith(f"{split}.bin has {len(train if split == 'train' else val)} tokens"), msg
+        assert "block_size + 1 = 9" in msg, msg
+
+
+@needs_bpe
+def test_torchrun_with_gradient_accumulation_matches_single_process(sft_data, tmp_path):
+    """2 processes x 2 micro-batches of 2 == 1 process x 2 micro-batches of 4 (8 examples a step): gradients
+    are synced across processes only on the last micro-batch (require_backward_grad_sync), and must still agree."""
+    common = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1",
+              "--gradient_accumulation_steps=2"]
+    ddp_dir, single_dir = str(tmp_path / "ddp"), str(tmp_path / "single")
+    ddp, _ = run_parallel(
+        (("train_sft.py", *common, f"--out_dir={ddp_dir}", "--batch_size=2"), {"torchrun": True}),
+        (("train_sft.py", *common, f"--out_dir={single_dir}", "--batch_size=4"), {}),
+    )
+    assert "2 process(es)" in ddp.stdout
+    a, b = step_losses(ddp_dir), step_losses(single_dir)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    print(f"torchrun 2x2x2 vs one process 1x2x4, relative loss diff per step: {[abs(a[i] - b[i]) / b[i] for i in a]}")
+    for it in a:
+        assert a[it] == pytest.approx(b[it], rel=1e-5), f"step {it}: torchrun {a[it]!r} vs one process {b[it]!r}"
+    ddp_ckpt, single_ckpt = (load_ckpt(os.path.join(d, "ckpt.pt")) for d in (ddp_dir, single_dir))
+    assert ddp_ckpt["iter_num"] == single_ckpt["iter_num"] == 3
+    assert ddp_ckpt["data_state"]["train"] == single_ckpt["data_state"]["train"] == 6, "3 steps x 2 micro-batches"
+    err = rel_err(ddp_ckpt["model"], single_ckpt["model"])
+    assert err < 1e-5, f"weights after 3 steps: torchrun vs one process, relative error {err:.2e}"
