@@ -350,7 +350,7 @@ def alpaca_ready():
     return None
 
 
-def sft_loader(data_dir, batch_size=8, block_size=1024):
+def sft_loader(data_dir, batch_size=8, block_size=1024, dev_type="cpu"):
     """train_sft.py's DATA LOADER section, executed from the script's own text.
 
     We run the trainer's lines rather than a copy of them, so the figures are those of exactly the code the
@@ -365,7 +365,7 @@ def sft_loader(data_dir, batch_size=8, block_size=1024):
         raise RuntimeError(f"bench prepared {data_dir} itself; the loader should not need {args}")
 
     ns = dict(data_dir=data_dir, block_size=block_size, batch_size=batch_size, gradient_accumulation_steps=1,
-              ddp_world_size=1, ddp_rank=0, seed=1337, master_process=False, eval_iters=20,
+              ddp_world_size=1, ddp_rank=0, seed=1337, master_process=False, eval_iters=20, device_type=dev_type,
               model=SimpleNamespace(config=SimpleNamespace(vocab_size=50304, block_size=block_size)),
               to_device=torch.from_numpy, run_prepare=run_prepare, np=np, os=os, json=json, torch=torch)
     source = "\n" * start + "\n".join(lines[start:end])  # blank lines first: tracebacks show the real line numbers
@@ -382,16 +382,18 @@ def bench_loader(args):
     batch_size, block_size = 8, 1024
     with tempfile.TemporaryDirectory() as tmp:
         quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
-        ns = sft_loader(tmp, batch_size, block_size)
-        order = ns["epoch_order"]("train", 0)  # every example the first epoch draws, in order
-        n_batches = len(order) // batch_size
-        positions = targets = 0
-        t0 = time.perf_counter()
-        for _ in range(n_batches):
-            X, Y = ns["get_batch"]("train")
-            positions += X.numel()
-            targets += int((Y != -100).sum())
-        loader_s = time.perf_counter() - t0
+        positions = {}  # per device type: the loader pads to exact widths on GPU, to multiples of 8 on CPU
+        for dev_type in ("cuda", "cpu"):
+            ns = sft_loader(tmp, batch_size, block_size, dev_type)
+            order = ns["epoch_order"]("train", 0)  # every example the first epoch draws, in order
+            n_batches = len(order) // batch_size
+            positions[dev_type] = targets = 0
+            t0 = time.perf_counter()
+            for _ in range(n_batches):
+                X, Y = ns["get_batch"]("train")
+                positions[dev_type] += X.numel()
+                targets += int((Y != -100).sum())
+            loader_s = time.perf_counter() - t0
         lengths = ns["data"]["train"][3]
     real = int((lengths[order] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
     # The two simple alternatives, from the same examples: pad everything to the context window, or pad each
@@ -400,7 +402,8 @@ def bench_loader(args):
     random_positions = int(batch_size * (lengths[random_batches] - 1).max(axis=1).sum())
     strategies = {"pad every example to 1024": len(order) * block_size,
                   "pad to the longest of a random batch of 8": random_positions,
-                  "train_sft.py loader (length-grouped)": positions}
+                  "train_sft.py loader (length-grouped), GPU: exact widths": positions["cuda"],
+                  "train_sft.py loader, CPU: widths rounded up to 8": positions["cpu"]}
     rows = [[name, f"{p:,}", f"{100 * real / p:.1f}%"] for name, p in strategies.items()]
     notes = [f"{len(order):,} train examples, {n_batches} batches of {batch_size}, {real:,} real tokens; "
              f"target tokens: {100 * targets / real:.1f}% of real tokens",

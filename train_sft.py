@@ -206,7 +206,10 @@ def get_batch(split, i=None):
         data_state[split] += 1
     else:
         rows = usable[(i * batch_size + np.arange(batch_size)) % len(usable)]
-    T = int(lengths[rows].max()) - 1
+    # Pad to the batch's longest example. On CPU round that up to a multiple of 8: glibc reuses the memory of
+    # earlier steps only for blocks that fit, and a new width every batch grew a run to 18 GB (BENCHMARKS.md).
+    multiple = 8 if device_type == "cpu" else 1
+    T = min(block_size, -(-(int(lengths[rows].max()) - 1) // multiple) * multiple)
     x = np.full((len(rows), T), meta["end_token"], dtype=np.int64)  # pad: after every real token, never a target
     y = np.full((len(rows), T), -100, dtype=np.int64)
     for r, example in enumerate(rows):

@@ -5,6 +5,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -39,3 +40,13 @@ needs_alpaca = pytest.mark.skipif(
 needs_shakespeare = pytest.mark.skipif(
     not (HAVE_BPE and os.path.exists(SHAKESPEARE)), reason="needs ../shared/data (GPT-2 BPE + tinyshakespeare)"
 )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process torch on one thread for a test module. Tiny tensors gain nothing from intra-op threads, and
+    on a busy 2-core machine OpenMP's waiting turns each ~10 us op into milliseconds. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,14 +30,7 @@ hf_logging.disable_progress_bar()
 REPO = "org/name"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting turns
-    each ~10 us op into milliseconds (seconds per test). Restored afterwards for the other test files."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Hub:

@@ -31,14 +31,7 @@ ATOL_LOGITS = 1e-4
 ATOL_LOSS = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting turns
-    each ~10 us op into milliseconds (seconds per test). Restored afterwards for the other test files."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_hf(seed: int = 0, **kw) -> GPT2LMHeadModel:

@@ -39,13 +39,7 @@ TINY = [
 IGNORE = -100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process torch on one thread: two threads on two shared, busy cores make tiny matmuls crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -688,6 +682,7 @@ def loader_section(script, **settings):
 
     ns = {"os": os, "json": json, "np": np, "torch": torch, "seed": SEED, "gradient_accumulation_steps": 1,
           "ddp_world_size": 1, "ddp_rank": 0, "eval_iters": 2, "to_device": torch.from_numpy,
+          "device_type": "cuda",  # exact padding widths; the CPU's rounding to 8 has its own test
           "model": types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"])),
           "run_prepare": run_prepare, **settings}
     ns.setdefault("master_process", ns["ddp_rank"] == 0)
@@ -907,3 +902,15 @@ def test_torchrun_with_gradient_accumulation_matches_single_process(sft_data, tm
     assert ddp_ckpt["data_state"]["train"] == single_ckpt["data_state"]["train"] == 6, "3 steps x 2 micro-batches"
     err = rel_err(ddp_ckpt["model"], single_ckpt["model"])
     assert err < 1e-5, f"weights after 3 steps: torchrun vs one process, relative error {err:.2e}"
+
+
+def test_sft_batch_width_is_rounded_to_8_on_cpu_only(hand_sft_data):
+    """On CPU the padded width rounds up to a multiple of 8 (capped at block_size); targets are unchanged."""
+    for device_type, block_size, width in [("cuda", 32, 5), ("cpu", 32, 8), ("cpu", 6, 6)]:
+        ns = loader_section("train_sft.py", data_dir=hand_sft_data, batch_size=2, block_size=block_size,
+                            device_type=device_type)
+        X, Y = ns["get_batch"]("train", 0)  # A (5 tokens) and the 6-token example, usable at these sizes
+        assert X.shape == (2, width), (device_type, block_size)
+        assert X[0].tolist() == [10, 11, 12, 13] + [PAD] * (width - 4)
+        assert Y[0].tolist() == [IGNORE, 12, 13, 14] + [IGNORE] * (width - 4)
+        assert Y[1].tolist()[:5] == [IGNORE, IGNORE, 93, 94, 95] and set(Y[1].tolist()[5:]) <= {IGNORE}
