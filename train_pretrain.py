@@ -186,11 +186,17 @@ iter_num, best_val_loss = 0, float("inf")
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
 if init_from == "resume":
+    # The data loader's position is a count of micro-batches: it only means the same data in the same geometry.
+    saved_geometry = (checkpoint["config"]["batch_size"], checkpoint["config"]["gradient_accumulation_steps"],
+                      len(checkpoint["rng_state"]))  # one RNG state per process
+    if saved_geometry != (batch_size, gradient_accumulation_steps, ddp_world_size):
+        raise SystemExit(f"resume: the run used batch_size, gradient_accumulation_steps, processes = "
+                         f"{saved_geometry}; resume it with the same")
     optimizer.load_state_dict(checkpoint["optimizer"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     data_state.update(checkpoint["data_state"])
     scaler.load_state_dict(checkpoint["scaler"])
-    rng_state = checkpoint["rng_state"][ddp_rank % len(checkpoint["rng_state"])]
+    rng_state = checkpoint["rng_state"][ddp_rank]
     torch.set_rng_state(rng_state["cpu"])
     if device_type == "cuda" and "cuda" in rng_state:
         torch.cuda.set_rng_state(rng_state["cuda"])

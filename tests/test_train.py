@@ -914,3 +914,16 @@ def test_sft_batch_width_is_rounded_to_8_on_cpu_only(hand_sft_data):
         assert X[0].tolist() == [10, 11, 12, 13] + [PAD] * (width - 4)
         assert Y[0].tolist() == [IGNORE, 12, 13, 14] + [IGNORE] * (width - 4)
         assert Y[1].tolist()[:5] == [IGNORE, IGNORE, 93, 94, 95] and set(Y[1].tolist()[5:]) <= {IGNORE}
+
+
+@needs_bpe
+def test_resume_with_another_batch_geometry_stops_with_a_message(resume_runs, sft_data):
+    """The loader's position is a count of micro-batches: resuming with another batch size would silently
+    skip or repeat data, so it must refuse."""
+    resumed, _, _ = resume_runs["train_sft.py"]
+    before = open(os.path.join(resumed, "ckpt.pt"), "rb").read()
+    proc = run("train_sft.py", *RESUME, f"--data_dir={sft_data}", f"--out_dir={resumed}", "--init_from=resume",
+               f"--max_iters={3 * K}", "--batch_size=3", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "resume it with the same" in proc.stderr and "batch_size" in proc.stderr
+    assert open(os.path.join(resumed, "ckpt.pt"), "rb").read() == before, "the checkpoint is untouched"
