@@ -151,20 +151,19 @@ def split_sizes(val_size: float, n_examples: int) -> tuple[int, int]:
 # writing
 
 
-def write_outputs(out_dir: str, splits: dict, meta: dict) -> None:
-    """Write every file under a temporary name, then move them all into place; meta.json last.
+def write_outputs(out_dir: str, arrays: dict, meta: dict) -> None:
+    """Write each {filename: numpy array} and meta.json under temporary names, then move them all into place.
 
     A reader that finds meta.json can trust the .bin files beside it: the old meta.json is removed before
-    any old .bin file is replaced, and the new one arrives only after all of them.
+    any old .bin file is replaced, and the new one arrives only after all of them. (prepare_text.py too.)
     """
     os.makedirs(out_dir, exist_ok=True)
     files = {}  # final path -> temporary path
     try:
-        for split, arrays in splits.items():
-            for name, array in arrays.items():
-                path = os.path.join(out_dir, f"{split}_{name}.bin")
-                files[path] = path + ".tmp"
-                array.tofile(files[path])
+        for filename, array in arrays.items():
+            path = os.path.join(out_dir, filename)
+            files[path] = path + ".tmp"
+            array.tofile(files[path])
         meta_path = os.path.join(out_dir, "meta.json")
         files[meta_path] = meta_path + ".tmp"
         with open(files[meta_path], "w") as f:
@@ -268,7 +267,8 @@ def prepare(
         "skipped": skipped,
         "dropped_too_long": dropped_too_long,
     }
-    write_outputs(out_dir, splits, meta)
+    arrays = {f"{split}_{name}.bin": array for split, named in splits.items() for name, array in named.items()}
+    write_outputs(out_dir, arrays, meta)
 
     # 5. Summary.
     lengths = np.array([len(ids) for ids, _ in examples])

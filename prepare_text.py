@@ -11,7 +11,6 @@ turns, so there is no template and no loss mask: every token is a target. Specia
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -19,6 +18,7 @@ import numpy as np
 
 import chat_template
 from download import download
+from prepare_alpaca import write_outputs
 
 DEFAULT_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -38,18 +38,6 @@ def read_text(path: str) -> str:
     if not text.strip():
         raise ValueError(f"{path} is empty (or only whitespace): there is nothing to train on")
     return text
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write under a temporary name, then rename: `path` never holds a half-written file."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def prepare(
@@ -86,13 +74,7 @@ def prepare(
         "n_train_tokens": len(train_ids),
         "n_val_tokens": len(val_ids),
     }
-    os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # meta.json present means the .bin files beside it are complete and match it
-    write_atomically(os.path.join(out_dir, "train.bin"), train_ids.tobytes())
-    write_atomically(os.path.join(out_dir, "val.bin"), val_ids.tobytes())
-    write_atomically(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    write_outputs(out_dir, {"train.bin": train_ids, "val.bin": val_ids}, meta)  # atomic, meta.json last
 
     print(f"read {len(text):,} characters from {source}")
     print(f"train: {len(train_ids):,} tokens, val: {len(val_ids):,} tokens")
