@@ -484,22 +484,30 @@ def test_resume_with_dropout_depends_on_restored_rng(resume_runs):
 
 
 @needs_bpe
-def test_torchrun_matches_single_process(sft_data, tmp_path):
-    common = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1"]
+@pytest.mark.parametrize("accum", [1, 2])
+def test_torchrun_matches_single_process(sft_data, tmp_path, accum):
+    """2 processes x batch 4/accum == 1 process x batch 8/accum, accum micro-batches a step (8 examples a step).
+    With accum=2 gradients are synced across processes only on the last micro-batch (require_backward_grad_sync)
+    and must still agree."""
+    common = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1",
+              f"--gradient_accumulation_steps={accum}"]
     ddp_dir, single_dir = str(tmp_path / "ddp"), str(tmp_path / "single")
     ddp, _ = run_parallel(
-        (("train_sft.py", *common, f"--out_dir={ddp_dir}", "--batch_size=4", "--gradient_accumulation_steps=1"),
-         {"torchrun": True}),
-        (("train_sft.py", *common, f"--out_dir={single_dir}", "--batch_size=8"), {}),
+        (("train_sft.py", *common, f"--out_dir={ddp_dir}", f"--batch_size={4 // accum}"), {"torchrun": True}),
+        (("train_sft.py", *common, f"--out_dir={single_dir}", f"--batch_size={8 // accum}"), {}),
     )
     assert "2 process(es)" in ddp.stdout
     a, b = step_losses(ddp_dir), step_losses(single_dir)
     assert sorted(a) == sorted(b) == [1, 2, 3]
-    print(f"torchrun vs one process, relative loss diff per step: {[abs(a[i] - b[i]) / b[i] for i in a]}")
+    print(f"torchrun vs one process (accum {accum}), relative loss diff per step: "
+          f"{[abs(a[i] - b[i]) / b[i] for i in a]}")
     for it in a:
         assert a[it] == pytest.approx(b[it], rel=1e-5), f"step {it}: torchrun {a[it]!r} vs one process {b[it]!r}"
-    ckpt = load_ckpt(os.path.join(ddp_dir, "ckpt.pt"))
-    assert ckpt["iter_num"] == 3 and ckpt["data_state"]["train"] == 3
+    ckpt, single_ckpt = (load_ckpt(os.path.join(d, "ckpt.pt")) for d in (ddp_dir, single_dir))
+    assert ckpt["iter_num"] == single_ckpt["iter_num"] == 3
+    assert ckpt["data_state"]["train"] == single_ckpt["data_state"]["train"] == 3 * accum
+    err = rel_err(ckpt["model"], single_ckpt["model"])
+    assert err < 1e-5, f"weights after 3 steps: torchrun vs one process, relative error {err:.2e}"
     assert len(ckpt["rng_state"]) == 2, "one RNG state per process"
     assert not torch.equal(ckpt["rng_state"][0]["cpu"], ckpt["rng_state"][1]["cpu"])
     model = GPT(GPTConfig(**ckpt["model_args"]))
@@ -879,29 +887,6 @@ def test_pretrain_get_batch_targets_are_next_tokens(tmp_path):
         assert msg.startswith(f"{split}.bin has {len(train if split == 'train' else val)} tokens"), msg
         assert "block_size + 1 = 9" in msg, msg
 
-
-@needs_bpe
-def test_torchrun_with_gradient_accumulation_matches_single_process(sft_data, tmp_path):
-    """2 processes x 2 micro-batches of 2 == 1 process x 2 micro-batches of 4 (8 examples a step): gradients
-    are synced across processes only on the last micro-batch (require_backward_grad_sync), and must still agree."""
-    common = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1",
-              "--gradient_accumulation_steps=2"]
-    ddp_dir, single_dir = str(tmp_path / "ddp"), str(tmp_path / "single")
-    ddp, _ = run_parallel(
-        (("train_sft.py", *common, f"--out_dir={ddp_dir}", "--batch_size=2"), {"torchrun": True}),
-        (("train_sft.py", *common, f"--out_dir={single_dir}", "--batch_size=4"), {}),
-    )
-    assert "2 process(es)" in ddp.stdout
-    a, b = step_losses(ddp_dir), step_losses(single_dir)
-    assert sorted(a) == sorted(b) == [1, 2, 3]
-    print(f"torchrun 2x2x2 vs one process 1x2x4, relative loss diff per step: {[abs(a[i] - b[i]) / b[i] for i in a]}")
-    for it in a:
-        assert a[it] == pytest.approx(b[it], rel=1e-5), f"step {it}: torchrun {a[it]!r} vs one process {b[it]!r}"
-    ddp_ckpt, single_ckpt = (load_ckpt(os.path.join(d, "ckpt.pt")) for d in (ddp_dir, single_dir))
-    assert ddp_ckpt["iter_num"] == single_ckpt["iter_num"] == 3
-    assert ddp_ckpt["data_state"]["train"] == single_ckpt["data_state"]["train"] == 6, "3 steps x 2 micro-batches"
-    err = rel_err(ddp_ckpt["model"], single_ckpt["model"])
-    assert err < 1e-5, f"weights after 3 steps: torchrun vs one process, relative error {err:.2e}"
 
 
 def test_sft_batch_width_is_rounded_to_8_on_cpu_only(hand_sft_data):
