@@ -50,6 +50,9 @@ GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768)
 TINY = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=1000, block_size=256)
 PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LR, BETAS, WEIGHT_DECAY = 6e-4, (0.9, 0.95), 0.1  # train_sft.py's defaults
+# Alpaca's share of targets (response + end token) among an SFT batch's positions: 68.5% of the real tokens
+# are targets and 95.9% of the positions are real (section c). The SFT batches of (a), (e) and (h) use it.
+SFT_TARGET_SHARE = 0.66
 
 device, device_type = "cpu", "cpu"  # set in main() from --device
 SUMMARY = []  # every table again, in Markdown, printed at the end for BENCHMARKS.md
@@ -127,20 +130,37 @@ def autocast(dtype, dev_type=None):
     return contextlib.nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=PTDTYPE[dtype])
 
 
-def random_batch(vocab_size, batch, seq, dev=None):
-    """X and its next tokens Y, like one SFT micro-batch with every position a target."""
+def random_batch(vocab_size, batch, seq, dev=None, target_share=1.0):
+    """X and its targets Y. target_share 1.0: every position a target, as in pretraining. Below 1.0, like an
+    SFT batch: each row's first positions are prompt (target -100), the rest response."""
     tokens = torch.randint(0, vocab_size, (batch, seq + 1))
-    return tokens[:, :-1].contiguous().to(dev or device), tokens[:, 1:].contiguous().to(dev or device)
+    X, Y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    Y[:, : round((1 - target_share) * seq)] = -100
+    return X.to(dev or device), Y.to(dev or device)
 
 
 def train_step(model, optimizer, X, Y, dtype="float32", hf=False):
     with autocast(dtype):
-        # Hugging Face shifts the labels itself, so labels=X asks it for the same next-token loss (over T-1
-        # positions instead of T: the same work within one position).
-        loss = model(input_ids=X, labels=X, use_cache=False).loss if hf else model(X, Y)[1]
+        if hf:
+            # Hugging Face shifts the labels itself: label t+1 is the target of position t. So labels = X with
+            # Y's -100s asks it for the same loss (over T-1 positions instead of T: the same work within one).
+            loss = model(input_ids=X, labels=torch.cat((X[:, :1], Y[:, :-1]), dim=1), use_cache=False).loss
+        else:
+            loss = model(X, Y)[1]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def step_flops(model, Y, computes_every_logit=False):
+    """Training FLOPs of one step on targets Y (B, T): 6N + 12LTC per position (model.flops_per_token), less
+    the output layer's 6 * vocab * n_embd at positions without a target, which our forward skips (HF's
+    computes every logit: computes_every_logit=True)."""
+    B, T = Y.shape
+    flops = model.flops_per_token(T) * B * T
+    if not computes_every_logit:
+        flops -= 6 * model.config.vocab_size * model.config.n_embd * (Y == -100).sum().item()
+    return flops
 
 
 def adamw(model, **impl):
@@ -234,34 +254,47 @@ def bench_one_shape(name, shape, seq, batch, auto, peak, reps):
     torch.manual_seed(1337)
     model = GPT(GPTConfig(**shape)).to(device)
     optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, device_type)  # fused, as the trainer's
-    X, Y = random_batch(model.config.vocab_size, batch, seq)
-    variants = {"ours fp32": lambda: train_step(model, optimizer, X, Y)}
+    X, Y = random_batch(model.config.vocab_size, batch, seq, target_share=SFT_TARGET_SHARE)
+    Xp, Yp = random_batch(model.config.vocab_size, batch, seq)  # every position a target
+    n_targets = (Y != -100).sum().item()
+    # GFLOP/s counts the work each one really does: ours skips the output layer where there is no target.
+    full_flops, ours_flops = step_flops(model, Yp), step_flops(model, Y)
+    # (label, key, step, FLOPs, dtype)
+    variants = [("ours fp32, SFT batch", "ours_fp32", lambda: train_step(model, optimizer, X, Y), ours_flops,
+                 "float32")]
     hf = hf_twin(model)
     if hf is not None:
         gap = logits_gap(model, hf, X)
         hf_optimizer = adamw(hf, fused=device_type in ("cpu", "cuda"))
-        variants["HF fp32"] = lambda: train_step(hf, hf_optimizer, X, Y, hf=True)
+        variants.append(("HF fp32, SFT batch", "hf_fp32", lambda: train_step(hf, hf_optimizer, X, Y, hf=True),
+                         full_flops, "float32"))
     # The same model and optimizer as "ours fp32": timing does not depend on the weights, and a 124M model
     # with its AdamW state is 2 GB we need only once.
-    variants["ours auto"] = lambda: train_step(model, optimizer, X, Y, dtype=auto)
-    times, _ = interleaved(variants, reps)
-
-    flops = model.flops_per_token(seq) * batch * seq  # the same for HF: same model, same batch
-    rows, figures = [], {"batch": batch, "seq": seq}
-    for variant, ts in times.items():
-        t, dtype = med(ts), auto if variant == "ours auto" else "float32"
-        rows.append([variant + (f" ({auto})" if variant == "ours auto" else ""), f"{batch * seq / t:,.0f}",
-                     f"{1000 * t:,.1f}", f"{flops / t / 1e9:,.0f}", f"{100 * flops / t / peak[dtype]:.0f}%"])
-        figures[variant.replace(" ", "_").lower()] = {"tokens_per_s": batch * seq / t, "step_s": t,
-                                                      "gflops": flops / t / 1e9, "dtype": dtype}
-    ratios = {"auto_over_ours_fp32": speedup(times, "ours auto", "ours fp32")}
+    variants.append((f"ours auto ({auto}), SFT batch", "ours_auto",
+                     lambda: train_step(model, optimizer, X, Y, dtype=auto), ours_flops, auto))
+    variants.append(("ours fp32, every position a target", "ours_fp32_all_targets",
+                     lambda: train_step(model, optimizer, Xp, Yp), full_flops, "float32"))
     if hf is not None:
-        ratios |= {"ours_over_hf_fp32": speedup(times, "ours fp32", "HF fp32"),
-                   "auto_over_hf_fp32": speedup(times, "ours auto", "HF fp32")}
-    notes = ["; ".join(f"{k.replace('_over_', ' / ')}: {v:.2f}x" for k, v in ratios.items()),
+        variants.append(("HF fp32, every position a target", "hf_fp32_all_targets",
+                         lambda: train_step(hf, hf_optimizer, Xp, Yp, hf=True), full_flops, "float32"))
+    times, _ = interleaved({key: step for _, key, step, _, _ in variants}, reps)
+
+    rows, figures = [], {"batch": batch, "seq": seq, "sft_target_share": n_targets / (batch * seq)}
+    for label, key, _, flops, dtype in variants:
+        t = med(times[key])
+        rows.append([label, f"{batch * seq / t:,.0f}", f"{1000 * t:,.1f}", f"{flops / t / 1e9:,.0f}",
+                     f"{100 * flops / t / peak[dtype]:.0f}%"])
+        figures[key] = {"tokens_per_s": batch * seq / t, "step_s": t, "gflops": flops / t / 1e9, "dtype": dtype}
+    ratios = {"auto_over_ours_fp32": speedup(times, "ours_auto", "ours_fp32")}
+    if hf is not None:
+        ratios |= {"ours_over_hf_fp32": speedup(times, "ours_fp32", "hf_fp32"),
+                   "auto_over_hf_fp32": speedup(times, "ours_auto", "hf_fp32"),
+                   "ours_over_hf_fp32_all_targets": speedup(times, "ours_fp32_all_targets", "hf_fp32_all_targets")}
+    notes = [f"SFT batch: {100 * n_targets / (batch * seq):.0f}% of positions are targets (Alpaca's share)",
+             "; ".join(f"{k.replace('_over_', ' / ')}: {v:.2f}x" for k, v in ratios.items()),
              "HF skipped: transformers is not installed" if hf is None else
              f"same weights: max |logits ours - HF| = {gap:.1e}"]
-    show(f"{name}: median of {reps} (% of the matmul peak of the row's dtype)",
+    show(f"{name}: median of {reps} (GFLOP/s of the work each does; % of the matmul peak of the row's dtype)",
          ["variant", "tokens/s", "ms/step", "GFLOP/s", "% of peak"], rows, notes)
     return figures | ratios | {"logits_max_diff": gap if hf is not None else None}
 
@@ -459,7 +492,7 @@ def memory_probe(spec):
     torch.manual_seed(1337)
     model = GPT(GPTConfig(**spec["shape"])).to(dev)
     optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, dev_type)  # its state is created by step 1
-    X, Y = random_batch(model.config.vocab_size, spec["batch"], spec["seq"], dev)
+    X, Y = random_batch(model.config.vocab_size, spec["batch"], spec["seq"], dev, SFT_TARGET_SHARE)
     kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
 
     def used():
@@ -610,7 +643,7 @@ def bench_cuda(args):
     model = GPT(GPTConfig(**shape)).to("cuda")
     optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, "cuda")
     compiled = model if args.quick else torch.compile(model)  # compiling takes a minute: not in --quick
-    X, Y = random_batch(model.config.vocab_size, batch, seq, "cuda")
+    X, Y = random_batch(model.config.vocab_size, batch, seq, "cuda", SFT_TARGET_SHARE)
 
     def ten_steps():
         for _ in range(10):
@@ -627,7 +660,7 @@ def bench_cuda(args):
     times, _ = interleaved({"10 steps": ten_steps}, reps, dev_type="cuda")
     t = med(times["10 steps"]) / 10
     tokens_per_s = batch * seq / t
-    mfu = model.flops_per_token(seq) * tokens_per_s / peak
+    mfu = step_flops(model, Y) / t / peak  # the FLOPs it really does (no output layer where no target)
     show(f"{name}: {shape['n_layer']}L/{shape['n_embd']}d, batch {batch}, seq {seq}, bf16 autocast"
          f"{'' if args.quick else ' + torch.compile'}: median of {reps}x10 steps",
          ["tokens/s", "ms/step", "TFLOP/s", "MFU"],

@@ -130,6 +130,30 @@ def test_logits_and_loss_match_transformers(ckpt):
     assert abs(loss.item() - ref_loss.item()) < ATOL_LOSS
 
 
+def test_gradients_with_masked_targets_match_transformers(ckpt):
+    """Our forward computes the output layer only at positions with a target; HF computes every logit and
+    masks afterwards. The gradients of every weight must be the same."""
+    hf, folder = ckpt
+    cfg = hf.config
+    model = GPT.from_pretrained(folder).eval()  # eval: no dropout in either model; gradients still flow
+    idx = random_idx(cfg.vocab_size, (3, 40), seed=5)
+    labels = random_idx(cfg.vocab_size, idx.shape, seed=6)
+    labels[0, :25] = -100  # a prompt
+    labels[1, 3::2] = -100  # holes
+    labels[2, 30:] = -100  # padding after the response
+    hf.zero_grad(set_to_none=True)
+    hf(idx, labels=labels).loss.backward()
+    targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+    model(idx, targets)[1].backward()
+    hf_grads = dict(hf.named_parameters())
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    for name, p in model.named_parameters():  # lm_head.weight is wte.weight: listed once, as wte
+        ref = hf_grads[name].grad
+        ref = ref.t() if name.endswith(conv1d) else ref
+        assert torch.allclose(p.grad, ref, atol=1e-5, rtol=1e-4), f"{name}: max diff {(p.grad - ref).abs().max()}"
+    hf.zero_grad(set_to_none=True)
+
+
 def test_greedy_generate_matches_transformers(ckpt):
     hf, folder = ckpt
     model = GPT.from_pretrained(folder)
