@@ -34,11 +34,12 @@ import sys
 import tempfile
 import time
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator
+from model import GPT, GPTConfig, Linear, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the same place tests/conftest.py looks
@@ -316,9 +317,16 @@ def bench_generation(args):
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(device)
 
-    labels = {"ours_cached": "ours, KV cache", "ours_uncached": "ours, no cache", "hf": "HF generate (its cache)"}
+    labels = {"ours_cached": "ours, KV cache", "ours_uncached": "ours, no cache",
+              "ours_plain_linear": "ours, KV cache, plain nn.Linear (no block split)", "hf": "HF generate (its cache)"}
+
+    def plain_linear(n=new):  # what model.Linear's few-row fast path buys: the same run through nn.Linear.forward
+        with mock.patch.object(Linear, "forward", torch.nn.Linear.forward):
+            return model.generate(prompt, n, temperature=0, use_cache=True)
+
     variants = {"ours_cached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=True),
-                "ours_uncached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=False)}
+                "ours_uncached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=False),
+                "ours_plain_linear": plain_linear}
     auto = pick_dtype("auto", device_type)
     if auto != "float32":  # what sample.py runs by default: the weights themselves in bf16 (half the bytes)
         model_auto = GPT(GPTConfig(**shape)).to(device)
@@ -337,8 +345,10 @@ def bench_generation(args):
     with torch.no_grad():  # how close the nearest call was: the smallest top-1 minus top-2 logit on the path
         top2 = model(cached)[0][0, prompt_len - 1 : -1].topk(2).values
         margin = (top2[:, 0] - top2[:, 1]).min().item()
-    same = {"cached_equals_uncached": torch.equal(cached, outputs["ours_uncached"])}
-    ratios = {"cached_over_uncached": speedup(times, "ours_cached", "ours_uncached")}
+    same = {"cached_equals_uncached": torch.equal(cached, outputs["ours_uncached"]),
+            "cached_equals_plain_linear": torch.equal(cached, outputs["ours_plain_linear"])}
+    ratios = {"cached_over_uncached": speedup(times, "ours_cached", "ours_uncached"),
+              "cached_over_plain_linear": speedup(times, "ours_cached", "ours_plain_linear")}
     if hf is not None:
         same["cached_equals_hf"] = torch.equal(cached, outputs["hf"])
         ratios["cached_over_hf"] = speedup(times, "ours_cached", "hf")

@@ -456,3 +456,34 @@ def test_config_json_is_read_not_assumed(tmp_path):
     assert model.config.layer_norm_epsilon == 1e-2
     idx = random_idx(120, (2, 40), seed=19)
     assert (ours_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 32, 33])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_fast_path_equals_nn_linear(rows, bias):
+    """model.Linear splits few-row CPU matmuls into blocks (generation); the numbers must be nn.Linear's."""
+    from model import Linear
+
+    torch.manual_seed(rows)
+    layer = Linear(48, 96, bias=bias)  # 96 rows of weight: 16 blocks of 6
+    x = torch.randn(rows, 1, 48, requires_grad=True)  # (B, T=1, C): one decoding step of `rows` sequences
+    y = layer(x)
+    ref = F.linear(x, layer.weight, layer.bias)
+    assert y.shape == ref.shape == (rows, 1, 96) and y.is_contiguous()
+    assert torch.allclose(y, ref, atol=1e-5, rtol=1e-5)
+    # The gradients of the fast path are right too (it is never used for training, but stays correct).
+    (grad_x,) = torch.autograd.grad((y * ref.detach()).sum(), x)
+    (ref_grad_x,) = torch.autograd.grad((ref * ref.detach()).sum(), x)
+    assert torch.allclose(grad_x, ref_grad_x, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_fast_path_falls_back_where_it_does_not_apply():
+    from model import Linear
+
+    odd = Linear(16, 50)  # 50 output rows do not split into 16 blocks
+    x = torch.randn(2, 16)
+    assert torch.allclose(odd(x), F.linear(x, odd.weight, odd.bias), atol=1e-6)
+    layer = Linear(16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Linear's path, which autocast makes bf16
+        assert layer(x).dtype == torch.bfloat16
+    assert layer.to(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16
