@@ -425,18 +425,16 @@ def bench_loader(args):
     batch_size, block_size = 8, 1024
     with tempfile.TemporaryDirectory() as tmp:
         quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
-        positions = {}  # per device type: the loader pads to exact widths on GPU, to multiples of 8 on CPU
-        for dev_type in ("cuda", "cpu"):
-            ns = sft_loader(tmp, batch_size, block_size, dev_type)
-            order = ns["epoch_order"]("train", 0)  # every example the first epoch draws, in order
-            n_batches = len(order) // batch_size
-            positions[dev_type] = targets = 0
-            t0 = time.perf_counter()
-            for _ in range(n_batches):
-                X, Y = ns["get_batch"]("train")
-                positions[dev_type] += X.numel()
-                targets += int((Y != -100).sum())
-            loader_s = time.perf_counter() - t0
+        ns = sft_loader(tmp, batch_size, block_size)
+        order = ns["epoch_order"]("train", 0)  # every example the first epoch draws, in order
+        n_batches = len(order) // batch_size
+        positions = targets = 0
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            X, Y = ns["get_batch"]("train")
+            positions += X.numel()
+            targets += int((Y != -100).sum())
+        loader_s = time.perf_counter() - t0
         lengths = ns["data"]["train"][3]
     real = int((lengths[order] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
     # The two simple alternatives, from the same examples: pad everything to the context window, or pad each
@@ -445,8 +443,7 @@ def bench_loader(args):
     random_positions = int(batch_size * (lengths[random_batches] - 1).max(axis=1).sum())
     strategies = {"pad every example to 1024": len(order) * block_size,
                   "pad to the longest of a random batch of 8": random_positions,
-                  "train_sft.py loader (length-grouped), GPU: exact widths": positions["cuda"],
-                  "train_sft.py loader, CPU: widths rounded up to 8": positions["cpu"]}
+                  "train_sft.py loader (length-grouped)": positions}
     rows = [[name, f"{p:,}", f"{100 * real / p:.1f}%"] for name, p in strategies.items()]
     notes = [f"{len(order):,} train examples, {n_batches} batches of {batch_size}, {real:,} real tokens; "
              f"target tokens: {100 * targets / real:.1f}% of real tokens",

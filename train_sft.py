@@ -175,7 +175,7 @@ epoch_orders = {}
 
 
 def epoch_order(split, epoch):
-    """An epoch's examples in training order: sorted by length within chunks of 64 steps (little padding),
+    """An epoch's examples in training order: sorted by length within chunks of 256 steps (little padding),
     then the steps shuffled (so the loss curve does not trace the lengths). A function of (seed, epoch)."""
     if (split, epoch) not in epoch_orders:
         _, _, _, lengths, usable = data[split]
@@ -183,9 +183,9 @@ def epoch_order(split, epoch):
             raise SystemExit(f"{split} has {len(usable)} examples; one step needs {step_size}")
         rng = np.random.default_rng((seed, epoch))
         order = rng.permutation(usable)[: len(usable) // step_size * step_size]
-        for start in range(0, len(order), 64 * step_size):
-            chunk = order[start : start + 64 * step_size]
-            order[start : start + 64 * step_size] = chunk[np.argsort(lengths[chunk], kind="stable")]
+        for start in range(0, len(order), 256 * step_size):
+            chunk = order[start : start + 256 * step_size]
+            order[start : start + 256 * step_size] = chunk[np.argsort(lengths[chunk], kind="stable")]
         steps = order.reshape(-1, step_size)
         epoch_orders[(split, epoch)] = steps[rng.permutation(len(steps))].reshape(-1)
     return epoch_orders[(split, epoch)]
@@ -202,10 +202,7 @@ def get_batch(split, i=None):
         data_state[split] += 1
     else:
         rows = usable[(i * batch_size + np.arange(batch_size)) % len(usable)]
-    # Pad to the batch's longest example. On CPU round that up to a multiple of 8: glibc reuses the memory of
-    # earlier steps only for blocks that fit, and a new width every batch grew a run to 18 GB (BENCHMARKS.md).
-    multiple = 8 if device_type == "cpu" else 1
-    T = min(block_size, -(-(int(lengths[rows].max()) - 1) // multiple) * multiple)
+    T = int(lengths[rows].max()) - 1  # pad to the batch's longest example (x and y are one token shorter)
     x = np.full((len(rows), T), meta["end_token"], dtype=np.int64)  # pad: after every real token, never a target
     y = np.full((len(rows), T), -100, dtype=np.int64)
     for r, example in enumerate(rows):

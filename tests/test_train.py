@@ -844,16 +844,16 @@ def test_pretrain_get_batch_targets_are_next_tokens(tmp_path):
 
 
 
-def test_sft_batch_width_is_rounded_to_8_on_cpu_only(hand_sft_data):
-    """On CPU the padded width rounds up to a multiple of 8 (capped at block_size); targets are unchanged."""
-    for device_type, block_size, width in [("cuda", 32, 5), ("cpu", 32, 8), ("cpu", 6, 6)]:
-        ns = loader_section("train_sft.py", data_dir=hand_sft_data, batch_size=2, block_size=block_size,
+def test_sft_batch_width_is_the_longest_example_on_every_device(hand_sft_data):
+    """A batch is padded to its longest example, no further, on CPU and GPU alike; targets are unchanged."""
+    for device_type in ("cuda", "cpu"):
+        ns = loader_section("train_sft.py", data_dir=hand_sft_data, batch_size=2, block_size=32,
                             device_type=device_type)
-        X, Y = ns["get_batch"]("train", 0)  # A (5 tokens) and the 6-token example, usable at these sizes
-        assert X.shape == (2, width), (device_type, block_size)
-        assert X[0].tolist() == [10, 11, 12, 13] + [PAD] * (width - 4)
-        assert Y[0].tolist() == [IGNORE, 12, 13, 14] + [IGNORE] * (width - 4)
-        assert Y[1].tolist()[:5] == [IGNORE, IGNORE, 93, 94, 95] and set(Y[1].tolist()[5:]) <= {IGNORE}
+        X, Y = ns["get_batch"]("train", 0)  # A (5 tokens) and the 6-token example
+        assert X.shape == Y.shape == (2, 5), device_type
+        assert X[0].tolist() == [10, 11, 12, 13, PAD]
+        assert Y[0].tolist() == [IGNORE, 12, 13, 14, IGNORE]
+        assert Y[1].tolist() == [IGNORE, IGNORE, 93, 94, 95]
 
 
 @needs_bpe
