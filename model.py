@@ -56,7 +56,8 @@ class Linear(nn.Linear):
     Decoding feeds every layer one row per sequence. PyTorch multiplies an fp32 weight by so few rows with a
     kernel (MKL's matrix-vector product) that uses one core however many there are. Cut into 16 blocks of
     rows, the same product becomes a batched matmul whose blocks run on every core: fp32 generation 2x
-    faster on 2 cores (bench.py (b)), same tokens. Training (many rows), GPUs and bf16 take nn.Linear's path.
+    faster on 2 cores (bench.py (b)), same tokens. More than 32 rows (training), GPUs, bf16 weights and
+    autocast take nn.Linear's path. Measured with PyTorch's x86 wheels (MKL); recheck bench.py (b) elsewhere.
     """
 
     def forward(self, x):
@@ -459,7 +460,7 @@ def tune_cpu_allocator() -> None:
     """Stop glibc from returning big buffers to the OS after every step (the logits and their gradient).
 
     By default each step mmaps and unmaps them, paying page faults every time: keeping them made a CPU
-    training step 1.2-1.7x faster here (see BENCHMARKS.md). Same effect as MALLOC_MMAP_MAX_=0 and a large
+    training step 2x faster here (see BENCHMARKS.md). Same effect as MALLOC_MMAP_MAX_=0 and a large
     MALLOC_TRIM_THRESHOLD_; a no-op where glibc is absent.
     """
     import ctypes

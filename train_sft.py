@@ -175,17 +175,19 @@ epoch_orders = {}
 
 
 def epoch_order(split, epoch):
-    """An epoch's examples in training order: sorted by length within chunks of 256 steps (little padding),
-    then the steps shuffled (so the loss curve does not trace the lengths). A function of (seed, epoch)."""
+    """An epoch's examples in training order: sorted by length within chunks of 256 micro-batches (little
+    padding), cut into steps, the steps shuffled (so the loss curve does not trace the lengths). A function
+    of (seed, epoch)."""
     if (split, epoch) not in epoch_orders:
         _, _, _, lengths, usable = data[split]
         if len(usable) < step_size:
             raise SystemExit(f"{split} has {len(usable)} examples; one step needs {step_size}")
         rng = np.random.default_rng((seed, epoch))
         order = rng.permutation(usable)[: len(usable) // step_size * step_size]
-        for start in range(0, len(order), 256 * step_size):
-            chunk = order[start : start + 256 * step_size]
-            order[start : start + 256 * step_size] = chunk[np.argsort(lengths[chunk], kind="stable")]
+        chunk_size = 256 * batch_size * ddp_world_size  # bigger: less padding, but steps mix fewer lengths
+        for start in range(0, len(order), chunk_size):
+            chunk = order[start : start + chunk_size]
+            order[start : start + chunk_size] = chunk[np.argsort(lengths[chunk], kind="stable")]
         steps = order.reshape(-1, step_size)
         epoch_orders[(split, epoch)] = steps[rng.permutation(len(steps))].reshape(-1)
     return epoch_orders[(split, epoch)]

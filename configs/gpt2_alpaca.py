@@ -4,11 +4,12 @@
 # Recipe: Stanford Alpaca's (3 epochs, cosine schedule, 3% warmup, no weight decay, global batch 128) with
 # the learning rate raised from their 2e-5 (for 7B parameters) to 5e-5, the value used for GPT-2 124M in
 # "Build a Large Language Model (From Scratch)", ch. 7; smaller models want larger learning rates.
-# 3 epochs of ~49.4K training examples at 128 per step = 1,158 steps, ~13.6M token positions (4.5M per
-# epoch, 68% of them targets). Not yet measured on a GPU (see BENCHMARKS.md); estimates: the FLOPs
-# (6 x 124M x 13.6M = 1e16) are under a minute of an H100, but micro-batches of 16 short examples leave a
+# 3 epochs of ~49.4K training examples at 128 per step = 1,158 steps, ~13.1M token positions (4.4M per
+# epoch, 67% of them targets). Not yet measured on a GPU (see BENCHMARKS.md); estimates: the FLOPs
+# (6 x 124M x 13.1M = 1e16) are under a minute of an H100, but micro-batches of 16 short examples leave a
 # GPU mostly waiting on kernel launches, so expect ~5-10 minutes with dtype='auto' (bf16) and compile=True.
-# Memory is dominated by the logits of the longest batches (16 x 1023 x 50304): ~10-12 GB peak at batch 16.
+# Memory is dominated by the logits of the longest batches (up to 16 x 1023 target positions x 50304): an
+# estimated ~10-12 GB peak at batch 16.
 # For a better model: --init_from=gpt2-medium (355M) --batch_size=8 --gradient_accumulation_steps=16.
 out_dir = "out/gpt2_alpaca"
 init_from = "gpt2"

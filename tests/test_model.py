@@ -458,7 +458,7 @@ def test_config_json_is_read_not_assumed(tmp_path):
     assert (ours_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 32, 33])
+@pytest.mark.parametrize("rows", [0, 1, 3, 8, 32, 33])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_fast_path_equals_nn_linear(rows, bias):
     """model.Linear splits few-row CPU matmuls into blocks (generation); the numbers must be nn.Linear's."""

@@ -645,7 +645,7 @@ def loader_section(script, **settings):
 
     ns = {"os": os, "json": json, "np": np, "torch": torch, "seed": SEED, "gradient_accumulation_steps": 1,
           "ddp_world_size": 1, "ddp_rank": 0, "eval_iters": 2, "to_device": torch.from_numpy,
-          "device_type": "cuda",  # exact padding widths; the CPU's rounding to 8 has its own test
+          "device_type": "cuda",
           "model": types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"])),
           "run_prepare": run_prepare, **settings}
     ns.setdefault("master_process", ns["ddp_rank"] == 0)
