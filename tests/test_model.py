@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+from unittest import mock
 
 import pytest
 import torch
@@ -467,7 +468,9 @@ def test_linear_fast_path_equals_nn_linear(rows, bias):
     torch.manual_seed(rows)
     layer = Linear(48, 96, bias=bias)  # 96 rows of weight: 16 blocks of 6
     x = torch.randn(rows, 1, 48, requires_grad=True)  # (B, T=1, C): one decoding step of `rows` sequences
-    y = layer(x)
+    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:
+        y = layer(x)
+    assert bmm.called == (rows <= 32), "the block split is taken for up to 32 rows, and only then"
     ref = F.linear(x, layer.weight, layer.bias)
     assert y.shape == ref.shape == (rows, 1, 96) and y.is_contiguous()
     assert torch.allclose(y, ref, atol=1e-5, rtol=1e-5)
@@ -482,8 +485,9 @@ def test_linear_fast_path_falls_back_where_it_does_not_apply():
 
     odd = Linear(16, 50)  # 50 output rows do not split into 16 blocks
     x = torch.randn(2, 16)
-    assert torch.allclose(odd(x), F.linear(x, odd.weight, odd.bias), atol=1e-6)
     layer = Linear(16, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Linear's path, which autocast makes bf16
-        assert layer(x).dtype == torch.bfloat16
-    assert layer.to(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16
+    with mock.patch.object(torch, "bmm", side_effect=AssertionError("the block split was taken")):
+        assert torch.allclose(odd(x), F.linear(x, odd.weight, odd.bias), atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Linear's path, which autocast makes bf16
+            assert layer(x).dtype == torch.bfloat16
+        assert layer.to(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16
