@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-from unittest import mock
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from model import GPT, GPTConfig, cross_entropy
+from model import GPT, GPTConfig, cross_entropy, sample_next_token
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -162,7 +161,6 @@ def test_greedy_generate_matches_transformers(ckpt):
     ref = hf_greedy(hf, idx, 32)
     out = model.generate(idx, 32, temperature=0)
     assert torch.equal(out, ref)
-    assert torch.equal(model.generate(idx, 32, temperature=0, use_cache=False), ref)
 
 
 def test_sampling_matches_transformers_with_the_same_seed(small):
@@ -288,7 +286,6 @@ def test_kv_cache_matches_no_cache_batch_of_one(small):
     streamed = []
     cached = model.generate(idx, 60, temperature=0, on_token=streamed.append)
     assert torch.equal(cached, ref)
-    assert torch.equal(model.generate(idx, 60, temperature=0, use_cache=False), ref)
     assert torch.equal(torch.stack(streamed, dim=1), cached[:, idx.size(1):])  # on_token sees every column
     # A one-token prompt (prefill of length 1) too.
     assert torch.equal(model.generate(idx[:, :1], 20, temperature=0), hf_greedy(hf, idx[:, :1], 20))
@@ -320,8 +317,6 @@ def test_kv_cache_matches_no_cache_with_rows_stopping_at_different_steps(small):
     expected = torch.cat([idx, expected], dim=1)
 
     cached = model.generate(idx, n, temperature=0, stop_tokens=stop_tokens)
-    uncached = model.generate(idx, n, temperature=0, stop_tokens=stop_tokens, use_cache=False)
-    assert torch.equal(uncached, expected)
     assert torch.equal(cached, expected)
     for r, s in enumerate(at):  # each row: its stop token at step s, then only that token
         new = cached[r, T:]
@@ -330,39 +325,34 @@ def test_kv_cache_matches_no_cache_with_rows_stopping_at_different_steps(small):
         assert (new[s:] == new[s]).all()
 
 
-def _greedy_sliding_window(hf, idx, n, block_size):
-    """Greedy decoding past the context window with transformers: each step reruns the last block_size tokens."""
-    with torch.no_grad():
-        for _ in range(n):
-            next_id = hf(idx[:, -block_size:]).logits[:, -1].argmax(dim=-1, keepdim=True)
-            idx = torch.cat([idx, next_id], dim=1)
-    return idx
-
-
-def test_generation_past_block_size_falls_back_and_matches(small):
+def test_generation_stops_when_the_context_window_is_full(small):
     hf, _, model = small
     block = model.config.block_size
     idx = random_idx(hf.config.vocab_size, (2, block - 20), seed=12)
-    ref = _greedy_sliding_window(hf, idx, 45, block)  # 25 steps past the window
-    assert torch.equal(model.generate(idx, 45, temperature=0, use_cache=False), ref)
-    assert torch.equal(model.generate(idx, 45, temperature=0), ref)
-    # A prompt already longer than the window.
-    long = random_idx(hf.config.vocab_size, (1, block + 5), seed=13)
-    ref = _greedy_sliding_window(hf, long, 10, block)
-    assert torch.equal(model.generate(long, 10, temperature=0), ref)
+    out = model.generate(idx, 45, temperature=0)  # asks for 25 more than fit
+    assert out.shape == (2, block)
+    assert torch.equal(out, hf_greedy(hf, idx, 20))
+    with pytest.raises(ValueError, match="block_size"):  # a prompt already longer than the window
+        model.generate(random_idx(hf.config.vocab_size, (1, block + 5), seed=13), 10, temperature=0)
+
+
+@torch.no_grad()
+def _sample_without_cache(model, idx, n, generator, **filters):
+    """The reference the KV cache must reproduce: every step reruns the whole sequence through the model."""
+    for _ in range(n):
+        logits = model(idx)[0][:, -1].float()
+        idx = torch.cat([idx, sample_next_token(logits, generator=generator, **filters)[:, None]], dim=1)
+    return idx
 
 
 def test_seeded_sampling_is_the_same_with_and_without_cache(small):
     hf, _, model = small
     idx = random_idx(hf.config.vocab_size, (3, 7), seed=14)
-    outs = []
-    for use_cache in (True, False):
-        g = torch.Generator().manual_seed(77)
-        outs.append(model.generate(idx, 40, temperature=0.8, top_k=40, top_p=0.9, generator=g, use_cache=use_cache))
-    assert torch.equal(outs[0], outs[1])
-    g = torch.Generator().manual_seed(78)
-    other = model.generate(idx, 40, temperature=0.8, top_k=40, top_p=0.9, generator=g)
-    assert not torch.equal(other, outs[0])  # the generator is really what drives the draws
+    filters = dict(temperature=0.8, top_k=40, top_p=0.9)
+    cached = model.generate(idx, 40, generator=torch.Generator().manual_seed(77), **filters)
+    assert torch.equal(cached, _sample_without_cache(model, idx, 40, torch.Generator().manual_seed(77), **filters))
+    other = model.generate(idx, 40, generator=torch.Generator().manual_seed(78), **filters)
+    assert not torch.equal(other, cached)  # the generator is really what drives the draws
 
 
 def test_generate_vocab_size_never_samples_padded_rows(small):
@@ -415,11 +405,13 @@ def test_untrained_loss_is_log_vocab():
 
 def test_all_masked_batch_gives_zero_loss_and_zero_grads():
     torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11, requires_grad=True)
-    loss = cross_entropy(logits, torch.full((2, 5), -100))
+    h = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    loss = cross_entropy(h, weight, torch.full((2, 5), -100))
     assert torch.isfinite(loss) and loss.item() == 0.0
     loss.backward()
-    assert torch.isfinite(logits.grad).all() and (logits.grad == 0).all()
+    for grad in (h.grad, weight.grad):
+        assert torch.isfinite(grad).all() and (grad == 0).all()
 
     model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
     idx = torch.randint(0, 50, (2, 8))
@@ -430,20 +422,56 @@ def test_all_masked_batch_gives_zero_loss_and_zero_grads():
         assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad == 0).all(), name
 
 
+def _masked_targets(shape, vocab, seed):
+    targets = random_idx(vocab, shape, seed)
+    targets[0, :4] = -100
+    targets[-1, 1::2] = -100
+    return targets
+
+
 def test_loss_ignores_masked_positions():
     torch.manual_seed(0)
-    logits = 3 * torch.randn(3, 7, 13)
-    targets = torch.randint(0, 13, (3, 7))
-    targets[0, :4] = -100
-    targets[2, 1::2] = -100
+    h, weight = 3 * torch.randn(3, 7, 6), torch.randn(13, 6)
+    targets = _masked_targets((3, 7), 13, seed=20)
     keep = targets != -100
-    logp = F.log_softmax(logits[keep].double(), dim=-1)  # only the unmasked positions
+    logp = F.log_softmax((h[keep] @ weight.t()).double(), dim=-1)  # only the unmasked positions
     by_hand = -logp.gather(1, targets[keep][:, None]).mean()
-    assert abs(cross_entropy(logits, targets).item() - by_hand.item()) < 1e-5
-    # The logits at masked positions do not matter at all.
-    scrambled = logits.clone()
+    assert abs(cross_entropy(h, weight, targets).item() - by_hand.item()) < 1e-5
+    # The hidden states at masked positions do not matter at all.
+    scrambled = h.clone()
     scrambled[~keep] = 1e4 * torch.randn_like(scrambled[~keep])
-    assert cross_entropy(scrambled, targets).item() == cross_entropy(logits, targets).item()
+    assert cross_entropy(scrambled, weight, targets).item() == cross_entropy(h, weight, targets).item()
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 1000])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, dtype, monkeypatch):
+    """The loss works a few rows of logits at a time and forms the gradient itself: loss, d/dh and d/dweight
+    must be those of PyTorch's F.cross_entropy over the whole logits, whatever the chunking (a last chunk
+    shorter than the others included), in fp32 and under bf16 autocast."""
+    import model as model_module
+
+    V, C = 37, 16
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", rows_per_chunk * V)
+    torch.manual_seed(1)
+    h = torch.randn(4, 9, C, requires_grad=True)
+    weight = torch.randn(V, C, requires_grad=True)
+    targets = _masked_targets((4, 9), V, seed=21)  # 29 targets: chunks of 7 leave a last chunk of 1
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    with autocast:
+        ours = cross_entropy(h, weight, targets)
+    (2.5 * ours).backward()  # a scale on the way back, as the trainers' accumulation weights apply
+    ours_grads = h.grad.clone(), weight.grad.clone()
+    h.grad = weight.grad = None
+    with autocast:
+        logits = (h @ weight.t()).float()
+    ref = F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100)
+    (2.5 * ref).backward()
+    tol = 1e-6 if dtype == "float32" else 1e-2
+    assert abs(ours.item() - ref.item()) < tol * 10
+    for got, want in zip(ours_grads, (h.grad, weight.grad), strict=True):
+        assert got.dtype == want.dtype
+        assert torch.allclose(got, want, atol=tol, rtol=tol)
 
 
 def test_config_json_is_read_not_assumed(tmp_path):
@@ -457,37 +485,3 @@ def test_config_json_is_read_not_assumed(tmp_path):
     assert model.config.layer_norm_epsilon == 1e-2
     idx = random_idx(120, (2, 40), seed=19)
     assert (ours_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
-
-
-@pytest.mark.parametrize("rows", [0, 1, 3, 8, 32, 33])
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_fast_path_equals_nn_linear(rows, bias):
-    """model.Linear splits few-row CPU matmuls into blocks (generation); the numbers must be nn.Linear's."""
-    from model import Linear
-
-    torch.manual_seed(rows)
-    layer = Linear(48, 96, bias=bias)  # 96 rows of weight: 16 blocks of 6
-    x = torch.randn(rows, 1, 48, requires_grad=True)  # (B, T=1, C): one decoding step of `rows` sequences
-    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:
-        y = layer(x)
-    assert bmm.called == (rows <= 32), "the block split is taken for up to 32 rows, and only then"
-    ref = F.linear(x, layer.weight, layer.bias)
-    assert y.shape == ref.shape == (rows, 1, 96) and y.is_contiguous()
-    assert torch.allclose(y, ref, atol=1e-5, rtol=1e-5)
-    # The gradients of the fast path are right too (it is never used for training, but stays correct).
-    (grad_x,) = torch.autograd.grad((y * ref.detach()).sum(), x)
-    (ref_grad_x,) = torch.autograd.grad((ref * ref.detach()).sum(), x)
-    assert torch.allclose(grad_x, ref_grad_x, atol=1e-5, rtol=1e-5)
-
-
-def test_linear_fast_path_falls_back_where_it_does_not_apply():
-    from model import Linear
-
-    odd = Linear(16, 50)  # 50 output rows do not split into 16 blocks
-    x = torch.randn(2, 16)
-    layer = Linear(16, 32)
-    with mock.patch.object(torch, "bmm", side_effect=AssertionError("the block split was taken")):
-        assert torch.allclose(odd(x), F.linear(x, odd.weight, odd.bias), atol=1e-6)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Linear's path, which autocast makes bf16
-            assert layer(x).dtype == torch.bfloat16
-        assert layer.to(torch.bfloat16)(x.bfloat16()).dtype == torch.bfloat16
