@@ -15,10 +15,8 @@ random windows of a text, and targets of -100 on the prompt, so only the respons
 import json
 import math
 import os
-import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -27,8 +25,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import common
+from common import UserError
 from configurator import load_config
-from model import GPT, GPTConfig, pick_device, pick_dtype, tune_cpu_allocator
+from model import GPTConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # Settings: the defaults (the same in both training scripts); a run's own values live in configs/.
@@ -70,79 +70,28 @@ config = load_config({k: v for k, v in globals().items() if not k.startswith("_"
 globals().update(config)
 
 # ----------------------------------------------------------------------------------------------------------
-# Processes and devices: one process per GPU under torchrun (DDP), else a single process.
-ddp = int(os.environ.get("RANK", -1)) != -1
-if ddp:
-    ddp_rank, ddp_local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    ddp_world_size = int(os.environ["WORLD_SIZE"])
-    device = pick_device(device)
-    if device.startswith("cuda"):
-        device = f"cuda:{ddp_local_rank}"
-        torch.cuda.set_device(device)
-    else:  # CPU processes share the cores instead of each taking all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-else:
-    ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
-    device = pick_device(device)
-master_process = ddp_rank == 0
-device_type = "cuda" if device.startswith("cuda") else device
-dtype = pick_dtype(dtype, device_type)
-torch.manual_seed(seed + ddp_rank)
-if device_type == "cuda":
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-if device_type == "cpu":
-    tune_cpu_allocator()
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
-if master_process:
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es)")
+# Processes and devices: one process per GPU under torchrun (DDP), else a single process. See common.py.
+proc = common.setup_processes(device, dtype, seed)
+ctx = proc.autocast()  # bf16/fp16 autocast, or nothing for fp32
+if proc.master:
+    print(f"device {proc.device}, dtype {proc.dtype}, {proc.world_size} process(es)")
 
 # ----------------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
-if ddp and ddp_local_rank != 0:
-    dist.barrier()  # one process per machine downloads GPT-2 first; the others then read it from the cache
-checkpoint = None
-if init_from == "resume" or init_from.endswith(".pt") or os.path.exists(os.path.join(init_from, "ckpt.pt")):
-    ckpt_path = {"resume": os.path.join(out_dir, "ckpt.pt")}.get(init_from, init_from)
-    if os.path.isdir(ckpt_path):
-        ckpt_path = os.path.join(ckpt_path, "ckpt.pt")
-    if master_process:
-        print(f"loading {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    model_args = checkpoint["model_args"] | ({} if init_from == "resume" else {"dropout": dropout})
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(checkpoint["model"])
-elif init_from == "scratch":
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                          vocab_size=vocab_size, dropout=dropout, bias=bias))
-else:
-    model = GPT.from_pretrained(init_from, vocab_size=vocab_size, dropout=dropout)
-if ddp and ddp_local_rank == 0:
-    dist.barrier()
+model, checkpoint = common.init_model(init_from, out_dir, GPTConfig(
+    n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size, dropout=dropout,
+    bias=bias), proc)
 block_size = model.config.block_size  # a loaded model brings its own context window
-model.to(device)
-if master_process:
+model.to(proc.device)
+if proc.master:
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}")
 
 
 def to_device(array):
     tensor = torch.from_numpy(array)
-    if device_type == "cuda":  # pinned memory lets the copy overlap with compute
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def run_prepare(args):
-    """Data on demand: make the prepared data this run needs, so the main command works on a fresh clone."""
-    if ddp_local_rank == 0:  # once per machine: nodes need not share a filesystem
-        print(f"prepared data not found; running: python {' '.join(args)}")
-        if subprocess.run([sys.executable, *args]).returncode != 0:
-            raise SystemExit(f"python {' '.join(args)} failed (its message is above); fix that and run again")
-    if ddp:
-        dist.barrier()
+    if proc.device_type == "cuda":  # pinned memory lets the copy overlap with compute
+        return tensor.pin_memory().to(proc.device, non_blocking=True)
+    return tensor.to(proc.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -152,98 +101,66 @@ def run_prepare(args):
 # in the batch. The targets are the next tokens, as in pretraining, but -100 wherever the next token is
 # prompt or padding, so the loss (and the gradient) comes from the responses alone.
 data_dir = data_dir or os.path.join("data", "alpaca")
-if not os.path.exists(os.path.join(data_dir, "meta.json")):
-    run_prepare(["prepare_alpaca.py", "--out_dir", data_dir])
-with open(os.path.join(data_dir, "meta.json")) as f:
-    meta = json.load(f)  # template, system prompt, tokenizer facts: they travel with the checkpoint
-if meta["vocab_size"] > model.config.vocab_size:
-    raise SystemExit(f"the data uses {meta['vocab_size']} token ids; the model has only {model.config.vocab_size}")
-data = {}
-for split in ("train", "val"):
-    if os.path.getsize(os.path.join(data_dir, f"{split}_ids.bin")) == 0:
-        raise SystemExit(f"{data_dir}: the {split} split is empty (prepare it with --val_size above 0)")
-    ids = np.memmap(os.path.join(data_dir, f"{split}_ids.bin"), dtype=np.uint16, mode="r")
-    loss_mask = np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r")
-    offsets = np.fromfile(os.path.join(data_dir, f"{split}_offsets.bin"), dtype=np.int64)
-    lengths = np.diff(offsets)
-    usable = np.flatnonzero(lengths - 1 <= block_size)  # never truncate: it would cut off the end token
-    if master_process and len(usable) < len(lengths):
-        print(f"{split}: leaving out {len(lengths) - len(usable)} examples longer than block_size {block_size}")
-    data[split] = (ids, loss_mask, offsets, lengths, usable)
-step_size = batch_size * gradient_accumulation_steps * ddp_world_size  # examples in one optimizer step
-epoch_orders = {}
-
-
-def epoch_order(split, epoch):
-    """An epoch's examples in training order: sorted by length within chunks of 256 micro-batches (little
-    padding), cut into steps, the steps shuffled (so the loss curve does not trace the lengths). A function
-    of (seed, epoch)."""
-    if (split, epoch) not in epoch_orders:
-        _, _, _, lengths, usable = data[split]
-        if len(usable) < step_size:
-            raise SystemExit(f"{split} has {len(usable)} examples; one step needs {step_size}")
-        rng = np.random.default_rng((seed, epoch))
-        order = rng.permutation(usable)[: len(usable) // step_size * step_size]
-        chunk_size = 256 * batch_size * ddp_world_size  # bigger: less padding, but steps mix fewer lengths
-        for start in range(0, len(order), chunk_size):
-            chunk = order[start : start + chunk_size]
-            order[start : start + chunk_size] = chunk[np.argsort(lengths[chunk], kind="stable")]
-        steps = order.reshape(-1, step_size)
-        epoch_orders[(split, epoch)] = steps[rng.permutation(len(steps))].reshape(-1)
-    return epoch_orders[(split, epoch)]
+meta = common.prepare_on_demand(data_dir, os.path.join("data", "alpaca"), "prepare_alpaca.py", proc)
+data = {split: common.read_examples(data_dir, split, block_size) for split in ("train", "val")}
+step_size = batch_size * gradient_accumulation_steps * proc.world_size  # examples in one optimizer step
+if len(data["train"]["usable"]) < step_size:
+    raise UserError(f"train has {len(data['train']['usable'])} examples; one step needs {step_size}")
 
 
 def get_batch(split, i=None):
     """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set (the same every time)."""
-    ids, loss_mask, offsets, lengths, usable = data[split]
+    d = data[split]
     if i is None:
-        per_epoch = len(epoch_order(split, 0)) // (batch_size * ddp_world_size)  # micro-batches per epoch
-        epoch, n = divmod(data_state[split], per_epoch)
-        start = (n * ddp_world_size + ddp_rank) * batch_size  # each process takes its own slice of the step
-        rows = epoch_order(split, epoch)[start : start + batch_size]
+        epoch, n = divmod(data_state[split], len(d["usable"]) // step_size * gradient_accumulation_steps)
+        if d.get("epoch") != epoch:  # each epoch its own order, a function of (seed, epoch): batches of similar
+            rng = np.random.default_rng((seed, epoch))  # lengths (little padding), in shuffled steps
+            group = 256 * batch_size * proc.world_size  # sorted within 256 micro-batches: bigger, less padding
+            d["order"] = common.length_grouped_order(d["lengths"], d["usable"], step_size, group, rng)
+            d["epoch"] = epoch
+        start = (n * proc.world_size + proc.rank) * batch_size  # each process takes its own slice of the step
+        rows = d["order"][start : start + batch_size]
         data_state[split] += 1
     else:
-        rows = usable[(i * batch_size + np.arange(batch_size)) % len(usable)]
-    T = int(lengths[rows].max()) - 1  # pad to the batch's longest example (x and y are one token shorter)
+        rows = d["usable"][(i * batch_size + np.arange(batch_size)) % len(d["usable"])]
+    T = int(d["lengths"][rows].max()) - 1  # pad to the batch's longest example (x and y are one token shorter)
     x = np.full((len(rows), T), meta["end_token"], dtype=np.int64)  # pad: after every real token, never a target
     y = np.full((len(rows), T), -100, dtype=np.int64)
     for r, example in enumerate(rows):
-        a, b = offsets[example], offsets[example + 1]
-        x[r, : b - a - 1] = ids[a : b - 1]
-        y[r, : b - a - 1] = np.where(loss_mask[a + 1 : b] == 1, ids[a + 1 : b].astype(np.int64), -100)
+        a, b = d["offsets"][example], d["offsets"][example + 1]
+        x[r, : b - a - 1] = d["ids"][a : b - 1]
+        y[r, : b - a - 1] = np.where(d["mask"][a + 1 : b] == 1, d["ids"][a + 1 : b].astype(np.int64), -100)
     return to_device(x), to_device(y)
 
 
 data_state = {"train": 0, "val": 0}  # micro-batches drawn: with the seed, the loader's whole position
+if meta["vocab_size"] > model.config.vocab_size:
+    raise UserError(f"the data uses {meta['vocab_size']} token ids; the model has only {model.config.vocab_size}")
 # END OF DATA LOADER
 # ----------------------------------------------------------------------------------------------------------
 
 # The optimizer, and everything a resumed run needs back.
 iter_num, best_val_loss = 0, float("inf")
-optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), proc.device_type)
+scaler = torch.amp.GradScaler(proc.device_type, enabled=(proc.dtype == "float16"))
 if init_from == "resume":
-    # The data loader's position is a count of micro-batches: it only means the same data in the same geometry.
-    saved_geometry = (checkpoint["config"]["batch_size"], checkpoint["config"]["gradient_accumulation_steps"],
-                      len(checkpoint["rng_state"]))  # one RNG state per process
-    if saved_geometry != (batch_size, gradient_accumulation_steps, ddp_world_size):
-        raise SystemExit(f"resume: the run used batch_size, gradient_accumulation_steps, processes = "
-                         f"{saved_geometry}; resume it with the same")
+    common.check_resume(checkpoint, config, proc.world_size)
     optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     data_state.update(checkpoint["data_state"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    rng_state = checkpoint["rng_state"][ddp_rank]
-    torch.set_rng_state(rng_state["cpu"])
-    if device_type == "cuda" and "cuda" in rng_state:
-        torch.cuda.set_rng_state(rng_state["cuda"])
+    common.restore_rng_state(checkpoint["rng_state"], proc)
+    if proc.master:
+        common.truncate_metrics(out_dir, iter_num, evaluates_again=iter_num % eval_interval == 0)
+if proc.master:
+    common.remove_stale_temp_files(out_dir)
 checkpoint = None  # free the memory
 raw_model = model
 if compile:
     print("compiling the model (takes a minute)...")
     model = torch.compile(model)
-if ddp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)
+if proc.ddp:
+    model = DDP(model, device_ids=[proc.local_rank] if proc.device_type == "cuda" else None)
 
 
 def get_lr(it):
@@ -271,8 +188,8 @@ def estimate_loss():
             n = int((Y != -100).sum())
             loss_sum, n_targets = loss_sum + loss.item() * n, n_targets + n
         out[split] = loss_sum / max(n_targets, 1)
-        if ddp:  # every process must take the same "is this the best?" decision, to the last bit
-            loss_tensor = torch.tensor(out[split], device=device)
+        if proc.ddp:  # every process must take the same "is this the best?" decision, to the last bit
+            loss_tensor = torch.tensor(out[split], device=proc.device)
             dist.broadcast(loss_tensor, src=0)
             out[split] = loss_tensor.item()
     model.train()
@@ -280,34 +197,27 @@ def estimate_loss():
 
 
 def save_checkpoint(path, with_optimizer=True):
-    """Atomic: a crash mid-write leaves the previous file intact, never a torn one. Call on every process."""
-    rng_state = {"cpu": torch.get_rng_state()}
-    if device_type == "cuda":
-        rng_state["cuda"] = torch.cuda.get_rng_state().cpu()
-    rng_states = [rng_state]
-    if ddp and with_optimizer:  # each process has its own dropout stream; a collective: all processes come here
-        rng_states = [None] * ddp_world_size
-        dist.all_gather_object(rng_states, rng_state)
-    if not master_process:
+    """Everything a resumed run needs, written atomically (common.save_atomic). Call on every process."""
+    rng_states = common.rng_states(proc) if with_optimizer else None  # a collective under DDP
+    if not proc.master:
         return
     state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config), "config": config,
              "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta}
     if with_optimizer:
         state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), data_state=data_state,
                      rng_state=rng_states)
-    with open(path + ".tmp", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename, so even a power cut leaves the old file or the new
-    os.replace(path + ".tmp", path)
+    try:
+        common.save_atomic(state, path)
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint is intact") from None
 
 
 def evaluate_and_save():
-    global best_val_loss
+    global best_val_loss, saved_iter
     losses = estimate_loss()  # the same fixed batches on every process, so every process agrees on "best"
     is_best = losses["val"] < best_val_loss
     best_val_loss = min(best_val_loss, losses["val"])
-    if master_process:
+    if proc.master:
         tqdm.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                    + (" (best)" if is_best else ""))
         log_metrics({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
@@ -315,11 +225,13 @@ def evaluate_and_save():
         return  # measuring must never overwrite the run's checkpoint
     if (always_save_checkpoint and iter_num > 0) or iter_num == max_iters:
         save_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # the latest state: what init_from=resume continues
+        saved_iter = iter_num
     if is_best and iter_num > 0:
         save_checkpoint(os.path.join(out_dir, "best.pt"), with_optimizer=False)
 
 
 def log_metrics(record):
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -329,56 +241,66 @@ def log_metrics(record):
 if eval_only:
     evaluate_and_save()
     sys.exit(0)
-pbar = tqdm(total=max_iters, initial=iter_num, disable=not master_process, unit="step", dynamic_ncols=True)
+saved_iter = iter_num if init_from == "resume" else None  # the step of the newest ckpt.pt, for Ctrl-C's message
+pbar = tqdm(total=max_iters, initial=iter_num, disable=not proc.master, unit="step", dynamic_ncols=True)
 t0, tokens_seen, targets_seen = time.time(), 0, 0
-while iter_num < max_iters:
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    if iter_num % eval_interval == 0:
-        evaluate_and_save()
+try:
+    while iter_num < max_iters:
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if iter_num % eval_interval == 0:
+            evaluate_and_save()
 
-    # Draw the whole step first, to know how many target tokens it holds across micro-batches and processes.
-    batches = [get_batch("train") for _ in range(gradient_accumulation_steps)]
-    n_step_targets = sum((Y != -100).sum() for _, Y in batches)
-    if ddp:
-        dist.all_reduce(n_step_targets)
-    step_loss = torch.zeros((), device=device)
-    for micro_step, (X, Y) in enumerate(batches):
-        if ddp:  # sync gradients across processes only once, after the last micro-batch
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        with ctx:
-            _, loss = model(X, Y)
-        # Weight each micro-batch by its share of the step's target tokens: the step then minimises the mean
-        # over all its targets, exactly as one big batch would, however the targets fall into micro-batches.
-        # (DDP averages gradients over processes, hence * ddp_world_size.)
-        loss = loss * (Y != -100).sum() * ddp_world_size / n_step_targets.clamp(min=1)
-        scaler.scale(loss).backward()
-        step_loss += loss.detach() / ddp_world_size
-        tokens_seen += X.numel() * ddp_world_size
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    targets_seen += int(n_step_targets)
-    iter_num += 1
+        # Draw the whole step first, to know how many target tokens it holds across micro-batches and processes.
+        batches = [get_batch("train") for _ in range(gradient_accumulation_steps)]
+        n_step_targets = sum((Y != -100).sum() for _, Y in batches)
+        if proc.ddp:
+            dist.all_reduce(n_step_targets)
+        step_loss = torch.zeros((), device=proc.device)
+        for micro_step, (X, Y) in enumerate(batches):
+            if proc.ddp:  # sync gradients across processes only once, after the last micro-batch
+                model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+            with ctx:
+                _, loss = model(X, Y)
+            # Weight each micro-batch by its share of the step's target tokens: the step then minimises the mean
+            # over all its targets, exactly as one big batch would, however the targets fall into micro-batches.
+            # (DDP averages gradients over processes, hence * world_size.)
+            loss = loss * (Y != -100).sum() * proc.world_size / n_step_targets.clamp(min=1)
+            scaler.scale(loss).backward()
+            step_loss += loss.detach() / proc.world_size
+            tokens_seen += X.numel() * proc.world_size
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        targets_seen += int(n_step_targets)
+        iter_num += 1
 
-    if iter_num % log_interval == 0 or iter_num == max_iters:
-        if ddp:
-            dist.all_reduce(step_loss)
-        elapsed = time.time() - t0
-        record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr,
-                  "tokens_per_s": tokens_seen / elapsed, "targets_per_s": targets_seen / elapsed}
-        if master_process:
-            log_metrics(record)
-        pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
-                         sup_tok_s=f"{record['targets_per_s']:.0f}")
-    pbar.update(1)
+        if iter_num % log_interval == 0 or iter_num == max_iters:
+            if proc.ddp:
+                dist.all_reduce(step_loss)
+            elapsed = time.time() - t0
+            record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "tokens": tokens_seen,
+                      "tokens_per_s": tokens_seen / elapsed, "targets_per_s": targets_seen / elapsed}
+            if proc.master:
+                log_metrics(record)
+            pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                             sup_tok_s=f"{record['targets_per_s']:.0f}")
+        pbar.update(1)
+except KeyboardInterrupt:
+    pbar.close()
+    last = f"the last checkpoint is step {saved_iter}" if saved_iter is not None else "no checkpoint was written"
+    raise UserError(f"stopped at step {iter_num}; {last}"
+                    + ("; --init_from=resume continues from it" if saved_iter is not None else "")) from None
 pbar.close()
 evaluate_and_save()
-if master_process:
+if proc.master:
     print(f"done: {iter_num} steps, best val loss {best_val_loss:.4f}; checkpoints and metrics.jsonl in {out_dir}/")
-if ddp:
+if proc.ddp:
+    # Every process reaches this line before any tears down its connections: a process that left while its
+    # peer's gloo thread still used them made the peer abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()

@@ -25,6 +25,7 @@ import pytest
 import torch
 from conftest import ROOT, needs_bpe
 
+import common
 from configurator import load_config
 from model import GPT, GPTConfig
 
@@ -264,16 +265,16 @@ def test_scripts_differ_only_in_docstring_and_data_loader():
 def test_diff_shape_check_has_teeth():
     pre, sft = read("train_pretrain.py"), read("train_sft.py")
     # A change inside SFT's loader is fine; one in the loop, an inserted line, or a lost marker is not.
-    inside = sft.replace("epoch_orders = {}\n", "epoch_orders = {}  # cache\n", 1)
+    inside = sft.replace('            d["epoch"] = epoch\n', '            d["epoch"] = epoch  # remembered\n', 1)
     assert inside != sft and check_diff_shape(pre, inside)[0] == []
     loop = sft.replace("if grad_clip > 0:", "if grad_clip >= 0:", 1)
     assert loop != sft
     violations, _ = check_diff_shape(pre, loop)
     assert any("grad_clip >= 0" in v for v in violations), violations
-    inserted = sft.replace("pbar.close()\n", "pbar.close()\nprint('extra')\n", 1)
+    inserted = sft.replace("\npbar.close()\n", "\npbar.close()\nprint('extra')\n", 1)
     violations, _ = check_diff_shape(pre, inserted)
     assert any("print('extra')" in v for v in violations), violations
-    deleted = pre.replace("    scaler.update()\n", "", 1)  # a line missing from one side only
+    deleted = pre.replace("        scaler.update()\n", "", 1)  # a line missing from one side only
     assert deleted != pre
     violations, _ = check_diff_shape(deleted, sft)
     assert any("scaler.update()" in v for v in violations), violations
@@ -613,44 +614,51 @@ def test_init_from_own_checkpoint_honours_dropout_setting(from_own_checkpoint):
 # 7. data on demand: when preparing fails (offline here), the run stops cleanly
 
 
-def test_missing_data_dir_fails_cleanly(tmp_path):
-    # A proxy nobody listens on makes every download fail at once, online or not.
+def test_missing_default_data_is_prepared_on_demand_and_a_failure_is_clean(tmp_path):
+    """The default data folder is prepared on first use; when that fails (no network: a proxy nobody listens
+    on makes every download fail at once), the run stops with one line and no traceback."""
     env = script_env(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="",
                      https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", no_proxy="")
-    data_dir = tmp_path / "no_such_data"
-    procs = run_parallel(*[((s, f"--data_dir={data_dir / s}", f"--out_dir={tmp_path / s}"),
-                            {"check": False, "env": env}) for s in SCRIPTS])
+    procs = []
+    for script in SCRIPTS:  # from an empty working directory, where data/<default> does not exist
+        cwd = tmp_path / script
+        cwd.mkdir()
+        cmd = [sys.executable, os.path.join(ROOT, script), *TINY, f"--out_dir={cwd / 'out'}"]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     for script, proc in zip(SCRIPTS, procs, strict=True):
+        _, stderr = proc.communicate(timeout=300)
         prepare = "prepare_text.py" if script == "train_pretrain.py" else "prepare_alpaca.py"
-        assert proc.returncode != 0, f"{script} succeeded without data"
-        assert "Traceback" not in proc.stderr, proc.stderr
-        assert "could not download" in proc.stderr
-        assert f"python {prepare} --out_dir {data_dir / script} failed" in proc.stderr
-        assert not (data_dir / script / "meta.json").exists()
+        default = os.path.join("data", "shakespeare" if script == "train_pretrain.py" else "alpaca")
+        assert proc.returncode == 2, f"{script} exited {proc.returncode}\n{stderr}"
+        assert "Traceback" not in stderr, stderr
+        assert "could not download" in stderr
+        assert f"python {prepare} --out_dir {default} failed" in stderr
+        assert not (tmp_path / script / default / "meta.json").exists()
+        assert not (tmp_path / script / "out").exists(), "a run that failed before any checkpoint leaves no out_dir"
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_download(tmp_path):
+    procs = run_parallel(*[((s, f"--data_dir={tmp_path / 'typo'}", f"--out_dir={tmp_path / s}"), {"check": False})
+                           for s in SCRIPTS])
+    for script, proc in zip(SCRIPTS, procs, strict=True):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"data_dir={tmp_path / 'typo'} holds no prepared data" in proc.stderr, proc.stderr
+        assert "running: python" not in proc.stdout, f"{script} tried to prepare a folder it was not asked to"
+    assert sorted(os.listdir(tmp_path)) == [], "nothing is created: no data folder, no out_dir"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 8. the data loaders on hand-written data: exact batches, the epoch order, DDP slices, the windows
 
 
-def loader_section(script, **settings):
+def loader_section(script, ddp_world_size=1, ddp_rank=0, device_type="cuda", **settings):
     """The DATA LOADER section of a script, executed in-process with these settings: its namespace."""
-    with open(os.path.join(ROOT, script)) as f:
-        lines = f.read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:"))
-    end = lines.index("# END OF DATA LOADER")
-
-    def run_prepare(args):
-        raise AssertionError(f"the test data should exist; the loader wanted to run {args}")
-
-    ns = {"os": os, "json": json, "np": np, "torch": torch, "seed": SEED, "gradient_accumulation_steps": 1,
-          "ddp_world_size": 1, "ddp_rank": 0, "eval_iters": 2, "to_device": torch.from_numpy,
-          "device_type": "cuda",
-          "model": types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"])),
-          "run_prepare": run_prepare, **settings}
-    ns.setdefault("master_process", ns["ddp_rank"] == 0)
-    exec(compile("\n".join(lines[start:end]), f"{script} (DATA LOADER)", "exec"), ns)
-    return ns
+    proc = common.Processes(ddp=ddp_world_size > 1, rank=ddp_rank, local_rank=ddp_rank, world_size=ddp_world_size,
+                            device=device_type, device_type=device_type, dtype="float32")
+    model = types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"]))
+    return common.data_loader_section(script, **{"seed": SEED, "gradient_accumulation_steps": 1, "eval_iters": 2,
+                                                 "proc": proc, "model": model, **settings})
 
 
 PAD = 50258  # chatml's end token: the SFT loader pads X with it
@@ -703,7 +711,7 @@ def test_sft_get_batch_matches_hand_written_x_and_y(hand_sft_data, capsys):
     out = capsys.readouterr().out
     assert "train: leaving out 2 examples longer than block_size 4" in out, out
     assert "val:" not in out, "no val example is too long"
-    assert ns["data"]["train"][4].tolist() == [0, 2, 3, 4, 5, 6, 7, 8], "usable: all but the two long ones"
+    assert ns["data"]["train"]["usable"].tolist() == [0, 2, 3, 4, 5, 6, 7, 8], "usable: all but the two long ones"
 
     # eval batch 0: usable rows 0 and 1 = A and B (the long example between them is skipped, not cut)
     X, Y = get_batch("train", 0)
@@ -836,9 +844,9 @@ def test_pretrain_get_batch_targets_are_next_tokens(tmp_path):
     assert X.tolist() == [list(range(8))] * 2 and Y.tolist() == [list(range(1, 9))] * 2
     for split, train, val in (("train", np.arange(8), np.arange(50)), ("val", np.arange(50), np.arange(3))):
         data_dir = write_text_data(str(tmp_path / f"short_{split}"), train, val)
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(common.UserError) as e:
             loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=2)
-        msg = str(e.value.code)
+        msg = e.value.message
         assert msg.startswith(f"{split}.bin has {len(train if split == 'train' else val)} tokens"), msg
         assert "block_size + 1 = 9" in msg, msg
 
