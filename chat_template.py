@@ -122,9 +122,10 @@ def render(messages, template: str = "chatml", add_generation_prompt: bool = Fal
 
 def encode(messages, template: str = "chatml", train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
     """ids and loss mask (1 where ids[i] is a training target). train_on_prompt=True makes every token a target."""
+    segments = _segments(messages, template)  # validates first: a bad call never needs the tokenizer files
     enc = get_tokenizer()
     ids, mask = [], []
-    for piece, is_target in _segments(messages, template):
+    for piece, is_target in segments:
         piece_ids = [piece] if isinstance(piece, int) else enc.encode_ordinary(piece)  # data stays plain text
         ids += piece_ids
         mask += [1 if (is_target or train_on_prompt) else 0] * len(piece_ids)
@@ -138,9 +139,10 @@ def encode_prompt(messages, template: str = "chatml") -> list[int]:
     """
     if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
         raise ValueError("encode_prompt: the last message is the assistant's; the prompt should end with the user")
+    segments = _segments(messages, template, add_generation_prompt=True)  # validates first, as in encode
     enc = get_tokenizer()
     ids = []
-    for piece, _ in _segments(messages, template, add_generation_prompt=True):
+    for piece, _ in segments:
         ids += [piece] if isinstance(piece, int) else enc.encode_ordinary(piece)
     return ids
 

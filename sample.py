@@ -16,34 +16,44 @@ same seed, one above the other.
 import argparse
 import json
 import math
-import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+import common
 from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_token, get_tokenizer
-from model import GPT, GPTConfig, pick_device, pick_dtype
+from common import UserError
+from model import GPT
 
 
-def load_model(source: str, device: str, dtype: torch.dtype):
-    """(model, meta, name) from our checkpoint (a .pt file or a folder with ckpt.pt) or a GPT-2 name / HF dir."""
-    ckpt_path = source if source.endswith(".pt") else os.path.join(source, "ckpt.pt")
-    if os.path.exists(ckpt_path):
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model = GPT(GPTConfig(**checkpoint["model_args"]))
-        model.load_state_dict(checkpoint["model"])
+@dataclass
+class Loaded:
+    model: GPT
+    meta: dict  # the template and system prompt it was trained with, and what it was fine-tuned from
+    label: str  # how the output names it
+
+
+def load_model(source: str, device: str, dtype: torch.dtype, role: str = "") -> Loaded:
+    """Our checkpoint (a .pt file or a folder with ckpt.pt), or a GPT-2 name / folder in HF's layout."""
+    path = common.checkpoint_path(source)
+    if path is not None:
+        checkpoint = common.load_checkpoint(path)
+        model = common.model_from_checkpoint(checkpoint)
         meta = dict(checkpoint["meta"], init_from=checkpoint["config"]["init_from"])
     else:
         # GPT-2 itself: grow the vocabulary so the chat tokens exist (as untrained, average rows), letting
         # the base model be prompted with exactly the text the fine-tuned one sees.
-        model = GPT.from_pretrained(source, vocab_size=50304)
+        try:
+            model = GPT.from_pretrained(source, vocab_size=50304)
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            raise UserError(str(e)) from None
         meta = {"template": "none", "system_prompt": None}
-    # Generating one token reads every weight once: bf16 weights halve the bytes, and that is the speed
-    # (1.2x our fp32 generation on a CPU with native bf16, BENCHMARKS.md). Training keeps fp32 weights;
-    # here nothing is learned.
+    # Generating one token reads every weight once: bf16 weights halve the bytes to read, and that is the
+    # speed. Training keeps fp32 weights; here nothing is learned.
     model.eval().to(device=device, dtype=dtype)
-    return model, meta, source
+    return Loaded(model, meta, f"{role} ({source})" if role else source)
 
 
 def prompt_ids(messages: list[dict], template: str) -> list[int]:
@@ -64,13 +74,13 @@ def fit_history(history: list[dict], template: str, max_prompt_tokens: int) -> l
         del history[has_system : has_system + 2]  # the oldest user/assistant pair
 
 
-def respond(model, ids: list[int], template: str, args, device: str, stream: bool) -> tuple[list[int], bool]:
-    """Generate one response; returns its token ids (without the end token) and whether it ended by itself."""
+def respond(model, ids: list[int], template: str, args, device: str, stream: bool) -> tuple[list[int], str]:
+    """Generate one response: its token ids (without the end token) and how it ended: 'end token', or why not."""
     enc = get_tokenizer()
     stop = {SPECIAL_TOKENS[EOT]} | ({end_token(template)} if template != "none" else set())
-    budget = model.config.block_size - len(ids)
-    if budget <= 0:
-        raise SystemExit(f"the prompt has {len(ids)} tokens; the model's context is {model.config.block_size}")
+    room = model.config.block_size - len(ids)
+    if room <= 0:
+        raise UserError(f"the prompt has {len(ids)} tokens; the model's context is {model.config.block_size}")
     new = []
     printed = ""
 
@@ -84,12 +94,15 @@ def respond(model, ids: list[int], template: str, args, device: str, stream: boo
                 printed = text
 
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    model.generate(x, min(args.max_new_tokens, budget), temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, stop_tokens=tuple(stop), vocab_size=enc.n_vocab, on_token=on_token)
+    model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   stop_tokens=tuple(stop), vocab_size=enc.n_vocab, on_token=on_token)
     if stream:
         print()
-    stopped = bool(new) and new[-1] in stop
-    return (new[:-1] if stopped else new), stopped
+    if new and new[-1] in stop:
+        return new[:-1], "end token"
+    if len(new) < args.max_new_tokens:
+        return new, f"no end token: the context window ({model.config.block_size} tokens) is full"
+    return new, f"no end token within --max_new_tokens={args.max_new_tokens}"
 
 
 @torch.no_grad()
@@ -131,6 +144,75 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
+def check_settings(args) -> None:
+    """Sampling settings are checked where they enter: a bad one is a clear line, not a crash deep in torch."""
+    if args.temperature < 0:
+        raise UserError(f"--temperature={args.temperature}: must be >= 0 (0 = greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top_k={args.top_k}: must be >= 1 (or leave it out)")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p={args.top_p}: must be in (0, 1] (1 = off)")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty: give the text to answer")
+
+
+def report_text_loss(models: list[Loaded], args, device: str) -> None:
+    """--eval_text: each model's loss on a text corpus, and what fine-tuning changed (the forgetting)."""
+    losses = []
+    for m in models:
+        loss, n = text_loss(m.model, args.eval_text, device, args.eval_tokens)
+        losses.append(loss)
+        print(f"loss on {args.eval_text} ({n:,} tokens), {m.label}: {loss:.4f} (perplexity {math.exp(loss):.1f})")
+    if len(losses) == 2:
+        base, tuned = losses
+        print(f"fine-tuning changed this loss by {tuned - base:+.4f} ({(tuned - base) / base:+.1%})")
+
+
+def chat(m: Loaded, template: str, system: list[dict], args, device: str) -> None:
+    """--chat: a conversation on stdin, the oldest exchanges dropped when the context runs out."""
+    print(f"chatting with {m.label}; an empty line or Ctrl-D ends")
+    history = list(system)
+    torch.manual_seed(args.seed)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        # keep at least half the context for the conversation so far, however long the answers may be
+        room = m.model.config.block_size - min(args.max_new_tokens, m.model.config.block_size // 2)
+        ids = fit_history(history, template, room)
+        print("assistant: ", end="", flush=True)
+        new, _ = respond(m.model, ids, template, args, device, stream=True)
+        history.append({"role": "assistant", "content": get_tokenizer().decode(new)})
+
+
+def answer_prompts(models: list[Loaded], prompts: list[str], template: str, system: list[dict], args,
+                   device: str) -> None:
+    """Every prompt to every model, one above the other, with the same seed; --out writes them as JSONL."""
+    out = open(args.out, "a", encoding="utf-8") if args.out else None
+    settings = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed", "max_new_tokens")}
+    for i, prompt in enumerate(prompts):
+        print(f"\n=== prompt {i + 1}: {prompt}")
+        ids = prompt_ids(system + [{"role": "user", "content": prompt}], template)
+        for m in models:
+            torch.manual_seed(args.seed)  # the same seed for every model: differences come from the weights
+            for k in range(args.num_samples):
+                print(f"--- {m.label}" + (f", sample {k + 1}" if args.num_samples > 1 else "") + " ---")
+                new, ending = respond(m.model, ids, template, args, device, stream=True)
+                if ending != "end token":
+                    print(f"[{ending}]")
+                if out:
+                    out.write(json.dumps({"prompt": prompt, "model": m.label, "template": template,
+                                          "system_prompt": system[0]["content"] if system else None,
+                                          "settings": settings, "sample": k,
+                                          "response": get_tokenizer().decode(new),
+                                          "stopped": ending == "end token", "n_tokens": len(new)}) + "\n")
+    if out:
+        out.close()
+        print(f"\nwrote {args.out}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="our checkpoint: a folder with ckpt.pt (e.g. out/gpt2_alpaca) or a .pt file")
@@ -151,86 +233,37 @@ def main(argv=None):
     p.add_argument("--eval_text", help="report each model's loss on this text corpus (.bin or .txt)")
     p.add_argument("--eval_tokens", type=int, default=32768, help="at most this many tokens of --eval_text")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="auto", choices=["auto", *common.DTYPES],
                    help="the weights' precision; auto = bf16 where the hardware has it, else fp32")
     args = p.parse_args(argv)
     if not args.ckpt and not args.init_from:
         p.error("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
+    check_settings(args)
+    prompts = read_prompts(args)
+    if not prompts and not args.eval_text and not args.chat:
+        p.error("nothing to do: give --prompt, --prompts_file, --chat or --eval_text")
 
-    device = pick_device(args.device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        pick_dtype(args.dtype, device_type)]
-
-    # The models: (label, model, meta). A checkpoint also tells us which model it was fine-tuned from.
-    models = []
-    if args.ckpt:
-        model, meta, name = load_model(args.ckpt, device, dtype)
-        models.append((f"fine-tuned ({name})", model, meta))
+    device = common.pick_device(args.device)
+    dtype = common.DTYPES[common.pick_dtype(args.dtype, "cuda" if device.startswith("cuda") else device)]
+    # The models: the fine-tuned one last. A checkpoint also tells us which model it was fine-tuned from.
+    models = [load_model(args.ckpt, device, dtype, "fine-tuned")] if args.ckpt else []
     if args.compare or not args.ckpt:
-        base = args.init_from or (models[0][2].get("init_from") if models else None)
+        base = args.init_from or (models[0].meta.get("init_from") if models else None)
         if not base or base in ("scratch", "resume"):
-            raise SystemExit("--compare needs the base model: pass --init_from=gpt2 (or a folder/checkpoint)")
-        model, meta, name = load_model(base, device, dtype)
-        models.insert(0, (f"base ({name})", model, meta))
-    template = args.template or models[-1][2]["template"]
-    system_prompt = args.system_prompt if args.system_prompt is not None else models[-1][2].get("system_prompt")
-    enc = get_tokenizer()
+            raise UserError("--compare needs the base model: pass --init_from=gpt2 (or a folder/checkpoint)")
+        models.insert(0, load_model(base, device, dtype, "base"))
+    template = args.template or models[-1].meta["template"]
+    system_prompt = args.system_prompt if args.system_prompt is not None else models[-1].meta.get("system_prompt")
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     print(f"template: {template}, weights in {str(dtype).removeprefix('torch.')}"
           + (f", system prompt: {system_prompt!r}" if system_prompt else ""))
 
     if args.eval_text:
-        losses = {}
-        for label, model, _ in models:
-            losses[label], n = text_loss(model, args.eval_text, device, args.eval_tokens)
-            print(f"loss on {args.eval_text} ({n:,} tokens), {label}: {losses[label]:.4f} "
-                  f"(perplexity {math.exp(losses[label]):.1f})")
-        if len(models) == 2:
-            (_, a), (_, b) = losses.items()
-            print(f"fine-tuning changed this loss by {b - a:+.4f} ({(b - a) / a:+.1%})")
-
+        report_text_loss(models, args, device)
     if args.chat:
-        label, model, _ = models[-1]
-        print(f"chatting with {label}; an empty line or Ctrl-D ends")
-        history = list(system)
-        torch.manual_seed(args.seed)
-        for line in sys.stdin:
-            if not line.strip():
-                break
-            history.append({"role": "user", "content": line.rstrip("\n")})
-            # keep at least half the context for the conversation so far, however long the answers may be
-            room = model.config.block_size - min(args.max_new_tokens, model.config.block_size // 2)
-            ids = fit_history(history, template, room)
-            print("assistant: ", end="", flush=True)
-            new, _ = respond(model, ids, template, args, device, stream=True)
-            history.append({"role": "assistant", "content": enc.decode(new)})
-        return
-
-    prompts = read_prompts(args)
-    if not prompts and not args.eval_text:
-        p.error("nothing to do: give --prompt, --prompts_file, --chat or --eval_text")
-    out = open(args.out, "a", encoding="utf-8") if args.out else None
-    for i, prompt in enumerate(prompts):
-        print(f"\n=== prompt {i + 1}: {prompt}")
-        ids = prompt_ids(system + [{"role": "user", "content": prompt}], template)
-        for label, model, _ in models:
-            torch.manual_seed(args.seed)  # the same seed for every model: differences come from the weights
-            for k in range(args.num_samples):
-                print(f"--- {label}" + (f", sample {k + 1}" if args.num_samples > 1 else "") + " ---")
-                new, stopped = respond(model, ids, template, args, device, stream=True)
-                if not stopped:
-                    print(f"[no end token within {args.max_new_tokens} tokens]")
-                if out:
-                    settings = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed",
-                                                              "max_new_tokens")}
-                    out.write(json.dumps({"prompt": prompt, "model": label, "template": template,
-                                          "system_prompt": system_prompt, "settings": settings, "sample": k,
-                                          "response": enc.decode(new), "stopped": stopped,
-                                          "n_tokens": len(new)}) + "\n")
-    if out:
-        out.close()
-        print(f"\nwrote {args.out}")
+        chat(models[-1], template, system, args, device)
+    else:
+        answer_prompts(models, prompts, template, system, args, device)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ How fast is nanoSFT? Every comparison here runs side by side in one process, wit
 Figures are medians after warm-up; a ratio is the median of the per-round ratios.
 
     (a) train step (forward + backward + AdamW), ours vs Hugging Face's GPT2LMHeadModel with the same weights
-    (b) generation: ours with the KV cache, without it, through plain nn.Linear, with bf16 weights; HF generate
+    (b) generation: ours with the KV cache, without it (a plain loop), with bf16 weights; HF generate
     (c) the SFT loader of train_sft.py: share of real (non-pad) and target tokens in its batches
     (d) prepare_alpaca.prepare time, 5,000 real records and 52,002 (the 5,000 repeated)
     (e) peak memory of one SFT train step (fresh subprocess)
@@ -12,9 +12,9 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (g) allocator: glibc's default vs tune_cpu_allocator()
     (h) CUDA only: GPT-2 124M SFT step with bf16 autocast + torch.compile, tokens/s and MFU
 
-    python bench.py                          # everything (a few minutes on 2 CPU cores)
-    python bench.py --quick                  # tiny shapes, 2 reps: a smoke test (seconds)
-    python bench.py --only a,f --reps 7 --json bench.json
+    python bench/bench.py                    # everything (a few minutes on 2 CPU cores)
+    python bench/bench.py --quick            # tiny shapes, 2 reps: a smoke test (seconds)
+    python bench/bench.py --only a,f --reps 7 --json bench.json
 """
 
 import argparse
@@ -34,14 +34,17 @@ import sys
 import tempfile
 import time
 from types import SimpleNamespace
-from unittest import mock
 
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, Linear, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: bench/ is one level down
+sys.path.insert(0, ROOT)
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from common import DTYPES, cpu_has_native_bf16, data_loader_section, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
+from hf_checkpoint import CONV1D_WEIGHTS  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the same place tests/conftest.py looks
 ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
 
@@ -49,7 +52,6 @@ ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
 SMALL = dict(n_layer=6, n_head=6, n_embd=384)  # vocab 50304, block 1024: GPTConfig's defaults
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768)
 TINY = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=1000, block_size=256)
-PTDTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LR, BETAS, WEIGHT_DECAY = 6e-4, (0.9, 0.95), 0.1  # train_sft.py's defaults
 # Alpaca's share of targets (response + end token) among an SFT batch's positions: 68.5% of the real tokens
 # are targets and 98.2% of the positions are real (section c), 0.67; 0.66 errs on the side of fewer targets
@@ -129,7 +131,7 @@ def quietly(fn, *args, **kwargs):
 
 def autocast(dtype, dev_type=None):
     dev_type = dev_type or device_type
-    return contextlib.nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=PTDTYPE[dtype])
+    return contextlib.nullcontext() if dtype == "float32" else torch.autocast(dev_type, dtype=DTYPES[dtype])
 
 
 def random_batch(vocab_size, batch, seq, dev=None, target_share=1.0):
@@ -155,11 +157,12 @@ def train_step(model, optimizer, X, Y, dtype="float32", hf=False):
 
 
 def step_flops(model, Y, computes_every_logit=False):
-    """Training FLOPs of one step on targets Y (B, T): 6N + 12LTC per position (model.flops_per_token), less
+    """Training FLOPs of one step on targets Y (B, T): 6N + 12LTC per position (PaLM, appendix B), less
     the output layer's 6 * vocab * n_embd at positions without a target, which our forward skips (HF's
     computes every logit: computes_every_logit=True)."""
     B, T = Y.shape
-    flops = model.flops_per_token(T) * B * T
+    cfg = model.config
+    flops = (6 * model.num_params() + 12 * cfg.n_layer * T * cfg.n_embd) * B * T
     if not computes_every_logit:
         flops -= 6 * model.config.vocab_size * model.config.n_embd * (Y == -100).sum().item()
     return flops
@@ -171,10 +174,6 @@ def adamw(model, **impl):
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=LR, betas=BETAS, **impl)
-
-
-# Hugging Face's GPT-2 uses Conv1D layers, whose weight is stored (in, out); nn.Linear stores (out, in).
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def hf_twin(model):
@@ -199,7 +198,7 @@ def hf_twin(model):
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if name != "lm_head.weight":  # tied to wte in both models
-                hf_state[name].copy_(tensor.t() if name.endswith(CONV1D) else tensor)
+                hf_state[name].copy_(tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor)
     return hf.to(device).train(model.training)
 
 
@@ -218,7 +217,7 @@ def logits_gap(model, hf, X):
 def matmul_peak(dtypes, n, reps, dev=None):
     """FLOP/s of an n x n x n matmul per dtype: the ceiling a training step is measured against."""
     dev = dev or device
-    mats = {dt: (torch.randn(n, n, device=dev, dtype=PTDTYPE[dt]), torch.randn(n, n, device=dev, dtype=PTDTYPE[dt]))
+    mats = {dt: (torch.randn(n, n, device=dev, dtype=DTYPES[dt]), torch.randn(n, n, device=dev, dtype=DTYPES[dt]))
             for dt in dtypes}
     variants = {dt: (lambda a=a, b=b: torch.mm(a, b)) for dt, (a, b) in mats.items()}
     times, _ = interleaved(variants, reps, warmup=2, dev_type=dev.split(":")[0])
@@ -318,23 +317,24 @@ def bench_generation(args):
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(device)
 
-    labels = {"ours_cached": "ours, KV cache", "ours_uncached": "ours, no cache",
-              "ours_plain_linear": "ours, KV cache, plain nn.Linear (no block split)", "hf": "HF generate (its cache)"}
+    labels = {"ours_cached": "ours, KV cache", "ours_uncached": "ours, no cache (the whole text every step)",
+              "hf": "HF generate (its cache)"}
 
-    def plain_linear(n=new):  # what model.Linear's few-row fast path buys: the same run through nn.Linear.forward
-        with mock.patch.object(Linear, "forward", torch.nn.Linear.forward):
-            return model.generate(prompt, n, temperature=0, use_cache=True)
+    @torch.no_grad()
+    def uncached(n=new):  # what the KV cache buys: every step reruns the whole sequence
+        idx = prompt
+        for _ in range(n):
+            idx = torch.cat((idx, model(idx)[0][:, -1].argmax(-1, keepdim=True)), dim=1)
+        return idx
 
-    variants = {"ours_cached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=True),
-                "ours_uncached": lambda n=new: model.generate(prompt, n, temperature=0, use_cache=False),
-                "ours_plain_linear": plain_linear}
+    variants = {"ours_cached": lambda n=new: model.generate(prompt, n, temperature=0), "ours_uncached": uncached}
     auto = pick_dtype("auto", device_type)
     if auto != "float32":  # what sample.py runs by default: the weights themselves in bf16 (half the bytes)
         model_auto = GPT(GPTConfig(**shape)).to(device)
         model_auto.load_state_dict(model.state_dict())
-        model_auto.to(PTDTYPE[auto]).eval()
+        model_auto.to(DTYPES[auto]).eval()
         labels["ours_auto"] = f"ours, KV cache, {auto} weights (sample.py default)"
-        variants["ours_auto"] = lambda n=new: model_auto.generate(prompt, n, temperature=0, use_cache=True)
+        variants["ours_auto"] = lambda n=new: model_auto.generate(prompt, n, temperature=0)
     if hf is not None:
         variants["hf"] = lambda n=new: hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                                    max_new_tokens=n, min_new_tokens=n)
@@ -346,10 +346,8 @@ def bench_generation(args):
     with torch.no_grad():  # how close the nearest call was: the smallest top-1 minus top-2 logit on the path
         top2 = model(cached)[0][0, prompt_len - 1 : -1].topk(2).values
         margin = (top2[:, 0] - top2[:, 1]).min().item()
-    same = {"cached_equals_uncached": torch.equal(cached, outputs["ours_uncached"]),
-            "cached_equals_plain_linear": torch.equal(cached, outputs["ours_plain_linear"])}
-    ratios = {"cached_over_uncached": speedup(times, "ours_cached", "ours_uncached"),
-              "cached_over_plain_linear": speedup(times, "ours_cached", "ours_plain_linear")}
+    same = {"cached_equals_uncached": torch.equal(cached, outputs["ours_uncached"])}
+    ratios = {"cached_over_uncached": speedup(times, "ours_cached", "ours_uncached")}
     if hf is not None:
         same["cached_equals_hf"] = torch.equal(cached, outputs["hf"])
         ratios["cached_over_hf"] = speedup(times, "ours_cached", "hf")
@@ -395,26 +393,11 @@ def alpaca_ready():
 
 
 def sft_loader(data_dir, batch_size=8, block_size=1024):
-    """train_sft.py's DATA LOADER section, executed from the script's own text.
-
-    We run the trainer's lines rather than a copy of them, so the figures are those of exactly the code the
-    trainer runs. The namespace holds what those lines use from the rest of the script.
-    """
-    with open(os.path.join(ROOT, "train_sft.py")) as f:
-        lines = f.read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("# DATA LOADER:"))
-    end = next(i for i, line in enumerate(lines) if line.startswith("# END OF DATA LOADER"))
-
-    def run_prepare(args):
-        raise RuntimeError(f"bench prepared {data_dir} itself; the loader should not need {args}")
-
-    ns = dict(data_dir=data_dir, block_size=block_size, batch_size=batch_size, gradient_accumulation_steps=1,
-              ddp_world_size=1, ddp_rank=0, seed=1337, master_process=False, eval_iters=20, device_type="cpu",
-              model=SimpleNamespace(config=SimpleNamespace(vocab_size=50304, block_size=block_size)),
-              to_device=torch.from_numpy, run_prepare=run_prepare, np=np, os=os, json=json, torch=torch)
-    source = "\n" * start + "\n".join(lines[start:end])  # blank lines first: tracebacks show the real line numbers
-    exec(compile(source, os.path.join(ROOT, "train_sft.py"), "exec"), ns)
-    return ns
+    """train_sft.py's own DATA LOADER section (common.data_loader_section): the figures are those of exactly
+    the code the trainer runs."""
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=50304, block_size=block_size))
+    return data_loader_section("train_sft.py", data_dir=data_dir, block_size=block_size, batch_size=batch_size,
+                               gradient_accumulation_steps=1, seed=1337, eval_iters=20, model=model)
 
 
 def bench_loader(args):

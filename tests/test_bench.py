@@ -1,4 +1,4 @@
-"""bench.py --quick, run for real as a subprocess: it finishes, prints every section and writes its JSON.
+"""bench/bench.py --quick, run for real as a subprocess: it finishes, prints every section and writes its JSON.
 
 A smoke test only. Timings on a shared machine say nothing, so nothing here looks at a number's size.
 """
@@ -18,8 +18,8 @@ SECTIONS = "abcdefgh"
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "bench.py", "--quick", "--json", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, os.path.join("bench", "bench.py"), "--quick", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return proc, out
 
 
