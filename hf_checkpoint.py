@@ -63,17 +63,22 @@ def fetch(name: str, cache_dir: str | None = None) -> str:
         return download(f"{endpoint}/{repo}/resolve/main/{filename}", os.path.join(folder, filename),
                         desc=f"{repo}/{filename}")
 
+    offline = (f"Offline, place both files of {endpoint}/{repo} yourself: config.json and model.safetensors, "
+               f"in {folder}")
     try:
         get("config.json")
     except (RuntimeError, FileNotFoundError) as e:
         _remove_empty_folders(folder, stop=cache_dir or cache_root())  # a failed name leaves nothing behind
         raise RuntimeError(f"{name!r} is not a local folder (with config.json, or our ckpt.pt) and the hub did "
-                           f"not serve it: {e}") from None
+                           f"not serve it: {e}. {offline}") from None
     if not os.path.exists(os.path.join(folder, "pytorch_model.bin")):
         try:
-            get("model.safetensors")
-        except FileNotFoundError:
-            get("pytorch_model.bin")  # older repos publish only the pickle; read with weights_only=True
+            try:
+                get("model.safetensors")
+            except FileNotFoundError:
+                get("pytorch_model.bin")  # older repos publish only the pickle; read with weights_only=True
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}. {offline}") from None
     return folder
 
 

@@ -410,8 +410,8 @@ def bench_loader(args):
     with tempfile.TemporaryDirectory() as tmp:
         quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
         ns = sft_loader(tmp, batch_size, block_size)
-        order = ns["epoch_order"]("train", 0)  # every example the first epoch draws, in order
-        n_batches = len(order) // batch_size
+        train = ns["data"]["train"]
+        n_batches = len(train["usable"]) // batch_size  # one epoch (a step is one batch here)
         positions = targets = 0
         t0 = time.perf_counter()
         for _ in range(n_batches):
@@ -419,7 +419,7 @@ def bench_loader(args):
             positions += X.numel()
             targets += int((Y != -100).sum())
         loader_s = time.perf_counter() - t0
-        lengths = ns["data"]["train"][3]
+        order, lengths = train["order"], train["lengths"]  # every example the epoch drew, in order
     real = int((lengths[order] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
     # The two simple alternatives, from the same examples: pad everything to the context window, or pad each
     # random batch of 8 (no grouping by length) to its longest example.

@@ -280,10 +280,12 @@ def test_no_server_and_no_cache_names_where_to_put_the_file(monkeypatch, tmp_pat
     with pytest.raises(RuntimeError) as e:
         GPT.from_pretrained(REPO)
     assert str(folder / "config.json") in str(e.value)
-    assert not (folder / "config.json").exists() and leftovers(folder) == []
+    assert "config.json and model.safetensors" in str(e.value), "one message names every file to place"
+    assert not folder.exists(), "a failed name leaves no empty cache folder behind"
 
     # With the config already there, the message points at the weights.
     _, files = ckpt
+    folder.mkdir(parents=True)
     (folder / "config.json").write_bytes(files["config.json"])
     with pytest.raises(RuntimeError) as e:
         GPT.from_pretrained(REPO)
