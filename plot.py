@@ -45,7 +45,7 @@ def read_run(run: str) -> dict:
     "tokens" lists are empty when the log lines have no "tokens" field (runs from before it existed).
     """
     train, evals, skipped = [], [], 0
-    with open(metrics_path(run), encoding="utf-8") as f:
+    with open(metrics_path(run), encoding="utf-8", errors="replace") as f:  # a torn line may end mid-character
         for line in f:
             try:
                 record = json.loads(line)

@@ -77,7 +77,7 @@ def load_hf(folder):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     """A tiny SFT checkpoint that answers ANSWER and then <|im_end|>, trained with our model and template."""
     d = tmp_path_factory.mktemp("export")
     records = [{"instruction": f"Say hello number {i}.", "input": "", "output": ANSWER} for i in range(8)]
@@ -158,7 +158,7 @@ def test_bpe_files_are_gpt2s(exported):
 
 def test_logits_match_ours(trained, exported):
     g = torch.Generator().manual_seed(0)
-    for shape in ((3, 64), (1, 7), (5, 33)):
+    for shape in ((2, 64), (1, 7)):  # the full context, and a short one
         idx = torch.randint(0, 50259, shape, generator=g)
         with torch.no_grad():
             ours = trained["model"](idx)[0][..., :50259]
@@ -322,7 +322,13 @@ def test_a_failed_export_leaves_no_trace_and_the_old_export_intact(trained, tmp_
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_hf, "write_json", fail)  # fails after model.safetensors is written
-    with pytest.raises(OSError, match="disk full"):
-        export_hf.export(trained["ckpt"], str(out), force=True)
+    with monkeypatch.context() as m:
+        m.setattr(export_hf, "write_json", fail)  # fails after model.safetensors is written
+        with pytest.raises(OSError, match="disk full"):
+            export_hf.export(trained["ckpt"], str(out), force=True)
+    assert os.listdir(tmp_path) == ["hf"] and os.listdir(out) == ["old.txt"]
+    with monkeypatch.context() as m:
+        m.setattr(export_hf.os, "rename", fail)  # fails at the last step, the old export already moved aside
+        with pytest.raises(OSError, match="disk full"):
+            export_hf.export(trained["ckpt"], str(out), force=True)
     assert os.listdir(tmp_path) == ["hf"] and os.listdir(out) == ["old.txt"]
