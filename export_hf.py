@@ -18,13 +18,13 @@ padding row can then never be generated, exactly as sample.py limits sampling to
 The folder appears whole or not at all: it is written beside --out under a temporary name, then renamed.
 This file needs no `transformers`; the tests check the export with it (tests/test_export.py).
 
-Where transformers' chat template and chat_template.py can differ: chat_template.py encodes each piece of a
-conversation on its own and message text as plain text; transformers renders the whole text, then tokenizes
-it in one go, reading special tokens in it. So a "<|im_end|>" typed inside a message becomes the special
-token there; a message beginning with two spaces, or ending with a newline right before more template text,
-can split into different tokens; and in llama2 an earlier answer after " [/INST] " does (' Blue' here, ' ' +
-'Blue' in training). All 5,000 Alpaca records of the tests' sample give identical prompts in all three
-templates.
+Where transformers' tokens can differ from chat_template.py's: chat_template.py encodes a conversation piece by
+piece, message text always as plain text; transformers renders the whole text and tokenizes it in one go,
+special tokens included. So a "<|im_end|>" typed inside a message becomes the special token; whitespace where
+a message meets template text can merge differently (a message starting with two spaces, say); and in llama2
+an earlier answer, which follows " [/INST] ", gives ' Blue' where training had ' ' + 'Blue'. Prompts of one
+user turn (all of sample.py's) on all 5,000 Alpaca records of the tests' sample give identical ids in all
+three templates.
 """
 
 import argparse
@@ -36,14 +36,13 @@ import sys
 import tempfile
 
 import torch
+import torch.nn as nn
 from safetensors.torch import save_file
 
 import chat_template
 from chat_template import ALPACA_PREAMBLE, EOT, IM_END, IM_START, SPECIAL_TOKENS
-
-# Hugging Face's GPT-2 uses Conv1D layers, whose weight is stored (in, out); ours are nn.Linear, (out, in).
-# The same list that model._load_hf_weights transposes on the way in.
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+from model import _CONV1D  # the weights HF stores transposed (Conv1D): the list model.py transposes on load
+from sample import load_model
 
 
 class ExportError(Exception):
@@ -65,8 +64,6 @@ def checkpoint_path(ckpt: str) -> str:
 
 def load_checkpoint(ckpt: str) -> tuple[torch.nn.Module, dict]:
     """(model, meta) of our checkpoint. The one place that knows how checkpoints are read: sample.py's loader."""
-    from sample import load_model
-
     model, meta, _ = load_model(checkpoint_path(ckpt), "cpu", torch.float32)
     return model, meta
 
@@ -88,9 +85,9 @@ def hf_state_dict(model, n_vocab: int) -> dict[str, torch.Tensor]:
         if name.endswith(_CONV1D):
             tensor = tensor.t()
         state[name] = tensor.detach().to(torch.float32).contiguous().clone()  # safetensors wants owned storage
-    if not model.config.bias:
+    if not model.config.bias:  # HF's GPT-2 always has biases
         for name, module in model.named_modules():
-            if hasattr(module, "weight") and getattr(module, "bias", 1) is None and name != "lm_head":
+            if isinstance(module, nn.Linear | nn.LayerNorm) and module.bias is None and name != "lm_head":
                 state[f"{name}.bias"] = torch.zeros(module.weight.shape[0])
     return state
 
@@ -316,7 +313,10 @@ def check_out(out: str, force: bool) -> None:
 
 def export(ckpt: str, out: str, force: bool = False) -> dict:
     """Write the export of checkpoint ckpt into folder out. Returns a summary (for main's printout)."""
-    checkpoint_path(ckpt)
+    ckpt_file = os.path.abspath(checkpoint_path(ckpt))
+    if os.path.commonpath([ckpt_file, os.path.abspath(out)]) == os.path.abspath(out):
+        raise ExportError(f"--out={out} holds the checkpoint {ckpt_file}: --force would delete it; "
+                          f"choose another --out (e.g. {out.rstrip('/')}_hf)")
     check_out(out, force)  # both checks before the (slow) load, and again before the rename
     model, meta = load_checkpoint(ckpt)
     enc = chat_template.get_tokenizer()

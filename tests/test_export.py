@@ -313,6 +313,11 @@ def test_non_empty_out_needs_force_and_force_replaces(trained, tmp_path, capsys)
     assert "keep.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
     assert os.listdir(tmp_path) == ["hf"]  # the old folder and the temp folder are gone
 
+    run_dir = os.path.dirname(trained["ckpt"])  # never replace the training run itself, --force or not
+    code, err = run_main([f"--ckpt={run_dir}", f"--out={run_dir}", "--force"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "holds the checkpoint" in err
+    assert os.path.isfile(trained["ckpt"])
+
 
 def test_a_failed_export_leaves_no_trace_and_the_old_export_intact(trained, tmp_path, monkeypatch):
     out = tmp_path / "hf"
