@@ -171,7 +171,7 @@ def bpe_files(enc) -> tuple[dict[str, int], list[str]]:
     table = bytes_to_unicode()
 
     def spell(b: bytes) -> str:
-        return "".join(table[x] for x in b)
+        return b.decode("latin-1").translate(table)  # latin-1: character i is byte i, then one table look-up
 
     vocab = {spell(token): rank for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])}
     vocab[EOT] = SPECIAL_TOKENS[EOT]  # GPT-2's vocab.json lists its one special token; ours follow as added tokens

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import warnings
 
 import pytest
@@ -30,7 +31,7 @@ pytestmark = [needs_bpe, pytest.mark.usefixtures("one_thread")]
 
 SYSTEM = 'Be kind. Say "hi"\n{{ not Jinja }} \\ 😀'  # quotes, newline, braces, backslash, emoji: all must survive
 ANSWER = "Hello there, friend!"
-N_ALPACA = 500  # real records checked per template and case
+N_ALPACA = 500  # real records checked per template and case: every 10th of the 5,000
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)
 
 
@@ -120,7 +121,8 @@ def test_transformers_loads_the_export_without_warnings(exported):
     files = sorted(os.listdir(exported["dir"]))
     assert files == ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
                      "tokenizer_config.json", "vocab.json"]
-    config = json.load(open(os.path.join(exported["dir"], "config.json")))
+    with open(os.path.join(exported["dir"], "config.json")) as f:
+        config = json.load(f)
     assert config["model_type"] == "gpt2" and config["vocab_size"] == 50259  # no padding rows
     assert exported["model"].generation_config.eos_token_id == [50258, 50256]  # <|im_end|>, and what sample.py adds
     tokenizer = exported["tokenizer"]
@@ -133,9 +135,7 @@ def test_the_warning_check_catches_a_missing_weight(exported, tmp_path):
     from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"
-    broken.mkdir()
-    for name in os.listdir(exported["dir"]):
-        (broken / name).write_bytes(open(os.path.join(exported["dir"], name), "rb").read())
+    shutil.copytree(exported["dir"], broken)
     state = load_file(str(broken / "model.safetensors"))
     del state["transformer.h.0.ln_1.bias"]
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
@@ -222,7 +222,9 @@ def apply(tokenizer, messages, **kw):
 @needs_alpaca
 def test_chat_template_on_real_alpaca_records(template_export):
     template, system_prompt, tokenizer = template_export
-    records = [r for r in json.load(open(ALPACA_5000, encoding="utf-8"))[:N_ALPACA]]
+    with open(ALPACA_5000, encoding="utf-8") as f:
+        records = json.load(f)
+    records = records[:: len(records) // N_ALPACA][:N_ALPACA]
     for r in records:
         messages = prepare_alpaca.to_messages(r, system_prompt)[:-1]  # as in training, without the answer
         expected = chat_template.encode_prompt(messages, template)
