@@ -62,11 +62,13 @@ def read_run(run: str) -> dict:
     points = {"train": {"iter": [r["iter"] for r in train], "loss": [r["loss"] for r in train], "tokens": []},
               "val": {"iter": [r["iter"] for r in evals], "loss": [r["val_loss"] for r in evals], "tokens": []},
               "skipped": skipped}
-    if not train and evals:  # no log lines (yet): the evaluations' train-loss estimate is the train curve
-        points["train"] = {"iter": [r["iter"] for r in evals], "loss": [r["train_loss"] for r in evals], "tokens": []}
+    if not train:  # no log lines (yet): the evaluations' train-loss estimate is the train curve
+        estimates = [r for r in evals if "train_loss" in r]
+        points["train"] = {"iter": [r["iter"] for r in estimates], "loss": [r["train_loss"] for r in estimates],
+                           "tokens": []}
     if has_tokens:
         points["train"]["tokens"] = [r["tokens"] for r in train]
-        # An evaluation at step i has seen the tokens of steps 1..i: read them off the log lines (step 0: none).
+        # An evaluation's tokens: its own count if it has one, else read off the log lines around its step.
         iters, tokens = [0] + points["train"]["iter"], [0] + points["train"]["tokens"]
         points["val"]["tokens"] = [r.get("tokens", float(np.interp(r["iter"], iters, tokens))) for r in evals]
     return points
