@@ -280,7 +280,7 @@ def test_pretrain_checkpoint_and_bias_free_model(tmp_path):
     model, tokenizer, problems = load_hf(str(tmp_path / "hf"))
     assert problems == []
     assert tokenizer.chat_template is None and model.generation_config.eos_token_id == 50256
-    ours, _, _ = sample.load_model(ckpt, "cpu", torch.float32)
+    ours, _ = export_hf.load_checkpoint(ckpt)
     idx = torch.randint(0, 50259, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (model(idx).logits - ours(idx)[0][..., :50259]).abs().max().item() < 1e-4
