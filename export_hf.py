@@ -40,9 +40,9 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import chat_template
+import common
 from chat_template import ALPACA_PREAMBLE, EOT, IM_END, IM_START, SPECIAL_TOKENS
-from model import _CONV1D  # the weights HF stores transposed (Conv1D): the list model.py transposes on load
-from sample import load_model
+from hf_checkpoint import CONV1D_WEIGHTS  # the weights HF stores transposed: the list that loading transposes
 
 
 class ExportError(Exception):
@@ -54,18 +54,18 @@ class ExportError(Exception):
 
 
 def checkpoint_path(ckpt: str) -> str:
-    """The ckpt.pt behind --ckpt, the way sample.py resolves it (a .pt file, or a folder holding ckpt.pt)."""
-    path = ckpt if ckpt.endswith(".pt") else os.path.join(ckpt, "ckpt.pt")
-    if not os.path.isfile(path):
-        raise ExportError(f"--ckpt={ckpt}: no checkpoint at {path}; give a training out_dir holding ckpt.pt "
+    """The ckpt.pt behind --ckpt, resolved as sample.py does (a .pt file, or a folder holding ckpt.pt)."""
+    path = common.checkpoint_path(ckpt)
+    if path is None:
+        raise ExportError(f"--ckpt={ckpt}: no checkpoint there; give a training out_dir holding ckpt.pt "
                           f"(e.g. out/tiny_alpaca) or a .pt file")
     return path
 
 
 def load_checkpoint(ckpt: str) -> tuple[torch.nn.Module, dict]:
-    """(model, meta) of our checkpoint. The one place that knows how checkpoints are read: sample.py's loader."""
-    model, meta, _ = load_model(checkpoint_path(ckpt), "cpu", torch.float32)
-    return model, meta
+    """(model, meta) of our checkpoint, read as the trainers and sample.py read it (common.py)."""
+    checkpoint = common.load_checkpoint(checkpoint_path(ckpt))
+    return common.model_from_checkpoint(checkpoint), checkpoint["meta"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def hf_state_dict(model, n_vocab: int) -> dict[str, torch.Tensor]:
             continue
         if name == "transformer.wte.weight":
             tensor = tensor[:n_vocab]
-        if name.endswith(_CONV1D):
+        if name.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()
         state[name] = tensor.detach().to(torch.float32).contiguous().clone()  # safetensors wants owned storage
     if not model.config.bias:  # HF's GPT-2 always has biases
