@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import hf_checkpoint
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's convention for "no target here"
-LOSS_CHUNK = 2**25  # logits computed at once by the loss, at most: 128 MB in fp32 (rows of vocab_size each)
+LOSS_CHUNK = 2**27  # logits the loss holds at once, at most: 512 MB in fp32 (whole rows of vocab_size)
 
 
 @dataclass
@@ -59,19 +59,28 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, h, weight, targets):
         rows = max(1, LOSS_CHUNK // weight.size(0))
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h = torch.zeros_like(h) if want_grad else None
+        grad_h = torch.empty_like(h) if want_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
+        fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, h.size(0), rows):
             h_chunk, t_chunk = h[i : i + rows], targets[i : i + rows]
             logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under bf16 autocast
-            lse = torch.logsumexp(logits, dim=-1)
-            loss_sum += (lse - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
+            # loss = logsumexp(logits) - logits[target], computed in place: no second buffer of this size
+            target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
+            top = logits.max(dim=-1, keepdim=True).values
+            probs = logits.sub_(top).exp_()
+            total = probs.sum(dim=-1, keepdim=True)
+            loss_sum += (top.squeeze(1) + total.squeeze(1).log() - target_logit).sum()
             if want_grad:
-                dlogits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                dlogits = probs.div_(total)  # d loss / d logits = softmax - one_hot(target)
                 dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-                grad_h[i : i + rows] = dlogits @ weight
-                grad_weight += dlogits.t() @ h_chunk
+                if fp32:  # written straight into the gradients, no temporaries
+                    torch.mm(dlogits, weight, out=grad_h[i : i + rows])
+                    grad_weight.addmm_(dlogits.t(), h_chunk)
+                else:  # autocast picks the matmuls' precision (bf16), as it does for the rest of the model
+                    grad_h[i : i + rows] = dlogits @ weight
+                    grad_weight += dlogits.t() @ h_chunk
         ctx.save_for_backward(grad_h, grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss_sum
