@@ -153,9 +153,11 @@ def model_from_checkpoint(checkpoint: dict, **overrides) -> GPT:
     return model
 
 
-def init_model(init_from: str, out_dir: str, scratch: GPTConfig, proc: Processes) -> tuple[GPT, dict | None]:
+def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes) -> tuple[GPT, dict | None]:
     """The model a run starts from, and the checkpoint it came from (None for scratch and GPT-2 weights):
-    'scratch', 'resume' (out_dir/ckpt.pt), a checkpoint of ours, or a GPT-2 name / folder in HF's layout."""
+    'scratch' (a new GPT of this config), 'resume' (out_dir/ckpt.pt, exactly as saved), a checkpoint of ours,
+    or a GPT-2 name / folder in HF's layout (those two take config's dropout; GPT-2's vocabulary grows to
+    config's vocab_size)."""
     if init_from == "resume":
         path = checkpoint_path(out_dir)
         if path is None:
@@ -164,15 +166,15 @@ def init_model(init_from: str, out_dir: str, scratch: GPTConfig, proc: Processes
         checkpoint = load_checkpoint(path)
         return model_from_checkpoint(checkpoint), checkpoint
     if init_from == "scratch":
-        return GPT(scratch), None
+        return GPT(config), None
     path = checkpoint_path(init_from)
     if path is not None:  # our own checkpoint, fine-tuned further with this run's dropout
         checkpoint = load_checkpoint(path)
-        return model_from_checkpoint(checkpoint, dropout=scratch.dropout), checkpoint
+        return model_from_checkpoint(checkpoint, dropout=config.dropout), checkpoint
     if proc.local_rank != 0:
         proc.barrier()  # one process per machine downloads GPT-2; the others then read it from the cache
     try:
-        model = GPT.from_pretrained(init_from, vocab_size=scratch.vocab_size, dropout=scratch.dropout)
+        model = GPT.from_pretrained(init_from, vocab_size=config.vocab_size, dropout=config.dropout)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         raise UserError(f"init_from={init_from}: {e}") from None
     if proc.local_rank == 0:

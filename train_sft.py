@@ -78,9 +78,10 @@ if proc.master:
 
 # ----------------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
-model, checkpoint = common.init_model(init_from, out_dir, GPTConfig(
-    n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size, dropout=dropout,
-    bias=bias), proc)
+# The shape below is used from scratch; a loaded model keeps its own, and takes this run's dropout and vocab_size.
+model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                         vocab_size=vocab_size, dropout=dropout, bias=bias)
+model, checkpoint = common.init_model(init_from, out_dir, model_config, proc)
 block_size = model.config.block_size  # a loaded model brings its own context window
 model.to(proc.device)
 if proc.master:
