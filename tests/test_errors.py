@@ -320,7 +320,7 @@ def test_sigint_saves_nothing_torn_and_resume_continues_the_curve(processes, cap
         assert abs(after[it] - before[it]) <= 1e-6 * abs(before[it]), f"step {it}: {after[it]} vs {before[it]}"
 
 
-def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_path, capsys):
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_path, capsys, monkeypatch):
     """SIGKILL between the temp write and the rename leaves a torn ckpt.pt.tmp beside the real ckpt.pt
     (save_atomic's cleanup never runs): simulated by writing exactly that. Resume must load ckpt.pt and go
     on; killed during the very first save (no ckpt.pt yet), resume says there is nothing to resume."""
@@ -330,9 +330,14 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_pat
     good = (run / "ckpt.pt").read_bytes()
     (run / "ckpt.pt.tmp").write_bytes(good[: len(good) // 2])  # torn: the kill came mid-write
     assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 2, "the previous checkpoint loads"
+    seen = []  # the folder as each save finds it: the torn file must be gone before the first one
+    real_save = common.save_atomic
+    monkeypatch.setattr(common, "save_atomic", lambda state, path: (seen.append(os.listdir(run)),
+                                                                    real_save(state, path)))
     run_script("train_sft.py", *args, "--max_iters=4", "--init_from=resume")
     assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 4
-    assert not (run / "ckpt.pt.tmp").exists(), "the stale temp file is cleared"
+    assert seen and "ckpt.pt.tmp" not in seen[0], "the stale temp file is cleared at the start"
+    assert not (run / "ckpt.pt.tmp").exists()
     assert metric_iters(run) == [1, 2, 3, 4]
 
     first = tmp_path / "first"
