@@ -13,6 +13,8 @@ import difflib
 import os
 import types
 
+from common import UserError
+
 
 def load_config(defaults: dict, argv: list[str]) -> dict:
     config = dict(defaults)
@@ -20,15 +22,18 @@ def load_config(defaults: dict, argv: list[str]) -> dict:
         if arg.startswith("--"):
             key, sep, raw = arg[2:].partition("=")
             if not sep:
-                raise SystemExit(f"{arg}: expected --key=value")
+                raise UserError(f"{arg}: expected --key=value")
             try:
                 value = ast.literal_eval(raw)  # numbers, True/False, None, quoted strings, lists
             except (ValueError, SyntaxError):
                 value = raw  # a bare word such as --init_from=gpt2 is a string
             _set(config, key, value, arg)
         else:
-            if arg.startswith("-") or not os.path.isfile(arg):
-                raise SystemExit(f"{arg}: expected a config file (e.g. configs/gpt2_alpaca.py) or --key=value")
+            if arg.startswith("-"):
+                raise UserError(f"{arg}: expected --key=value or a config file (e.g. configs/gpt2_alpaca.py)")
+            if not os.path.isfile(arg):
+                what = "is a folder, not a config file" if os.path.isdir(arg) else "does not exist"
+                raise UserError(f"config file {arg} {what} (configs/ holds the shipped ones)")
             print(f"config file: {arg}")
             with open(arg) as f:
                 source = f.read()
@@ -44,13 +49,13 @@ def _set(config: dict, key: str, value, where: str) -> None:
     if key not in config:
         close = difflib.get_close_matches(key, config, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SystemExit(f"{where}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(config))}")
+        raise UserError(f"{where}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(config))}")
     default = config[key]
     if type(value) is int and type(default) is float:
         value = float(value)
     if default is not None and type(value) is not type(default):
-        raise SystemExit(
-            f"{where}: {key} must be a {type(default).__name__} (default {default!r}), "
-            f"got {value!r} ({type(value).__name__})"
-        )
+        name = type(default).__name__
+        article = "an" if name[0] in "aeiou" else "a"  # an int, a float
+        raise UserError(f"{where}: {key} must be {article} {name} (default {default!r}), "
+                        f"got {value!r} ({type(value).__name__})")
     config[key] = value

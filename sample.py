@@ -5,6 +5,7 @@ Talk to a model: GPT-2 as published, or one of our checkpoints, before and after
     python sample.py --ckpt=out/gpt2_alpaca --prompt "Write a haiku about machine learning."
     python sample.py --ckpt=out/gpt2_alpaca --compare --prompt "Write a haiku about machine learning."
     python sample.py --ckpt=out/gpt2_alpaca --chat
+    python sample.py --ckpt=out/gpt2_alpaca --compare --prompts_from=data/alpaca/val   # 20 held-out questions
     python sample.py --ckpt=out/tiny_alpaca --compare --eval_text=data/shakespeare/val.bin
 
 A checkpoint of ours knows its chat template and system prompt (they come from the prepared data's
@@ -16,6 +17,7 @@ same seed, one above the other.
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 import common
-from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_token, get_tokenizer
+from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_token, get_tokenizer, render
 from common import UserError
 from model import GPT
 
@@ -54,6 +56,46 @@ def load_model(source: str, device: str, dtype: torch.dtype, role: str = "") -> 
     # speed. Training keeps fp32 weights; here nothing is learned.
     model.eval().to(device=device, dtype=dtype)
     return Loaded(model, meta, f"{role} ({source})" if role else source)
+
+
+def local_checkpoint(source: str) -> str:
+    """--ckpt names a checkpoint on this machine, never a hub repo: a folder with our ckpt.pt, a .pt file, or
+    a folder in Hugging Face's layout (config.json). A typo must not turn into a download."""
+    if common.checkpoint_path(source) is None and not os.path.isfile(os.path.join(source, "config.json")):
+        what = "the file does not exist" if source.endswith(".pt") else (
+            "the folder holds neither ckpt.pt nor config.json" if os.path.isdir(source) else "it does not exist")
+        raise UserError(f"--ckpt={source}: no such checkpoint ({what}); --ckpt takes a folder with ckpt.pt "
+                        f"(a training run's out_dir), a .pt file, or a folder with config.json and "
+                        f"model.safetensors. For GPT-2 from the hub, use --init_from=gpt2")
+    return source
+
+
+def held_out_instructions(data_dir, n: int | None = 20, split: str = "val") -> list[str]:
+    """The user turns of the first n examples (None: all) of a prepared split, read back from its token ids
+    with the template and system prompt in meta.json: the questions the model was not trained on."""
+    data_dir = str(data_dir)
+    try:
+        with open(os.path.join(data_dir, "meta.json")) as f:
+            meta = json.load(f)
+        ids = np.fromfile(os.path.join(data_dir, f"{split}_ids.bin"), dtype=np.uint16)
+        offsets = np.fromfile(os.path.join(data_dir, f"{split}_offsets.bin"), dtype=np.int64)
+    except FileNotFoundError as e:
+        raise UserError(f"{data_dir}: no prepared {split} split ({os.path.basename(e.filename)} is missing); "
+                        f"--prompts_from takes a prepared data folder and a split, e.g. data/alpaca/val") from None
+    # The text around the user turn, found by rendering a conversation whose user turn is a marker.
+    marker = "\x00USER\x00"
+    system = [{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []
+    before, after = render(system + [{"role": "user", "content": marker}], meta["template"],
+                           add_generation_prompt=True).split(marker)
+    enc = get_tokenizer()
+    prompts = []
+    for a, b in list(zip(offsets[:-1], offsets[1:], strict=True))[:n]:
+        text = enc.decode(ids[a:b].tolist())
+        end = text.find(after, len(before))
+        if not text.startswith(before) or end < 0:
+            raise UserError(f"{data_dir}: a {split} example does not match its template {meta['template']!r}")
+        prompts.append(text[len(before) : end])
+    return prompts
 
 
 def prompt_ids(messages: list[dict], template: str) -> list[int]:
@@ -126,6 +168,12 @@ def text_loss(model, path: str, device: str, max_tokens: int) -> tuple[float, in
 def read_prompts(args) -> list[str]:
     if args.prompt is not None:
         return [args.prompt]
+    if args.prompts_from is not None:  # data/alpaca/val: the folder, then the split
+        data_dir, split = os.path.split(os.path.normpath(args.prompts_from))
+        if split not in ("train", "val"):
+            raise UserError(f"--prompts_from={args.prompts_from}: name a prepared folder and a split, "
+                            f"e.g. data/alpaca/val")
+        return held_out_instructions(data_dir, args.num_prompts, split)
     if args.prompts_file is None:
         return []
     with open(args.prompts_file, encoding="utf-8") as f:
@@ -222,6 +270,8 @@ def main(argv=None):
     p.add_argument("--system_prompt", help="override the checkpoint's system prompt")
     p.add_argument("--prompt", help="one prompt")
     p.add_argument("--prompts_file", help="a text file (one prompt per line) or a JSON list")
+    p.add_argument("--prompts_from", help="the user turns of a prepared split, e.g. data/alpaca/val")
+    p.add_argument("--num_prompts", type=int, default=20, help="with --prompts_from: the first this many")
     p.add_argument("--chat", action="store_true", help="an interactive conversation (reads stdin)")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -241,12 +291,12 @@ def main(argv=None):
     check_settings(args)
     prompts = read_prompts(args)
     if not prompts and not args.eval_text and not args.chat:
-        p.error("nothing to do: give --prompt, --prompts_file, --chat or --eval_text")
+        p.error("nothing to do: give --prompt, --prompts_file, --prompts_from, --chat or --eval_text")
 
     device = common.pick_device(args.device)
     dtype = common.DTYPES[common.pick_dtype(args.dtype, "cuda" if device.startswith("cuda") else device)]
     # The models: the fine-tuned one last. A checkpoint also tells us which model it was fine-tuned from.
-    models = [load_model(args.ckpt, device, dtype, "fine-tuned")] if args.ckpt else []
+    models = [load_model(local_checkpoint(args.ckpt), device, dtype, "fine-tuned")] if args.ckpt else []
     if args.compare or not args.ckpt:
         base = args.init_from or (models[0].meta.get("init_from") if models else None)
         if not base or base in ("scratch", "resume"):

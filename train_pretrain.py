@@ -198,6 +198,8 @@ def save_checkpoint(path, with_optimizer=True):
     try:
         common.save_atomic(state, path)
     except OSError as e:
+        if pbar is not None:
+            pbar.close()  # the message on a line of its own, not glued to the end of the progress bar
         raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint is intact") from None
 
 
@@ -227,6 +229,7 @@ def log_metrics(record):
 
 # ----------------------------------------------------------------------------------------------------------
 # The training loop: the heartbeat. Next-token cross-entropy, gradient accumulation, clipping, AdamW.
+pbar = None  # the progress bar, while the loop runs
 if eval_only:
     evaluate_and_save()
     sys.exit(0)

@@ -9,9 +9,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from conftest import ALPACA_5000, ROOT, SHAKESPEARE, needs_alpaca, needs_shakespeare
+
+from sample import held_out_instructions
 
 pytestmark = [needs_alpaca, needs_shakespeare]
 
@@ -54,21 +55,6 @@ def test_pretraining_learns_shakespeare(runs):
 def test_sft_val_loss_falls(runs):
     first, *_, last = evals(runs / "sft")
     assert last["val_loss"] < first["val_loss"] - 1.0
-
-
-def held_out_instructions(data_dir, n=20):
-    """The user turns of the first n validation examples, read back from the prepared token ids."""
-    from chat_template import get_tokenizer
-
-    enc = get_tokenizer()
-    ids = np.fromfile(os.path.join(data_dir, "val_ids.bin"), dtype=np.uint16)
-    mask = np.fromfile(os.path.join(data_dir, "val_mask.bin"), dtype=np.uint8)
-    offsets = np.fromfile(os.path.join(data_dir, "val_offsets.bin"), dtype=np.int64)
-    prompts = []
-    for a, b in zip(offsets[:n], offsets[1 : n + 1], strict=True):
-        prompt = enc.decode(ids[a : a + int(np.argmax(mask[a:b]))].tolist())  # everything before the answer
-        prompts.append(prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0])
-    return prompts
 
 
 def test_sft_model_learns_to_stop_and_base_model_does_not(runs):

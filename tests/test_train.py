@@ -480,10 +480,10 @@ DEFAULTS = {"out_dir": "out", "init_from": "scratch", "batch_size": 8, "max_iter
 
 
 def config_error(argv, defaults=DEFAULTS) -> str:
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(common.UserError) as e:
         load_config(dict(defaults), argv)
-    assert isinstance(e.value.code, str), "a SystemExit with a message (exit status 1), not a bare code"
-    return e.value.code
+    assert e.value.code == 2, "a user mistake exits with status 2 (common.UserError)"
+    return e.value.message
 
 
 def test_config_accepts_good_values(tmp_path):
@@ -503,16 +503,16 @@ def test_config_unknown_key():
 
 
 @pytest.mark.parametrize("arg, key, expected", [
-    ("--batch_size=abc", "batch_size", "int"),
-    ("--max_iters=1.5", "max_iters", "int"),
-    ("--batch_size=True", "batch_size", "int"),
-    ("--compile=1", "compile", "bool"),
-    ("--learning_rate=fast", "learning_rate", "float"),
-    ("--out_dir=3", "out_dir", "str"),
+    ("--batch_size=abc", "batch_size", "an int"),
+    ("--max_iters=1.5", "max_iters", "an int"),
+    ("--batch_size=True", "batch_size", "an int"),
+    ("--compile=1", "compile", "a bool"),
+    ("--learning_rate=fast", "learning_rate", "a float"),
+    ("--out_dir=3", "out_dir", "a str"),
 ])
 def test_config_wrong_type(arg, key, expected):
     msg = config_error([arg])
-    assert f"{key} must be a {expected}" in msg, msg
+    assert f"{key} must be {expected} " in msg, msg
 
 
 def test_config_missing_equals_sign():
@@ -527,7 +527,7 @@ def test_config_file_errors(tmp_path):
     bad_type = tmp_path / "bad_type.py"
     bad_type.write_text("max_iters = 1.5\n")
     msg = config_error([str(bad_type)])
-    assert str(bad_type) in msg and "max_iters must be a int" in msg
+    assert str(bad_type) in msg and "max_iters must be an int" in msg
 
 
 @pytest.fixture(scope="module")
@@ -541,7 +541,7 @@ def config_error_runs():
 
 def test_script_stops_on_unknown_key(config_error_runs):
     proc = config_error_runs[0]
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "unknown setting 'learing_rate'" in proc.stderr and "Did you mean 'learning_rate'" in proc.stderr
     valid = proc.stderr.split("Valid settings:")[1]
@@ -550,9 +550,9 @@ def test_script_stops_on_unknown_key(config_error_runs):
 
 def test_script_stops_on_wrong_type(config_error_runs):
     proc = config_error_runs[1]
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert "max_iters must be a int" in proc.stderr and "1.5" in proc.stderr
+    assert "max_iters must be an int" in proc.stderr and "1.5" in proc.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------

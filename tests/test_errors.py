@@ -1,0 +1,377 @@
+"""Issue 14: every user mistake is one line on stderr, exit code 2, no traceback, and leaves nothing behind
+(no out_dir, no data_dir, nothing in the model cache); and the faults (Ctrl-C, a kill during a checkpoint
+write, a full disk) never tear a checkpoint.
+
+Most rows run in-process: the training scripts through runpy (their real top-level code, without the ~3 s
+of a fresh Python + torch), sample.main, or the function that owns the check. A few subprocesses prove what
+only a real process shows: the exit code and the absence of a traceback end to end, and SIGINT.
+"""
+
+import errno
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, needs_bpe
+
+import common
+import sample
+from configurator import load_config
+from model import GPT, GPTConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCRIPTS = ("train_pretrain.py", "train_sft.py")
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4", "--eval_iters=2",
+        "--log_interval=1", "--dtype=float32", "--device=cpu", "--seed=1337", "--warmup_iters=2",
+        "--lr_decay_iters=40"]  # fixed, so runs of different max_iters share one learning-rate schedule
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def tree(root) -> set[str]:
+    """Every file and folder under root, relative: compared before and after, 'nothing new appeared'."""
+    found = set()
+    for here, dirs, files in os.walk(root):
+        found.update(os.path.relpath(os.path.join(here, name), root) for name in dirs + files)
+    return found
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """A working directory with out/shakespeare (a real run's folder) and an empty model cache; the test
+    checks that it looks the same afterwards."""
+    work = tmp_path / "work"
+    (work / "out" / "shakespeare").mkdir(parents=True)
+    (work / "cache").mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("NANOSFT_CACHE", str(work / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nobody listens: a hub request fails at once
+    before = tree(work)
+    yield work
+    assert tree(work) == before, "a failed command left files or folders behind"
+
+
+def user_error(capsys, fn, *args, **kwargs) -> str:
+    """Call fn, which must stop with common.UserError: exit code 2 and exactly one 'error: ...' line on
+    stderr. Returns that line."""
+    with pytest.raises(common.UserError) as e:
+        fn(*args, **kwargs)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    user_error.out = out  # what the command printed before it stopped
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == f"error: {e.value.message}"
+    return lines[0]
+
+
+def run_script(script, *args, tiny=True):
+    """A training script's top-level code in this process, with these command-line arguments."""
+    argv = sys.argv
+    sys.argv = [script, *(TINY if tiny else []), *map(str, args)]
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def metric_iters(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line)["iter"] for line in f if "loss" in json.loads(line)]
+
+
+def step_losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    """24 train + 4 val short Alpaca-style records, some with an input."""
+    import prepare_alpaca
+
+    d = tmp_path_factory.mktemp("data")
+    records = [{"instruction": f"Name the colour number {i}.", "input": "red blue" if i % 3 == 0 else "",
+                "output": f"Colour {i} is green."} for i in range(28)]
+    (d / "records.json").write_text(json.dumps(records))
+    prepare_alpaca.prepare(input_path=str(d / "records.json"), out_dir=str(d / "sft"), val_size=4)
+    return str(d / "sft")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. the rows of issue 14, in-process
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_init_from_a_folder_without_config_json(script, place, capsys):
+    (place / "out" / "shakespeare" / "notes.txt").write_text("")  # a folder, but not a model
+    line = user_error(capsys, run_script, script, "--init_from=out/shakespeare", "--out_dir=run")
+    assert "out/shakespeare is a folder without config.json" in line and "ckpt.pt" in line
+    (place / "out" / "shakespeare" / "notes.txt").unlink()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_init_from_a_typo_of_a_local_folder_is_not_a_hub_repo(script, place, capsys):
+    line = user_error(capsys, run_script, script, "--init_from=out/shakespear", "--out_dir=run")
+    assert "out/shakespear does not exist" in line
+    assert "hub" not in line  # it never went there; the cache stays empty (checked by `place`)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_without_a_checkpoint(script, place, capsys):
+    line = user_error(capsys, run_script, script, "--init_from=resume", "--out_dir=run")
+    assert "run/ckpt.pt does not exist: there is nothing to resume" in line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_init_from_an_unknown_model_name(script, place, capsys):
+    line = user_error(capsys, run_script, script, "--init_from=gpt3", "--out_dir=run")
+    assert "init_from=gpt3: 'gpt3' is neither a local directory nor a hub repo" in line and "gpt2-medium" in line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_data_dir_typo_is_an_error_not_a_download(script, place, capsys):
+    line = user_error(capsys, run_script, script, "--data_dir=data/alpaka", "--out_dir=run", "--max_iters=1")
+    assert "data_dir=data/alpaka holds no prepared data (meta.json)" in line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_missing_config_file_says_it_does_not_exist(script, place, capsys):
+    line = user_error(capsys, run_script, script, "configs/nope.py", tiny=False)
+    assert line == "error: config file configs/nope.py does not exist (configs/ holds the shipped ones)"
+
+
+def test_a_wrong_type_says_an_int(capsys):
+    line = user_error(capsys, load_config, {"batch_size": 8, "dropout": 0.0}, ["--batch_size=abc"])
+    assert "batch_size must be an int (default 8), got 'abc' (str)" in line
+    assert "must be a float" in user_error(capsys, load_config, {"dropout": 0.0}, ["--dropout=x"])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path, capsys):
+    if script == "train_sft.py":  # 24 examples; a step of 8 x 4 needs 32
+        args, expected = [f"--data_dir={sft_data}", "--gradient_accumulation_steps=8"], "train has 24 examples; "\
+            "one step needs 32"
+    else:  # a text of fewer tokens than one window
+        import prepare_text
+
+        (tmp_path / "t.txt").write_text("To be or not to be. " * 3)
+        prepare_text.prepare(input_path=str(tmp_path / "t.txt"), out_dir=str(tmp_path / "text"))
+        args, expected = [f"--data_dir={tmp_path / 'text'}"], "tokens; one window needs block_size + 1 = 65"
+    line = user_error(capsys, run_script, script, *args, f"--out_dir={tmp_path / 'run'}")
+    assert expected in line
+    assert "step 0" not in user_error.out  # said before the step-0 evaluation, not after it
+    assert not (tmp_path / "run").exists()
+
+
+def test_sample_ckpt_is_local_only(place, capsys):
+    for ckpt, what in (("out/nope", "it does not exist"), ("gpt2", "it does not exist"),
+                       ("out/shakespeare", "the folder holds neither ckpt.pt nor config.json"),
+                       ("out/nope.pt", "the file does not exist")):
+        line = user_error(capsys, sample.main, [f"--ckpt={ckpt}", "--prompt=Hi"])
+        assert f"--ckpt={ckpt}: no such checkpoint ({what})" in line, line
+        assert "a folder with ckpt.pt" in line and "config.json" in line  # what the folder would need
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--top_p=0"], "--top_p=0.0: must be in (0, 1]"),
+    (["--top_k=0"], "--top_k=0: must be >= 1"),
+    (["--temperature=-1"], "--temperature=-1.0: must be >= 0"),
+    (["--prompt", ""], "--prompt is empty"),
+])
+def test_sample_settings(args, expected, place, capsys):
+    line = user_error(capsys, sample.main, ["--ckpt=out/nope", "--prompt=Hi", *args])
+    assert expected in line
+
+
+@needs_bpe
+def test_sample_says_when_the_context_window_fills():
+    """All-zero weights and greedy decoding always pick token 0, never an end token: generation runs into
+    the 16-token window after 10 tokens, and must say so rather than blame --max_new_tokens=256."""
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16, vocab_size=50304)).eval()
+    for p in model.parameters():
+        p.data.zero_()
+    args = types.SimpleNamespace(max_new_tokens=256, temperature=0.0, top_k=None, top_p=1.0)
+    new, ending = sample.respond(model, [1, 2, 3, 4, 5, 6], "chatml", args, "cpu", stream=False)
+    assert (len(new), ending) == (10, "no end token: the context window (16 tokens) is full")
+    args.max_new_tokens = 3
+    new, ending = sample.respond(model, [1, 2, 3], "chatml", args, "cpu", stream=False)
+    assert (len(new), ending) == (3, "no end token within --max_new_tokens=3")
+
+
+@needs_bpe
+def test_offline_hub_download_names_both_files(place, capsys):
+    """No network (HF_ENDPOINT on a closed port): the message names every file to place, at once."""
+    proc = common.Processes(False, 0, 0, 1, "cpu", "cpu", "float32")
+    line = user_error(capsys, common.init_model, "gpt2", "run", GPTConfig(), proc)
+    assert "place both files" in line and "config.json and model.safetensors" in line
+    assert os.path.join(str(place / "cache"), "openai-community", "gpt2") in line
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. --prompts_from: the held-out questions of a prepared split
+
+
+@needs_bpe
+@pytest.mark.parametrize("template, system_prompt", [("chatml", None), ("chatml", "Be brief."),
+                                                     ("alpaca", None), ("llama2", "Be brief.")])
+def test_prompts_from_a_prepared_split(template, system_prompt, tmp_path):
+    import prepare_alpaca
+
+    records = [{"instruction": f"Question {i}: why?", "input": "some\ninput" if i % 2 else "", "output": "Yes."}
+               for i in range(10)]
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    prepare_alpaca.prepare(input_path=str(tmp_path / "r.json"), out_dir=str(tmp_path / "d"), val_size=4,
+                           template=template, system_prompt=system_prompt)
+    users = {r["instruction"] + ("\n\n" + r["input"] if r["input"] else "") for r in records}
+    args = types.SimpleNamespace(prompt=None, prompts_from=str(tmp_path / "d" / "val"), num_prompts=20)
+    val = sample.read_prompts(args)
+    assert len(val) == 4 and set(val) <= users
+    train = sample.held_out_instructions(tmp_path / "d", n=None, split="train")
+    assert len(train) == 6 and set(train) | set(val) == users, "every user turn, exactly, and no other"
+    assert sample.held_out_instructions(tmp_path / "d", n=2) == val[:2]
+
+
+def test_prompts_from_errors(tmp_path, capsys):
+    args = types.SimpleNamespace(prompt=None, prompts_from=str(tmp_path / "nope" / "val"), num_prompts=20)
+    assert "no prepared val split (meta.json is missing)" in user_error(capsys, sample.read_prompts, args)
+    args.prompts_from = str(tmp_path)
+    assert "name a prepared folder and a split" in user_error(capsys, sample.read_prompts, args)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. real processes, started at once (each costs seconds of Python + torch start-up): a mistake end to end,
+# and a training run stopped by SIGINT
+
+
+@pytest.fixture(scope="module")
+def processes(sft_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("processes")
+    mistakes = tmp / "mistakes"
+    (mistakes / "out").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "NANOSFT_CACHE": str(mistakes / "cache"),
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("RANK", None)
+
+    def start(args, cwd):
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    # sample.py's mistakes are the same UserError in-process (section 1); one trainer suffices end to end
+    wrong = [start([os.path.join(ROOT, "train_sft.py"), *TINY, "--init_from=out/shakespear", "--out_dir=out/run"],
+                   mistakes)]
+    cut = tmp / "cut"
+    command = ["train_sft.py", *TINY, f"--data_dir={sft_data}", f"--out_dir={cut}", "--eval_interval=4",
+               "--max_iters=40"]
+    proc = start(command, ROOT)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for a checkpoint and a step after it
+        if (cut / "ckpt.pt").exists() and (cut / "metrics.jsonl").exists() and max(metric_iters(cut)) >= 5:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    results = [(p.communicate(timeout=120)[1], p.returncode)[::-1] for p in wrong]
+    return {"mistakes": (mistakes, results), "sigint": (cut, command[1:], proc.returncode, err)}
+
+
+def test_real_processes_exit_2_with_one_line(processes):
+    mistakes, results = processes["mistakes"]
+    for (code, err), expected in zip(results, ["out/shakespear does not exist"], strict=True):
+        assert code == 2, err
+        assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert tree(mistakes) == {"out"}, "no out_dir, no cache folder"
+
+
+def test_sigint_saves_nothing_torn_and_resume_continues_the_curve(processes, capsys):
+    """Ctrl-C mid-run: one line naming the last checkpoint, no .tmp. Resuming from that checkpoint runs the
+    steps after it again and must give the losses the interrupted run logged for them (the same curve), and
+    metrics.jsonl must hold each step once."""
+    cut, args, code, err = processes["sigint"]
+    assert code == 2, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    line = err.strip().splitlines()[-1]
+    saved = torch.load(cut / "ckpt.pt", map_location="cpu", weights_only=True)["iter_num"]  # loads: not torn
+    assert line.startswith("error: stopped at step ")
+    assert line.endswith(f"; the last checkpoint is step {saved}; --init_from=resume continues from it"), line
+    stopped = int(line.split("stopped at step ")[1].split(";")[0])
+    assert not [f for f in os.listdir(cut) if f.endswith(".tmp")]
+    before = step_losses(cut)
+    again = [it for it in before if it > saved]  # logged after the checkpoint: the resumed run repeats them
+    assert again and max(before) == stopped < 40, "interrupted between a checkpoint and the end"
+
+    end = max(again) + 2
+    run_script("train_sft.py", *args, "--init_from=resume", f"--max_iters={end}", tiny=False)
+    assert metric_iters(cut) == list(range(1, end + 1)), "each step logged once"
+    after = step_losses(cut)
+    for it in before:
+        assert abs(after[it] - before[it]) <= 1e-6 * abs(before[it]), f"step {it}: {after[it]} vs {before[it]}"
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_path, capsys, monkeypatch):
+    """SIGKILL between the temp write and the rename leaves a torn ckpt.pt.tmp beside the real ckpt.pt
+    (save_atomic's cleanup never runs): simulated by writing exactly that. Resume must load ckpt.pt and go
+    on; killed during the very first save (no ckpt.pt yet), resume says there is nothing to resume."""
+    run = tmp_path / "run"
+    args = [f"--data_dir={sft_data}", f"--out_dir={run}", "--eval_interval=2"]
+    run_script("train_sft.py", *args, "--max_iters=2")
+    good = (run / "ckpt.pt").read_bytes()
+    (run / "ckpt.pt.tmp").write_bytes(good[: len(good) // 2])  # torn: the kill came mid-write
+    assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 2, "the previous checkpoint loads"
+    seen = []  # the folder as each save finds it: the torn file must be gone before the first one
+    real_save = common.save_atomic
+    monkeypatch.setattr(common, "save_atomic", lambda state, path: (seen.append(os.listdir(run)),
+                                                                    real_save(state, path)))
+    run_script("train_sft.py", *args, "--max_iters=4", "--init_from=resume")
+    assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 4
+    assert seen and "ckpt.pt.tmp" not in seen[0], "the stale temp file is cleared at the start"
+    assert not (run / "ckpt.pt.tmp").exists()
+    assert metric_iters(run) == [1, 2, 3, 4]
+
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "ckpt.pt.tmp").write_bytes(good[:1000])
+    capsys.readouterr()
+    line = user_error(capsys, run_script, "train_sft.py", f"--data_dir={sft_data}", f"--out_dir={first}",
+                      "--init_from=resume")
+    assert "ckpt.pt does not exist: there is nothing to resume" in line
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(sft_data, tmp_path, capsys, monkeypatch):
+    """The second ckpt.pt write fails with ENOSPC after half its bytes: the run stops with one line saying the
+    previous checkpoint is intact, that checkpoint loads, no temp file stays, and resuming from it works."""
+    real_save = torch.save
+    writes = []
+
+    def save(obj, f, *args, **kwargs):
+        if getattr(f, "name", "").endswith("ckpt.pt.tmp"):
+            writes.append(f.name)
+            if len(writes) == 2:
+                f.write(b"\0" * 1000)  # a partial write, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    args = [f"--data_dir={sft_data}", f"--out_dir={run}", "--eval_interval=2", "--max_iters=6"]
+    line = user_error(capsys, run_script, "train_sft.py", *args)
+    assert line == f"error: could not write {run / 'ckpt.pt'} (No space left on device); the previous " \
+                   f"checkpoint is intact"
+    assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 2
+    assert sorted(os.listdir(run)) == ["best.pt", "ckpt.pt", "metrics.jsonl"]
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: resume
+    run_script("train_sft.py", *args, "--init_from=resume")
+    assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 6
+    assert metric_iters(run) == list(range(1, 7))
+    assert np.isfinite(list(step_losses(run).values())).all()
