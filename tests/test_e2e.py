@@ -14,7 +14,7 @@ from conftest import ALPACA_5000, ROOT, SHAKESPEARE, needs_alpaca, needs_shakesp
 
 from sample import held_out_instructions
 
-pytestmark = [needs_alpaca, needs_shakespeare]
+pytestmark = [needs_alpaca, needs_shakespeare, pytest.mark.slow]  # ~4 minutes of CPU: `pytest -m slow`
 
 SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=128", "--batch_size=8", "--eval_iters=4",
          "--warmup_iters=20", "--log_interval=25", "--device=cpu"]
