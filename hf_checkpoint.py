@@ -57,7 +57,10 @@ def fetch(name: str, cache_dir: str | None = None) -> str:
             f"'org/name', or a folder holding config.json and model.safetensors"
         )
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    folder = os.path.join(cache_dir or cache_root(), repo)
+    root = cache_dir or cache_root()
+    folder = os.path.join(root, repo)
+    # On failure, remove the empty folders this call made: up to the cache root, and the root too if it is new.
+    made_from = root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))
 
     def get(filename):
         return download(f"{endpoint}/{repo}/resolve/main/{filename}", os.path.join(folder, filename),
@@ -68,7 +71,7 @@ def fetch(name: str, cache_dir: str | None = None) -> str:
     try:
         get("config.json")
     except (RuntimeError, FileNotFoundError) as e:
-        _remove_empty_folders(folder, stop=cache_dir or cache_root())  # a failed name leaves nothing behind
+        _remove_empty_folders(folder, stop=made_from)  # a failed name leaves nothing behind
         raise RuntimeError(f"{name!r} is not a local folder (with config.json, or our ckpt.pt) and the hub did "
                            f"not serve it: {e}. {offline}") from None
     if not os.path.exists(os.path.join(folder, "pytorch_model.bin")):
