@@ -106,10 +106,12 @@ def _segments(messages, template, add_generation_prompt=False):
         for m in messages:
             if m["role"] == "user":
                 sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system is not None and first_user else ""
-                out.append((f"[INST] {sys_block}{m['content']} [/INST] ", False))
+                out.append((f"[INST] {sys_block}{m['content']} [/INST]", False))
                 first_user = False
             elif m["role"] == "assistant":
-                out += [(m["content"], True), (eot, True)]
+                # The space after [/INST] opens the answer, the way GPT-2's BPE writes a word (" Paris", one
+                # token), rather than a lone " " at the end of the prompt and "Paris" after it.
+                out += [(" " + m["content"], True), (eot, True)]
     return out
 
 

@@ -21,10 +21,9 @@ This file needs no `transformers`; the tests check the export with it (tests/tes
 Where transformers' tokens can differ from chat_template.py's: chat_template.py encodes a conversation piece by
 piece, message text always as plain text; transformers renders the whole text and tokenizes it in one go,
 special tokens included. So a "<|im_end|>" typed inside a message becomes the special token; whitespace where
-a message meets template text can merge differently (a message starting with two spaces, say); and in llama2
-an earlier answer, which follows " [/INST] ", gives ' Blue' where training had ' ' + 'Blue'. Prompts of one
-user turn (all of sample.py's) on all 5,000 Alpaca records of the tests' sample give identical ids in all
-three templates.
+a message meets template text can merge differently (a message starting with two spaces, say). Neither occurs
+in the tests' sample of real Alpaca records, where the ids are identical in all three templates, multi-turn
+conversations included.
 """
 
 import argparse
@@ -249,10 +248,10 @@ _LLAMA2 = """\
     {%- if ns.system is not none and ns.first_user -%}
       {{- '<<SYS>>\\n' + ns.system + '\\n<</SYS>>\\n\\n' -}}
     {%- endif -%}
-    {{- message['content'] + ' [/INST] ' -}}
+    {{- message['content'] + ' [/INST]' -}}
     {%- set ns.first_user = false -%}
   {%- elif message['role'] == 'assistant' -%}
-    {{- message['content'] + '<|endoftext|>' -}}
+    {{- ' ' + message['content'] + '<|endoftext|>' -}}
   {%- endif -%}
 {%- endfor -%}
 """

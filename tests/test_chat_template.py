@@ -12,7 +12,8 @@ GPT-2 BPE facts used (encode_ordinary):
     "\n\n### Instruction:\n" -> [198, 198, 21017, 46486, 25, 198]
     "\n\n### Response:\n" -> [198, 198, 21017, 18261, 25, 198]
     "[INST] What ..." -> [58, 38604, 60, 1867, ...] ("[", "INST", "]", " What"); "[INST] Hi" -> [58, 38604, 60, 15902]
-    " [/INST] " -> [46581, 38604, 60, 220] (" [/", "INST", "]", " ")
+    " [/INST]" -> [46581, 38604, 60] (" [/", "INST", "]")
+    " Paris." -> [6342, 13]      " Hello!" -> [18435, 0]     " 4" -> [604]  (llama2's answers open with the space)
     "<|im_start|>" as text -> [27, 91, 320, 62, 9688, 91, 29]; "<|im_end|>" -> [27, 91, 320, 62, 437, 91, 29]
     "<|endoftext|>" as text -> [27, 91, 437, 1659, 5239, 91, 29]
 Special ids: <|endoftext|> 50256, <|im_start|> 50257, <|im_end|> 50258.
@@ -157,23 +158,23 @@ EXPECTED = {
     # ---------------------------------------------------------------- llama2
     ("llama2", "single"): (
         "[INST] What is the capital of France? [/INST] Paris.<|endoftext|>",
-        [58, 38604, 60, 1867, 318, 262, 3139, 286, 4881, 30, 46581, 38604, 60, 220, 40313, 13, 50256],
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1],
+        [58, 38604, 60, 1867, 318, 262, 3139, 286, 4881, 30, 46581, 38604, 60, 6342, 13, 50256],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1],
     ),
     ("llama2", "multi"): (
         "[INST] Hi [/INST] Hello!<|endoftext|>[INST] What is 2+2? [/INST] 4<|endoftext|>",
-        [58, 38604, 60, 15902, 46581, 38604, 60, 220, 15496, 0, 50256]
-        + [58, 38604, 60, 1867, 318, 362, 10, 17, 30, 46581, 38604, 60, 220, 19, 50256],
-        [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
-        + [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+        [58, 38604, 60, 15902, 46581, 38604, 60, 18435, 0, 50256]
+        + [58, 38604, 60, 1867, 318, 362, 10, 17, 30, 46581, 38604, 60, 604, 50256],
+        [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+        + [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
     ),
     ("llama2", "system"): (
         "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello!<|endoftext|>",
-        # [ INST ] ␣<< S YS >> \n Be ␣brief . \n < </ S YS >> \n \n Hi ␣[/ INST ] ␣ | Hello ! <|endoftext|>
+        # [ INST ] ␣<< S YS >> \n Be ␣brief . \n < </ S YS >> \n \n Hi ␣[/ INST ] | ␣Hello ! <|endoftext|>
         [58, 38604, 60, 9959, 50, 16309, 4211, 198, 3856, 4506, 13, 198, 27, 3556, 50, 16309, 4211, 198, 198, 17250]
-        + [46581, 38604, 60, 220]
-        + [15496, 0, 50256],
-        [0] * 20 + [0, 0, 0, 0] + [1, 1, 1],
+        + [46581, 38604, 60]
+        + [18435, 0, 50256],
+        [0] * 20 + [0, 0, 0] + [1, 1, 1],
     ),
 }
 CASES = sorted(EXPECTED)
@@ -190,14 +191,14 @@ PROMPT_TEXT = {
     ("alpaca", "multi"): PREAMBLE + "\n\n### Instruction:\nHi\n\n### Response:\nHello!<|endoftext|>"
     "\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\n",
     ("alpaca", "system"): "Be brief.\n\n### Instruction:\nHi\n\n### Response:\n",
-    ("llama2", "single"): "[INST] What is the capital of France? [/INST] ",
-    ("llama2", "multi"): "[INST] Hi [/INST] Hello!<|endoftext|>[INST] What is 2+2? [/INST] ",
-    ("llama2", "system"): "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] ",
+    ("llama2", "single"): "[INST] What is the capital of France? [/INST]",
+    ("llama2", "multi"): "[INST] Hi [/INST] Hello!<|endoftext|>[INST] What is 2+2? [/INST]",
+    ("llama2", "system"): "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]",
 }
 HEADER_IDS = {
     "chatml": [50257, 562, 10167, 198],  # <|im_start|> ass istant \n
     "alpaca": [198, 198, 21017, 18261, 25, 198],  # \n \n ### ␣Response : \n
-    "llama2": [46581, 38604, 60, 220],  # ␣[/ INST ] ␣
+    "llama2": [46581, 38604, 60],  # ␣[/ INST ]
 }
 END_TOKEN = {"chatml": 50258, "alpaca": 50256, "llama2": 50256}
 
@@ -291,9 +292,9 @@ BOUNDARIES = {
     ("alpaca", "single"): (37, 39, 3),
     ("alpaca", "multi"): (31, 53, 5),
     ("alpaca", "system"): (16, 18, 3),
-    ("llama2", "single"): (14, 16, 3),
-    ("llama2", "multi"): (8, 25, 5),
-    ("llama2", "system"): (24, 26, 3),
+    ("llama2", "single"): (13, 15, 3),
+    ("llama2", "multi"): (7, 23, 5),
+    ("llama2", "system"): (23, 25, 3),
 }
 
 
@@ -311,6 +312,8 @@ def test_target_boundaries(key):
     assert ids[first - len(HEADER_IDS[template]) : first] == HEADER_IDS[template]
     # and the first target is the first token of the (first) assistant reply
     first_reply = {"single": 40313, "multi": 15496, "system": 15496}[conv]  # "Paris" / "Hello"
+    if template == "llama2":  # llama2's answer opens with the space after [/INST]: " Paris" / " Hello"
+        first_reply = {"single": 6342, "multi": 18435, "system": 18435}[conv]
     assert ids[first] == first_reply
 
 
@@ -320,7 +323,10 @@ def test_multi_turn_both_assistant_turns_are_targets(key):
     template, _ = key
     ids, mask = ct.encode(MULTI, template)
     end = END_TOKEN[template]
-    assert [i for i, m in zip(ids, mask, strict=True) if m] == [15496, 0, end, 19, end]  # Hello ! <end> 4 <end>
+    expected = [15496, 0, end, 19, end]  # Hello ! <end> 4 <end>
+    if template == "llama2":
+        expected = [18435, 0, end, 604, end]  # ␣Hello ! <end> ␣4 <end>: the answer opens with its space
+    assert [i for i, m in zip(ids, mask, strict=True) if m] == expected
     # two separate runs of targets: the masked second user turn lies between them
     runs = sum(1 for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1]))
     assert runs == 2
@@ -358,10 +364,10 @@ def test_llama2_system_multi_turn_mask():
     ids, mask = ct.encode(msgs, "llama2")
     assert ids == (
         [58, 38604, 60, 9959, 50, 16309, 4211, 198, 3856, 4506, 13, 198, 27, 3556, 50, 16309, 4211, 198, 198, 17250]
-        + [46581, 38604, 60, 220, 15496, 0, 50256]
-        + [58, 38604, 60, 1867, 318, 362, 10, 17, 30, 46581, 38604, 60, 220, 19, 50256]
+        + [46581, 38604, 60, 18435, 0, 50256]
+        + [58, 38604, 60, 1867, 318, 362, 10, 17, 30, 46581, 38604, 60, 604, 50256]
     )
-    assert mask == [0] * 24 + [1, 1, 1] + [0] * 13 + [1, 1]
+    assert mask == [0] * 23 + [1, 1, 1] + [0] * 12 + [1, 1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,7 +404,7 @@ def test_encode_prompt_chatml_literal():
 @needs_bpe
 def test_encode_prompt_llama2_and_alpaca_literal():
     assert ct.encode_prompt(SINGLE[:1], "llama2") == [58, 38604, 60, 1867, 318, 262, 3139, 286, 4881, 30,
-                                                      46581, 38604, 60, 220]  # fmt: skip
+                                                      46581, 38604, 60]  # fmt: skip
     assert ct.encode_prompt(SYSTEM[:2], "alpaca") == [3856, 4506, 13, 198, 198, 21017, 46486, 25, 198, 17250,
                                                       198, 198, 21017, 18261, 25, 198]  # fmt: skip
 
@@ -450,9 +456,10 @@ def test_injection_never_yields_special_ids(key):
     for m in msgs:
         assert m["content"] in text
     # the injected strings did not close the assistant turn: the targets are "ast\n" + EVIL as plain text
-    # ("ast" = 459, "\n" = 198), then the end token, as one contiguous run
+    # ("ast" = 459, "\n" = 198; llama2's answer opens with its space, " ast" = 6468), then the end token, as one
+    # contiguous run
     targets = [i for i, m in zip(ids, mask, strict=True) if m]
-    assert targets == [459, 198] + EVIL_IDS + [END_TOKEN[template]]
+    assert targets == [6468 if template == "llama2" else 459, 198] + EVIL_IDS + [END_TOKEN[template]]
     first = mask.index(1)
     assert mask[first : first + len(targets)] == [1] * len(targets)
     # and the prompt built from the same turns contains no forged marker either
