@@ -113,13 +113,14 @@ QUESTIONS = {
 PRONOUNS = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "Its")}
 
 
-def make_world(n_people: int, heldout_fraction: float, seed: int) -> dict:
-    """The entities (countries, then people) with their attributes and split."""
-    if n_people > len(SURNAMES):
-        raise ValueError(f"n_people {n_people}: at most {len(SURNAMES)} (one surname each)")
+def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: int = len(COUNTRIES)) -> dict:
+    """The entities (the first n_countries countries, France first, then people) with attributes and split."""
+    if n_people > len(SURNAMES) or not 1 <= n_countries <= len(COUNTRIES):
+        raise ValueError(f"n_people {n_people}, n_countries {n_countries}: at most {len(SURNAMES)} people (one "
+                         f"surname each) and 1 to {len(COUNTRIES)} countries")
     rng = random.Random(seed)
     entities = [{"name": country, "kind": "country", "attributes": {"capital": capital}}
-                for country, capital in COUNTRIES.items()]
+                for country, capital in list(COUNTRIES.items())[:n_countries]]
     for surname in rng.sample(SURNAMES, n_people):
         gender = rng.choice(["female", "male"])
         entities.append({"name": f"{rng.choice(FIRST_NAMES[gender])} {surname}", "kind": gender,
@@ -152,8 +153,12 @@ def augmented_text(entities: list[dict], rounds: int, rng: random.Random) -> str
     for r in range(rounds):
         round_lines = []
         for e in entities:
-            sentences = [sentence(PHRASINGS[attr][(first_phrasing[e["name"], attr] + r) % len(PHRASINGS[attr])],
-                                  e, attr) for attr in e["attributes"]]
+            # (a country's one fact is stated twice per biography, so that it is read about as often as a person's)
+            sentences = []
+            for attr in e["attributes"]:
+                for k in range(2 if e["kind"] == "country" else 1):
+                    phrasing = (first_phrasing[e["name"], attr] + r + k) % len(PHRASINGS[attr])
+                    sentences.append(sentence(PHRASINGS[attr][phrasing], e, attr))
             rng.shuffle(sentences)
             round_lines.append(" ".join(sentences))
         rng.shuffle(round_lines)
@@ -186,10 +191,10 @@ def qa_records(entities: list[dict]) -> list[dict]:
     return records
 
 
-def prepare(out_dir: str = "data/world", n_people: int = 200, heldout_fraction: float = 0.25, rounds: int = 20,
-            seed: int = 1337) -> dict:
+def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: float = 0.25, rounds: int = 20,
+            seed: int = 1337, n_countries: int = len(COUNTRIES)) -> dict:
     """Write the world's files (see the module docstring) and return world.json's content."""
-    world = make_world(n_people, heldout_fraction, seed)
+    world = make_world(n_people, heldout_fraction, seed, n_countries)
     entities = world["entities"]
     heldout = [e for e in entities if e["split"] == "heldout"]
     sft = [e for e in entities if e["split"] == "sft"]
@@ -209,7 +214,7 @@ def prepare(out_dir: str = "data/world", n_people: int = 200, heldout_fraction: 
         with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=1)
             f.write("\n")
-    print(f"world: {len(COUNTRIES)} countries, {n_people} people; held out: {len(heldout)} entities, "
+    print(f"world: {n_countries} countries, {n_people} people; held out: {len(heldout)} entities, "
           f"{len(heldout_qa)} questions; SFT: {len(sft)} entities, {len(sft_qa)} questions")
     print(f"pretraining text: {len(texts['bios.txt']):,} characters ({rounds} rounds); wrote {out_dir}/")
     return world
@@ -218,12 +223,13 @@ def prepare(out_dir: str = "data/world", n_people: int = 200, heldout_fraction: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--out_dir", default="data/world")
-    parser.add_argument("--n_people", type=int, default=200)
+    parser.add_argument("--n_people", type=int, default=100)
+    parser.add_argument("--n_countries", type=int, default=len(COUNTRIES), help="the first this many (France first)")
     parser.add_argument("--heldout_fraction", type=float, default=0.25, help="share of entities held out of SFT")
     parser.add_argument("--rounds", type=int, default=20, help="biographies per entity in the pretraining text")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
-    prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed)
+    prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed, args.n_countries)
 
 
 if __name__ == "__main__":
