@@ -92,7 +92,7 @@ def chance(records: list[dict], world: dict) -> float:
     """The accuracy of always answering an attribute's most frequent value (over all of the world's entities),
     averaged over the records."""
     best_share = {}
-    for attr in world["values"]:
+    for attr in {r["attribute"] for r in records}:
         counts = {}
         for e in world["entities"]:
             if attr in e["attributes"]:
