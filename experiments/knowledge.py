@@ -139,7 +139,8 @@ def main() -> None:
     # 1. The world and its prepared data: three pretraining texts, the SFT questions (and subsets).
     bar.set_postfix_str(next(step))
     texts, sft_data = {}, {}
-    with open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log):
+    with (open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log),
+          contextlib.redirect_stderr(log)):
         world = prepare_world.prepare(world_dir, seed=args.seed, **scale["world"])
         qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
         for name in ("bios", "bios_control", "bios_single"):
