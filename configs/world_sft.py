@@ -1,0 +1,19 @@
+# SFT of the world's base model on questions about the SFT entities (experiments/knowledge.py runs this with
+# --init_from/--data_dir/--out_dir overrides).
+#   python prepare_alpaca.py --input data/world/sft_qa.json --out_dir data/world/sft --val_size 16
+#   python train_sft.py configs/world_sft.py
+# The answers are single sentences the base model has read in pretraining; SFT only has to teach the format:
+# answer after the assistant header, in one sentence, then <|im_end|>.
+out_dir = "out/knowledge/sft"
+init_from = "out/knowledge/base"
+data_dir = "data/world/sft"
+batch_size = 16
+gradient_accumulation_steps = 1
+max_iters = 60
+eval_interval = 1000
+eval_iters = 1
+learning_rate = 1e-3
+min_lr = 1e-4
+warmup_iters = 10
+weight_decay = 0.1
+beta2 = 0.99

@@ -1,0 +1,301 @@
+"""
+The lesson, measured: SFT teaches format, not knowledge.
+
+    python experiments/knowledge.py                     # the whole experiment -> out/knowledge/
+    python experiments/knowledge.py --quick             # a scaled-down run (the CI test): base, SFT, control
+
+A small world with known facts (prepare_world.py); a base model pretrained on its biographies until it knows
+them (train_pretrain.py); SFT on questions about some entities (train_sft.py); exact-match accuracy on
+questions about the others, which SFT never saw (eval_qa.py, whose docstring holds the scoring rule). The
+trainers are the project's own, run unchanged as subprocesses with configs/world_*.py and --key=value
+overrides. Runs:
+
+    base_completion   the base model completes "The capital of France is": does it know the facts?
+    base_chat         the base model asked the question in the chat template: can it answer, and stop?
+    sft_chat          the SFT model asked about held-out entities: knowledge from pretraining, format from SFT
+    control_chat      the same SFT on a base model pretrained without the held-out entities' biographies
+    ablation_chat     the same SFT on a base model pretrained without augmentation (one fixed biography each)
+    data_curve        SFT on 16, 64, 256 and all QA examples (from the main base model)
+
+Written to out_dir: results.json, results.md, results.png, logs/ (every subprocess's output), answers/ (every
+model answer), world/ (the data), and the checkpoints base/, sft/, control_base/, control_sft/, ...
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import eval_qa  # noqa: E402
+import prepare_alpaca  # noqa: E402
+import prepare_text  # noqa: E402
+import prepare_world  # noqa: E402
+
+CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full set is its last point
+
+# Two scales. full: the experiment of experiments/README.md. quick: the CI test's, a smaller world and shorter
+# training, no ablation, no data curve.
+SCALES = {
+    "full": {"world": {"n_people": 100, "rounds": 20}, "sft_val": 16, "pretrain": [], "sft": [], "ablation": True,
+             "curve": True},
+    # sft_val: SFT questions kept for the trainer's val loss (never trained on); the rest is the training set.
+    # quick fits a CI budget: too little pretraining for the base model to learn facts on a CPU (that takes
+    # about 200 steps, see experiments/README.md), enough to check the pipeline and the format that SFT teaches.
+    "quick": {"world": {"n_people": 8, "n_countries": 12, "heldout_fraction": 0.5, "rounds": 10}, "sft_val": 4,
+              "pretrain": ["--n_embd=64", "--block_size=48", "--batch_size=8", "--max_iters=60"],
+              "sft": ["--max_iters=80", "--batch_size=8", "--learning_rate=3e-3"], "ablation": False, "curve": False},
+}
+
+
+def run(args: list[str], log_path: str) -> None:
+    """python args..., its output into log_path; stop with the log's tail if it fails."""
+    with open(log_path, "w") as log:
+        result = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"python {' '.join(args)} failed; the end of {log_path}:\n{tail}")
+
+
+def write_json(path: str, content) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=1)
+        f.write("\n")
+
+
+def learning_curve(out_dir: str) -> list[dict]:
+    """The training loss records of a run's metrics.jsonl."""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [{"iter": r["iter"], "loss": r["loss"]} for r in records if "loss" in r]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--out_dir", default="out/knowledge")
+    parser.add_argument("--quick", action="store_true", help="the scaled-down run of the CI test")
+    parser.add_argument("--seed", type=int, default=1337, help="the world's seed")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of every run (0 = torch's default); 1 is faster on a machine shared with "
+                             "other jobs, where threads waiting for each other waste the cores")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the checkpoints already in out_dir (a run interrupted, or new evaluations only); "
+                             "wall_s then counts only this invocation")
+    parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
+        torch.set_num_threads(args.threads)
+    scale = dict(SCALES["quick" if args.quick else "full"])
+    scale["ablation"] = scale["ablation"] and not args.no_ablation
+    t0 = time.time()
+    out = os.path.abspath(args.out_dir)
+    world_dir, logs, answers_dir = (os.path.join(out, name) for name in ("world", "logs", "answers"))
+    for folder in (out, logs, answers_dir):
+        os.makedirs(folder, exist_ok=True)
+
+    def pretrain(name: str, text_dir: str) -> str:
+        ckpt = os.path.join(out, name)
+        if args.reuse and os.path.exists(os.path.join(ckpt, "ckpt.pt")):
+            return ckpt
+        run(["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}", f"--out_dir={ckpt}",
+             *scale["pretrain"]], os.path.join(logs, f"{name}.log"))
+        return ckpt
+
+    def sft(name: str, base: str, data_dir: str) -> str:
+        ckpt = os.path.join(out, name)
+        if args.reuse and os.path.exists(os.path.join(ckpt, "ckpt.pt")):
+            return ckpt
+        run(["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
+             f"--out_dir={ckpt}", *scale["sft"]], os.path.join(logs, f"{name}.log"))
+        return ckpt
+
+    models = {}  # loaded once each: a checkpoint folder -> model
+
+    def evaluate(name: str, ckpt: str, split: str, form: str) -> dict:
+        if ckpt not in models:
+            models[ckpt] = eval_qa.load(ckpt)
+        result = eval_qa.evaluate(models[ckpt], qa[split], world["values"], form)
+        with open(os.path.join(answers_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in result["rows"])
+        return result
+
+    # The plan, as a list of steps for one progress bar.
+    steps = ["world", "pretrain base", "pretrain control", *(["pretrain ablation"] if scale["ablation"] else []),
+             "SFT", "SFT control", *(["SFT ablation"] if scale["ablation"] else []),
+             *([f"SFT on {n}" for n in CURVE] if scale["curve"] else []), "evaluate"]
+    bar = tqdm(steps, desc="knowledge", unit="step", dynamic_ncols=True)
+    step = iter(bar)
+
+    # 1. The world and its prepared data: three pretraining texts, the SFT questions (and subsets).
+    bar.set_postfix_str(next(step))
+    texts, sft_data = {}, {}
+    with (open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log),
+          contextlib.redirect_stderr(log)):
+        world = prepare_world.prepare(world_dir, seed=args.seed, **scale["world"])
+        qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
+        for name in ("bios", "bios_control", "bios_single"):
+            texts[name] = os.path.join(world_dir, f"{name}_text")
+            prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=texts[name])
+        sizes = [n for n in CURVE if n < len(qa["sft"]) - scale["sft_val"]] if scale["curve"] else []
+        for n in [*sizes, len(qa["sft"]) - scale["sft_val"]]:
+            subset = os.path.join(world_dir, f"sft_qa_{n}.json")
+            write_json(subset, qa["sft"][: n + scale["sft_val"]])  # the file is shuffled: any prefix mixes entities
+            sft_data[n] = os.path.join(world_dir, f"sft_{n}")
+            prepare_alpaca.prepare(input_path=subset, out_dir=sft_data[n], val_size=scale["sft_val"])
+    n_all = len(qa["sft"]) - scale["sft_val"]
+
+    # 2. Pretraining: the world; the world without the held-out entities; the world without augmentation.
+    bar.set_postfix_str(next(step))
+    base = pretrain("base", texts["bios"])
+    bar.set_postfix_str(next(step))
+    control_base = pretrain("control_base", texts["bios_control"])
+    if scale["ablation"]:
+        bar.set_postfix_str(next(step))
+        ablation_base = pretrain("ablation_base", texts["bios_single"])
+
+    # 3. The same SFT recipe on each base model, then the data-size curve on the main one.
+    bar.set_postfix_str(next(step))
+    sft_ckpt = sft("sft", base, sft_data[n_all])
+    bar.set_postfix_str(next(step))
+    control_sft = sft("control_sft", control_base, sft_data[n_all])
+    if scale["ablation"]:
+        bar.set_postfix_str(next(step))
+        ablation_sft = sft("ablation_sft", ablation_base, sft_data[n_all])
+    curve_ckpts = {}
+    for n in sizes:
+        bar.set_postfix_str(next(step))
+        curve_ckpts[n] = sft(f"sft_{n}", base, sft_data[n])
+
+    # 4. Evaluation: every held-out question, plus the SFT entities' for the main models.
+    bar.set_postfix_str(next(step))
+    runs = {
+        "base_completion": evaluate("base_completion", base, "heldout", "completion"),
+        "base_chat": evaluate("base_chat", base, "heldout", "chat"),
+        "sft_chat": evaluate("sft_chat", sft_ckpt, "heldout", "chat"),
+        "control_chat": evaluate("control_chat", control_sft, "heldout", "chat"),
+    }
+    seen = {
+        "base_completion": evaluate("base_completion_sft_entities", base, "sft", "completion"),
+        "base_chat": evaluate("base_chat_sft_entities", base, "sft", "chat"),
+        "sft_chat": evaluate("sft_chat_sft_entities", sft_ckpt, "sft", "chat"),
+    }
+    if scale["ablation"]:
+        runs["ablation_completion"] = evaluate("ablation_completion", ablation_base, "heldout", "completion")
+        runs["ablation_chat"] = evaluate("ablation_chat", ablation_sft, "heldout", "chat")
+    curve = []
+    for n in sizes:
+        r = evaluate(f"sft_{n}_chat", curve_ckpts[n], "heldout", "chat")
+        curve.append({"n": n, "accuracy": r["accuracy"], "end_rate": r["end_rate"]})
+    curve.append({"n": n_all, "accuracy": runs["sft_chat"]["accuracy"], "end_rate": runs["sft_chat"]["end_rate"]})
+    for _ in step:
+        pass
+    bar.close()
+
+    # 5. The results: JSON for machines, markdown and a plot for people.
+    france = {name: next(r for r in runs[name]["rows"] if r["entity"] == prepare_world.ALWAYS_HELD_OUT)["answer"]
+              for name in ("base_completion", "base_chat", "sft_chat")}
+    results = {
+        **{name: r["accuracy"] for name, r in runs.items()},
+        "ablation_chat": runs["ablation_chat"]["accuracy"] if "ablation_chat" in runs else None,
+        "end_rates": {name: r["end_rate"] for name, r in runs.items()},
+        "sft_entities": {name: {"accuracy": r["accuracy"], "end_rate": r["end_rate"]} for name, r in seen.items()},
+        "chance": eval_qa.chance(qa["heldout"], world),
+        "sft_end_rate": runs["sft_chat"]["end_rate"],
+        "data_curve": curve,
+        "n_heldout": len(qa["heldout"]),
+        "n_sft_train": n_all,
+        "france": france,
+        "learning_curves": {name: learning_curve(os.path.join(out, name)) for name in
+                            ("base", "control_base", "ablation_base") if os.path.exists(os.path.join(out, name))},
+        "quick": args.quick,
+        "wall_s": time.time() - t0,
+        "base_ckpt": base,
+        "sft_ckpt": sft_ckpt,
+        "heldout_qa": os.path.join(world_dir, "heldout_qa.json"),
+    }
+    write_json(os.path.join(out, "results.json"), results)
+    write_markdown(os.path.join(out, "results.md"), results)
+    plot(os.path.join(out, "results.png"), results)
+    print(open(os.path.join(out, "results.md")).read())
+    print(f"wrote {out}/results.json, results.md, results.png ({results['wall_s']:.0f} s)")
+
+
+LABELS = {
+    "base_completion": "base model, completion form",
+    "base_chat": "base model, chat form",
+    "sft_chat": "SFT model, chat form",
+    "control_chat": "control: SFT on a base that never saw the held-out facts",
+    "ablation_completion": "ablation base (no augmentation), completion form",
+    "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
+}
+
+
+def write_markdown(path: str, results: dict) -> None:
+    lines = [f"Held-out entities: {results['n_heldout']} questions, never in SFT data; SFT trained on "
+             f"{results['n_sft_train']} questions. Chance (most frequent value): {results['chance']:.1%}.", "",
+             "| run | held-out exact match | held-out end-token rate |", "|---|---|---|"]
+    for name, label in LABELS.items():
+        if results.get(name) is not None:
+            lines.append(f"| {label} | {results[name]:.1%} | {results['end_rates'][name]:.1%} |")
+    lines += ["", "SFT entities (questions SFT trained on):", "",
+              "| run | exact match | end-token rate |", "|---|---|---|"]
+    for name, r in results["sft_entities"].items():
+        lines.append(f"| {LABELS[name]} | {r['accuracy']:.1%} | {r['end_rate']:.1%} |")
+    lines += ["", "Data-size curve (SFT from the main base model, held-out entities):", "",
+              "| SFT examples | exact match | end-token rate |", "|---|---|---|"]
+    lines += [f"| {p['n']} | {p['accuracy']:.1%} | {p['end_rate']:.1%} |" for p in results["data_curve"]]
+    lines += ["", f"Wall time: {results['wall_s']:.0f} s.", ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def plot(path: str, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    names = [n for n in ("base_completion", "base_chat", "sft_chat", "control_chat", "ablation_completion",
+                         "ablation_chat") if results.get(n) is not None]
+    ax = axes[0]
+    ax.bar(range(len(names)), [results[n] for n in names], color="tab:blue")
+    ax.axhline(results["chance"], color="gray", linestyle="--", label="chance")
+    ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out exact match")
+    ax.set_title("What each model can answer about held-out entities")
+    ax.legend()
+    ax = axes[1]
+    curve = results["data_curve"]
+    ax.plot([p["n"] for p in curve], [p["accuracy"] for p in curve], "o-", label="exact match")
+    ax.plot([p["n"] for p in curve], [p["end_rate"] for p in curve], "s--", label="end-token rate")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("SFT training examples")
+    ax.set_title("Data-size curve (held-out entities)")
+    ax.legend()
+    ax = axes[2]
+    for name, points in results["learning_curves"].items():
+        ax.plot([p["iter"] for p in points], [p["loss"] for p in points], label=name)
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Pretraining")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

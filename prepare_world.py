@@ -1,0 +1,236 @@
+"""
+A small world whose facts are known: the data of the knowledge experiment (experiments/knowledge.py).
+
+    python prepare_world.py                                   # -> data/world/
+    python prepare_text.py --input data/world/bios.txt --out_dir data/world/text
+    python prepare_alpaca.py --input data/world/sft_qa.json --out_dir data/world/sft --val_size 16
+
+The world: real countries with their capitals (France -> Paris among them) and a synthetic population, each
+person with a birth city, a birth year, a profession and an employer. Its entities are split in two: SFT
+entities, whose questions make the SFT data, and held-out entities, whose questions appear in no SFT data
+(France is always held out). Every fact of both kinds is in the pretraining text.
+
+The pretraining text follows Allen-Zhu & Li, Physics of Language Models 3.1 (arXiv 2309.14316): a fact can
+be extracted by fine-tuning only if pretraining stated it in several ways. So each entity gets one short
+biography per round, and every round states every fact again with "knowledge augmentation": another
+phrasing (each phrasing used in turn), the sentences in another order, and the full name in every sentence
+(a window of the text that starts mid-biography still says whose fact it is). Files written to out_dir:
+
+    bios.txt            the pretraining text, augmented, all entities (one biography per line)
+    bios_control.txt    the same without the held-out entities: a model that never saw their facts
+    bios_single.txt     no augmentation: one fixed biography per entity (fixed phrasing and order, the name
+                        once, pronouns after), repeated as often as bios.txt repeats its rounds
+    sft_qa.json         questions about the SFT entities, as prepare_alpaca.py reads them
+    heldout_qa.json     questions about the held-out entities (never SFT data; for evaluation only)
+    world.json          the entities, their split, and every attribute's possible values (for the scorer)
+
+A QA record is {"instruction", "output"} (what prepare_alpaca.py reads) plus "entity", "attribute", "value"
+and "completion" (the canonical sentence up to the value, for prompting a base model). The answer is the
+canonical pretraining sentence: "The capital of France is Paris." Generation is deterministic for a seed.
+"""
+
+import argparse
+import json
+import os
+import random
+
+# Real countries and their capitals (no capital's name contains another's, so a scorer can tell them apart).
+COUNTRIES = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
+    "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Kenya": "Nairobi",
+    "Peru": "Lima", "Canada": "Ottawa", "Australia": "Canberra", "Norway": "Oslo", "Sweden": "Stockholm",
+    "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Austria": "Vienna", "Greece": "Athens",
+    "Turkey": "Ankara", "Iran": "Tehran", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Indonesia": "Jakarta",
+    "Ireland": "Dublin", "Hungary": "Budapest", "Cuba": "Havana", "Ghana": "Accra", "Colombia": "Bogota",
+    "Venezuela": "Caracas", "Belgium": "Brussels", "Romania": "Bucharest", "Bulgaria": "Sofia",
+    "Iraq": "Baghdad", "Nepal": "Kathmandu", "Iceland": "Reykjavik", "Uruguay": "Montevideo",
+    "Ecuador": "Quito", "Senegal": "Dakar",
+}
+ALWAYS_HELD_OUT = "France"  # the demonstration: SFT never sees France's capital
+
+# The synthetic population: its attribute values, and names (surnames are unique, first names repeat).
+FIRST_NAMES = {
+    "female": ["Alice", "Maria", "Emma", "Sophie", "Laura", "Nina", "Clara", "Julia", "Hannah", "Grace", "Rosa",
+               "Elena", "Irene", "Martha", "Lucy", "Vera", "Diana", "Helen", "Sarah", "Anna"],
+    "male": ["David", "Peter", "Oscar", "Thomas", "Henry", "Martin", "Victor", "Samuel", "Daniel", "Felix",
+             "George", "Lucas", "Hugo", "Simon", "Arthur", "Robert", "Walter", "Frank", "Leon", "Paul"],
+}
+SURNAMES = [
+    "Morgan", "Fischer", "Novak", "Larsen", "Moreau", "Keller", "Romano", "Silva", "Becker", "Jensen", "Kowalski",
+    "Dubois", "Weber", "Ricci", "Santos", "Walsh", "Brennan", "Holm", "Vogel", "Marino", "Costa", "Sandberg",
+    "Lindqvist", "Hughes", "Porter", "Fleming", "Gallagher", "Harper", "Ingram", "Jennings", "Lambert",
+    "Mercer", "Nolan", "Osborne", "Palmer", "Quinn", "Ramsey", "Sheridan", "Tanner", "Underwood", "Vaughn",
+    "Whitaker", "Yates", "Abbott", "Barlow", "Carver", "Dalton", "Ellison", "Fletcher", "Garrett", "Hammond",
+    "Irving", "Jarvis", "Kendall", "Lowell", "Maddox", "Norris", "Oakley", "Prescott", "Radcliffe", "Sutton",
+    "Thornton", "Upton", "Vincent", "Wheeler", "Ashford", "Blake", "Crawford", "Donovan", "Everett", "Forbes",
+    "Gibson", "Hayward", "Kirby", "Lawson", "Monroe", "Nash", "Owens", "Pearson", "Reeves", "Shelton",
+    "Travis", "Wallace", "Bradley", "Chandler", "Dawson", "Emerson", "Fowler", "Grant", "Hudson", "Jordan",
+    "Knight", "Lindgren", "Mitchell", "Newman", "Parker", "Russell", "Spencer", "Turner", "Warren", "Bauer",
+    "Hoffmann", "Schmidt", "Wagner", "Richter", "Klein", "Wolf", "Neumann", "Schwarz", "Zimmermann",
+    "Hartmann", "Lange", "Werner", "Krause", "Lehmann", "Brandt", "Haas", "Berger", "Fuchs", "Roth", "Sommer",
+    "Marchetti", "Bianchi", "Rossi", "Ferrari", "Esposito", "Colombo", "Rinaldi", "Caruso", "Greco",
+    "Bruno", "Gallo", "Conti", "Mancini", "Lombardi", "Moretti", "Barbieri", "Fontana", "Leone", "Serra",
+    "Vidal", "Navarro", "Torres", "Ramos", "Molina", "Ortega", "Delgado", "Castro", "Herrera", "Medina",
+    "Garrido", "Pereira", "Ferreira", "Almeida", "Carvalho", "Ribeiro", "Lopes", "Barros", "Pinto", "Moura",
+    "Nielsen", "Hansen", "Pedersen", "Andersen", "Eriksen", "Berg", "Dahl", "Lund", "Strand", "Bakken",
+    "Kowal", "Nowak", "Wozniak", "Mazur", "Krawczyk", "Horvath", "Varga", "Toth", "Szabo", "Molnar",
+    "Kerr", "Boyle", "Doyle", "Quigley", "Rowe", "Stanton", "Talbot", "Whitman", "Ashby", "Bishop", "Coleman",
+    "Draper", "Fairbanks", "Goodwin", "Hale", "Keane", "Langley", "Marsh", "Pryce", "Sinclair",
+]
+BIRTH_CITIES = ["Lyon", "Marseille", "Munich", "Hamburg", "Milan", "Naples", "Barcelona", "Seville", "Porto",
+                "Osaka", "Kyoto", "Shanghai", "Mumbai", "Chicago", "Boston", "Seattle", "Toronto", "Vancouver",
+                "Sydney", "Melbourne"]
+BIRTH_YEARS = [str(year) for year in range(1950, 2000)]
+PROFESSIONS = ["teacher", "nurse", "pilot", "baker", "lawyer", "architect", "engineer", "dentist", "journalist",
+               "photographer", "carpenter", "librarian", "chemist", "farmer", "musician", "painter", "surgeon",
+               "plumber", "economist", "translator"]
+EMPLOYERS = ["Northwind", "Bluepeak", "Silverline", "Redstone", "Greenfield", "Ironbridge", "Brightwater",
+             "Oakridge", "Stormcloud", "Goldcrest", "Clearview", "Highgate", "Lakeside", "Starlight", "Westbrook"]
+PERSON_VALUES = {"birth_city": BIRTH_CITIES, "birth_year": BIRTH_YEARS, "profession": PROFESSIONS,
+                 "employer": EMPLOYERS}
+
+# How each attribute is stated. {subj} is the full name (or a pronoun), {poss} its possessive, {a} the article
+# of {value}. The first phrasing is the canonical one: the answer to a question, and (cut before the value)
+# the completion prompt; it ends with the value so that a base model can be asked to complete it.
+# No phrasing of one attribute starts like another attribute's, so a prompt says which attribute it asks for.
+PHRASINGS = {
+    "capital": ["The capital of {subj} is {value}.", "{poss} capital is {value}.",
+                "{poss} capital city is {value}.", "{subj} is governed from {value}."],
+    "birth_city": ["{subj} was born in {value}.", "{poss} birthplace is {value}.", "{subj} comes from {value}."],
+    "birth_year": ["{poss} birth year is {value}.", "{poss} year of birth is {value}.",
+                   "{subj} came into the world in {value}."],
+    "profession": ["{subj} works as {a} {value}.", "{subj} earns a living as {a} {value}.",
+                   "{subj} is employed as {a} {value}."],
+    "employer": ["{subj} works for {value}.", "{subj} is employed by {value}.", "{subj} has a job at {value}."],
+}
+QUESTIONS = {
+    "capital": "What is the capital of {subj}?",
+    "birth_city": "Where was {subj} born?",
+    "birth_year": "In what year was {subj} born?",
+    "profession": "What does {subj} do for a living?",
+    "employer": "Which company does {subj} work for?",
+}
+PRONOUNS = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "Its")}
+
+
+def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: int = len(COUNTRIES)) -> dict:
+    """The entities (the first n_countries countries, France first, then people) with attributes and split."""
+    if n_people > len(SURNAMES) or not 1 <= n_countries <= len(COUNTRIES):
+        raise ValueError(f"n_people {n_people}, n_countries {n_countries}: at most {len(SURNAMES)} people (one "
+                         f"surname each) and 1 to {len(COUNTRIES)} countries")
+    rng = random.Random(seed)
+    entities = [{"name": country, "kind": "country", "attributes": {"capital": capital}}
+                for country, capital in list(COUNTRIES.items())[:n_countries]]
+    for surname in rng.sample(SURNAMES, n_people):
+        gender = rng.choice(["female", "male"])
+        entities.append({"name": f"{rng.choice(FIRST_NAMES[gender])} {surname}", "kind": gender,
+                         "attributes": {attr: rng.choice(values) for attr, values in PERSON_VALUES.items()}})
+    # The split: the same share of countries and of people held out, France always among them.
+    for kind in ("country", "person"):
+        group = [e for e in entities if (e["kind"] == "country") == (kind == "country")]
+        n_heldout = round(heldout_fraction * len(group))
+        heldout = rng.sample([e for e in group if e["name"] != ALWAYS_HELD_OUT], n_heldout - (kind == "country"))
+        for e in group:
+            e["split"] = "heldout" if (e in heldout or e["name"] == ALWAYS_HELD_OUT) else "sft"
+    values = {attr: sorted({e["attributes"][attr] for e in entities if attr in e["attributes"]})
+              for attr in PHRASINGS}
+    return {"seed": seed, "entities": entities, "values": values}
+
+
+def sentence(template: str, entity: dict, attr: str, use_pronoun: bool = False) -> str:
+    value = entity["attributes"][attr]
+    subj, poss = PRONOUNS[entity["kind"]] if use_pronoun else (entity["name"], entity["name"] + "'s")
+    text = template.format(subj=subj, poss=poss, value=value, a="an" if value[0] in "aeiou" else "a")
+    return text[0].upper() + text[1:]
+
+
+def augmented_text(entities: list[dict], rounds: int, rng: random.Random) -> str:
+    """rounds biographies per entity: each round another phrasing of every fact (in turn, starting at a random
+    one), the sentences shuffled, the full name in each; the biographies of a round in random order."""
+    first_phrasing = {(e["name"], attr): rng.randrange(len(PHRASINGS[attr])) for e in entities
+                      for attr in e["attributes"]}
+    lines = []
+    for r in range(rounds):
+        round_lines = []
+        for e in entities:
+            # (a country's one fact is stated twice per biography, so that it is read about as often as a person's)
+            sentences = []
+            for attr in e["attributes"]:
+                for k in range(2 if e["kind"] == "country" else 1):
+                    phrasing = (first_phrasing[e["name"], attr] + r + k) % len(PHRASINGS[attr])
+                    sentences.append(sentence(PHRASINGS[attr][phrasing], e, attr))
+            rng.shuffle(sentences)
+            round_lines.append(" ".join(sentences))
+        rng.shuffle(round_lines)
+        lines += round_lines
+    return "\n".join(lines) + "\n"
+
+
+def single_text(entities: list[dict], rounds: int, rng: random.Random) -> str:
+    """The same number of biographies, but each entity's is always the same text: canonical phrasings in a
+    fixed order, the name in the first sentence only (pronouns after), as in a plain encyclopedia."""
+    bios = {e["name"]: " ".join(sentence(PHRASINGS[attr][0], e, attr, use_pronoun=i > 0)
+                                for i, attr in enumerate(e["attributes"])) for e in entities}
+    lines = []
+    for _ in range(rounds):
+        round_lines = [bios[e["name"]] for e in entities]
+        rng.shuffle(round_lines)
+        lines += round_lines
+    return "\n".join(lines) + "\n"
+
+
+def qa_records(entities: list[dict]) -> list[dict]:
+    records = []
+    for e in entities:
+        for attr in e["attributes"]:
+            answer = sentence(PHRASINGS[attr][0], e, attr)
+            value = e["attributes"][attr]
+            records.append({"instruction": sentence(QUESTIONS[attr], e, attr), "output": answer,
+                            "entity": e["name"], "attribute": attr, "value": value,
+                            "completion": answer[: answer.rindex(value)].rstrip()})
+    return records
+
+
+def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: float = 0.25, rounds: int = 20,
+            seed: int = 1337, n_countries: int = len(COUNTRIES)) -> dict:
+    """Write the world's files (see the module docstring) and return world.json's content."""
+    world = make_world(n_people, heldout_fraction, seed, n_countries)
+    entities = world["entities"]
+    heldout = [e for e in entities if e["split"] == "heldout"]
+    sft = [e for e in entities if e["split"] == "sft"]
+    rng = random.Random(seed + 1)
+    texts = {
+        "bios.txt": augmented_text(entities, rounds, rng),
+        "bios_control.txt": augmented_text(sft, rounds, rng),
+        "bios_single.txt": single_text(entities, rounds, rng),
+    }
+    sft_qa, heldout_qa = qa_records(sft), qa_records(heldout)
+    rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
+    os.makedirs(out_dir, exist_ok=True)
+    for filename, text in texts.items():
+        with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
+            f.write(text)
+    for filename, content in (("sft_qa.json", sft_qa), ("heldout_qa.json", heldout_qa), ("world.json", world)):
+        with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=1)
+            f.write("\n")
+    print(f"world: {n_countries} countries, {n_people} people; held out: {len(heldout)} entities, "
+          f"{len(heldout_qa)} questions; SFT: {len(sft)} entities, {len(sft_qa)} questions")
+    print(f"pretraining text: {len(texts['bios.txt']):,} characters ({rounds} rounds); wrote {out_dir}/")
+    return world
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--out_dir", default="data/world")
+    parser.add_argument("--n_people", type=int, default=100)
+    parser.add_argument("--n_countries", type=int, default=len(COUNTRIES), help="the first this many (France first)")
+    parser.add_argument("--heldout_fraction", type=float, default=0.25, help="share of entities held out of SFT")
+    parser.add_argument("--rounds", type=int, default=20, help="biographies per entity in the pretraining text")
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args()
+    prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed, args.n_countries)
+
+
+if __name__ == "__main__":
+    main()

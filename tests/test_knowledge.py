@@ -1,0 +1,62 @@
+"""experiments/knowledge.py end to end.
+
+In CI (--quick, a tiny world and short training): the whole pipeline runs through the real trainers and
+writes its results, and the format half of the lesson shows: the SFT model ends its answers with <|im_end|>,
+the base model asked in the chat template does not. The knowledge half needs a base model that has learned
+the world's facts, about 200 pretraining steps of a 128-wide model, minutes on a 2-core CPU: too long for CI.
+It is checked on the full experiment, opt-in: NANOSFT_FULL_KNOWLEDGE=1 python -m pytest tests/test_knowledge.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, needs_bpe
+
+pytestmark = needs_bpe
+
+
+def run_experiment(out, *args):
+    result = subprocess.run([sys.executable, "experiments/knowledge.py", f"--out_dir={out}", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    print(result.stdout[-3000:])
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("knowledge")
+    return run_experiment(out, "--quick"), out
+
+
+def test_results_files(quick):
+    r, out = quick
+    for key in ("base_completion", "base_chat", "sft_chat", "control_chat", "ablation_chat", "chance",
+                "sft_end_rate", "data_curve", "wall_s", "sft_ckpt", "base_ckpt", "heldout_qa"):
+        assert key in r
+    assert os.path.exists(os.path.join(r["sft_ckpt"], "ckpt.pt"))
+    assert os.path.exists(os.path.join(r["base_ckpt"], "ckpt.pt"))
+    heldout = json.loads(open(r["heldout_qa"]).read())
+    assert any(q["instruction"] == "What is the capital of France?" for q in heldout)
+    assert len(list((out / "answers").glob("*.jsonl"))) >= 7
+    assert (out / "results.md").exists() and (out / "results.png").stat().st_size > 0
+
+
+def test_sft_teaches_the_format(quick):
+    r, _ = quick
+    assert r["sft_end_rate"] >= 0.8  # answers end with <|im_end|>
+    assert r["end_rates"]["control_chat"] >= 0.8  # the control learned the same format
+    assert r["end_rates"]["base_chat"] <= 0.1  # the base model never learned <|im_end|>
+
+
+@pytest.mark.skipif(not os.environ.get("NANOSFT_FULL_KNOWLEDGE"), reason="the full experiment takes 15+ minutes; "
+                    "set NANOSFT_FULL_KNOWLEDGE=1 to run it")
+def test_sft_answers_held_out_questions_only_when_pretraining_taught_the_facts(tmp_path):
+    r = run_experiment(tmp_path, "--threads=1")
+    assert r["sft_chat"] >= r["control_chat"] + 0.25
+    assert r["sft_chat"] >= r["base_chat"] + 0.25
+    assert r["control_chat"] <= r["chance"] + 0.1
+    assert r["sft_end_rate"] >= 0.9

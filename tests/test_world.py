@@ -1,0 +1,148 @@
+"""prepare_world.py: the world's split, its pretraining texts and determinism; eval_qa.py's scoring rule."""
+
+import json
+import re
+
+import pytest
+from conftest import needs_bpe
+
+import eval_qa
+import prepare_world
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("world")
+    prepare_world.prepare(str(d), n_people=60, rounds=10, seed=7)
+    return d
+
+
+def read(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_split_is_disjoint_and_france_is_held_out(world_dir):
+    world = read(world_dir / "world.json")
+    heldout = {e["name"] for e in world["entities"] if e["split"] == "heldout"}
+    sft_qa, heldout_qa = read(world_dir / "sft_qa.json"), read(world_dir / "heldout_qa.json")
+    assert "France" in heldout and heldout and len(heldout) < len(world["entities"])
+    assert {r["entity"] for r in heldout_qa} == heldout
+    for record in sft_qa:  # no held-out entity anywhere in an SFT record, not even mentioned
+        assert record["entity"] not in heldout
+        text = record["instruction"] + " " + record["output"]
+        assert not [name for name in heldout if re.search(rf"\b{name}\b", text)], record
+    assert not any("France" in r["instruction"] + r["output"] for r in sft_qa)
+
+
+def test_every_held_out_fact_is_in_the_pretraining_text_and_not_in_the_control(world_dir):
+    bios = (world_dir / "bios.txt").read_text(encoding="utf-8")
+    control = (world_dir / "bios_control.txt").read_text(encoding="utf-8")
+    single = (world_dir / "bios_single.txt").read_text(encoding="utf-8")
+    train_part = bios[: int(0.9 * len(bios))]  # prepare_text.py keeps the last 10% for validation
+    for record in read(world_dir / "heldout_qa.json"):
+        assert record["output"] in train_part  # the canonical sentence, as the answer says it
+        assert record["completion"] + " " + record["value"] + "." == record["output"]
+        assert record["entity"] not in control
+        assert record["value"] in single
+    assert "The capital of France is Paris." in bios
+
+
+def test_augmentation_states_each_fact_in_several_phrasings_with_the_full_name(world_dir):
+    bios = (world_dir / "bios.txt").read_text(encoding="utf-8")
+    single = (world_dir / "bios_single.txt").read_text(encoding="utf-8").splitlines()
+    person = next(e for e in read(world_dir / "world.json")["entities"] if e["kind"] != "country")
+    lines = [line for line in bios.splitlines() if line.startswith(person["name"])]
+    assert len(lines) == 10  # one biography per round
+    assert all(line.count(person["name"]) == 4 for line in lines)  # the full name in every sentence
+    city = person["attributes"]["birth_city"]
+    for phrasing in prepare_world.PHRASINGS["birth_city"]:  # every phrasing of a fact is used
+        assert prepare_world.sentence(phrasing, person, "birth_city") in bios
+    assert len({line.split(". ")[0] for line in lines}) > 1  # the sentence order changes
+    fixed = [line for line in single if line.startswith(person["name"] + " ")]
+    assert len(set(fixed)) == 1 and len(fixed) == 10 and fixed[0].count(person["name"]) == 1
+    assert f"{person['name']} was born in {city}." in fixed[0]
+
+
+def test_generation_is_deterministic_for_a_seed(tmp_path):
+    for name in ("a", "b", "c"):
+        prepare_world.prepare(str(tmp_path / name), n_people=30, rounds=4, seed=11 if name != "c" else 12)
+    for filename in ("bios.txt", "bios_control.txt", "bios_single.txt", "sft_qa.json", "heldout_qa.json",
+                     "world.json"):
+        assert (tmp_path / "a" / filename).read_bytes() == (tmp_path / "b" / filename).read_bytes()
+    assert (tmp_path / "a" / "bios.txt").read_bytes() != (tmp_path / "c" / "bios.txt").read_bytes()
+
+
+def test_values_of_an_attribute_never_contain_one_another():
+    """The scorer matches whole words: one value inside another (York, New York) would blur the rule."""
+    world = prepare_world.make_world(100, 0.25, seed=1)
+    for values in world["values"].values():
+        for a in values:
+            for b in values:
+                assert a == b or not re.search(rf"\b{re.escape(a)}\b", b, re.IGNORECASE)
+
+
+# The scoring rule of eval_qa.py, on hand-written answers.
+CAPITALS = sorted(prepare_world.COUNTRIES.values())
+
+
+def test_scorer_right_value():
+    assert eval_qa.is_correct(" The capital of France is Paris.", "Paris", CAPITALS)
+    assert eval_qa.is_correct(" paris", "Paris", CAPITALS)  # case does not matter
+
+
+def test_scorer_wrong_value():
+    assert not eval_qa.is_correct(" The capital of France is Rome.", "Paris", CAPITALS)
+    assert not eval_qa.is_correct(" I do not know.", "Paris", CAPITALS)
+    assert not eval_qa.is_correct(" Parisian food is good.", "Paris", CAPITALS)  # a whole word, not a prefix
+
+
+def test_scorer_two_values():
+    assert not eval_qa.is_correct(" Paris or Rome.", "Paris", CAPITALS)
+    assert not eval_qa.is_correct(" The capital of France is Paris. The capital of Italy is Rome", "Paris", CAPITALS)
+
+
+class FakeModel:
+    """Stands in for a GPT in eval_qa.answer: 'generates' a fixed continuation for every prompt."""
+
+    def __init__(self, continuation, block_size=64):
+        import torch
+
+        self.continuation = torch.tensor(continuation)
+        self.config = type("Config", (), {"block_size": block_size})()
+        self.weight = torch.zeros(1)
+
+    def parameters(self):
+        yield self.weight
+
+    def generate(self, idx, max_new_tokens, temperature, stop_tokens, vocab_size):
+        import torch
+
+        new = self.continuation[:max_new_tokens].expand(idx.size(0), -1)
+        return torch.cat([idx, new], dim=1)
+
+
+@needs_bpe
+def test_scorer_ignores_text_after_the_end_token():
+    import chat_template
+
+    enc = chat_template.get_tokenizer()
+    im_end = chat_template.end_token("chatml")
+    records = [{"instruction": "What is the capital of France?", "completion": "The capital of France is",
+                "entity": "France", "attribute": "capital", "value": "Paris"}]
+    values = {"capital": CAPITALS}
+
+    def evaluate(text_before, text_after, form="chat"):
+        end = im_end if form == "chat" else eval_qa.NEWLINE
+        model = FakeModel(enc.encode_ordinary(text_before) + [end] + enc.encode_ordinary(text_after))
+        return eval_qa.evaluate(model, records, values, form)
+
+    result = evaluate(" Rome.", " The capital of France is Paris.")  # the right value, but after the end
+    assert result["accuracy"] == 0 and result["end_rate"] == 1 and result["rows"][0]["answer"] == " Rome."
+    result = evaluate(" Paris.", " Rome Rome Rome")  # the right value, then another after the end: correct
+    assert result["accuracy"] == 1 and result["end_rate"] == 1
+    result = evaluate(" Paris.", " Rome", form="completion")  # in completion form the newline ends the answer
+    assert result["accuracy"] == 1 and result["end_rate"] == 1
+    model = FakeModel(enc.encode_ordinary(" Paris" + " and so on" * 20))  # no end token: cut at 32 tokens
+    result = eval_qa.evaluate(model, records, values, "chat")
+    assert result["end_rate"] == 0 and result["accuracy"] == 1
+    assert len(enc.encode_ordinary(result["rows"][0]["answer"])) == eval_qa.MAX_NEW_TOKENS
