@@ -42,8 +42,7 @@ def load(source: str, device: str = "cpu"):
     """A checkpoint folder (or .pt) -> the model, in fp32 so that answers are the same on every machine."""
     from sample import load_model  # the one call of sample.load_model in this experiment
 
-    model, _, _ = load_model(source, device, torch.float32)
-    return model
+    return load_model(source, device, torch.float32).model
 
 
 def prompt_ids(record: dict, form: str) -> list[int]:

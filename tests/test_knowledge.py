@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import ROOT, needs_bpe
 
-pytestmark = needs_bpe
+pytestmark = [needs_bpe, pytest.mark.slow]  # minutes of CPU: `python -m pytest -m slow` (CI runs it)
 
 
 def run_experiment(out, *args):
