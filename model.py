@@ -45,7 +45,8 @@ def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) 
     """
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     has_target = targets != IGNORE_INDEX  # prompt and padding: no logits are computed for them at all
-    loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target])
+    # Under no_grad (evaluation) only the loss is wanted: the two gradient matmuls are skipped.
+    loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target], torch.is_grad_enabled())
     return loss_sum / has_target.sum().clamp(min=1)
 
 
@@ -56,30 +57,32 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     recomputed in the backward pass: the fused linear-cross-entropy of Liger-Kernel and torchtune."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets):
-        rows = max(1, LOSS_CHUNK // weight.size(0))
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(h) if want_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
-        fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
+    def forward(ctx, h, weight, targets, grad_enabled):
+        rows_per_chunk = max(1, LOSS_CHUNK // weight.size(0))
+        needs_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        grad_h = torch.empty_like(h) if needs_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no temporaries.
+        plain_fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-        for i in range(0, h.size(0), rows):
-            h_chunk, t_chunk = h[i : i + rows], targets[i : i + rows]
+        for i in range(0, h.size(0), rows_per_chunk):
+            h_chunk, t_chunk = h[i : i + rows_per_chunk], targets[i : i + rows_per_chunk]
             logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under bf16 autocast
             # loss = logsumexp(logits) - logits[target], computed in place: no second buffer of this size
             target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
-            top = logits.max(dim=-1, keepdim=True).values
-            probs = logits.sub_(top).exp_()
-            total = probs.sum(dim=-1, keepdim=True)
-            loss_sum += (top.squeeze(1) + total.squeeze(1).log() - target_logit).sum()
-            if want_grad:
-                dlogits = probs.div_(total)  # d loss / d logits = softmax - one_hot(target)
+            row_max = logits.max(dim=-1, keepdim=True).values
+            probs = logits.sub_(row_max).exp_()
+            sum_exp = probs.sum(dim=-1, keepdim=True)
+            loss_sum += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
+            if needs_grad:
+                dlogits = probs.div_(sum_exp)  # d loss / d logits = softmax - one_hot(target)
                 dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-                if fp32:  # written straight into the gradients, no temporaries
-                    torch.mm(dlogits, weight, out=grad_h[i : i + rows])
+                if plain_fp32:
+                    torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
                     grad_weight.addmm_(dlogits.t(), h_chunk)
-                else:  # autocast picks the matmuls' precision (bf16), as it does for the rest of the model
-                    grad_h[i : i + rows] = dlogits @ weight
+                else:  # bf16/fp16 weights, or autocast, which then picks the matmuls' precision as elsewhere
+                    dlogits = dlogits.to(weight.dtype)
+                    grad_h[i : i + rows_per_chunk] = dlogits @ weight
                     grad_weight += dlogits.t() @ h_chunk
         ctx.save_for_backward(grad_h, grad_weight)
         ctx.weight_dtype = weight.dtype
@@ -88,7 +91,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_weight = ctx.saved_tensors
-        return grad_h * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None
+        return grad_h * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None
 
 
 class CausalSelfAttention(nn.Module):

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+from unittest import mock
 
 import pytest
 import torch
@@ -472,6 +473,35 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, dt
     for got, want in zip(ours_grads, (h.grad, weight.grad), strict=True):
         assert got.dtype == want.dtype
         assert torch.allclose(got, want, atol=tol, rtol=tol)
+
+
+def test_loss_with_bf16_weights_and_no_autocast():
+    """sample.py --eval_text runs the loss on bf16 weights without autocast (its weights are cast for speed):
+    the loss must be PyTorch's on the same bf16 logits, in training mode and under no_grad alike."""
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=1, n_head=2, n_embd=16)).to(torch.bfloat16)
+    idx, targets = random_idx(97, (3, 16), seed=22), _masked_targets((3, 16), 97, seed=23)
+    logits = model(idx)[0].float()
+    ref = F.cross_entropy(logits.view(-1, 97), targets.view(-1), ignore_index=-100)
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - ref.item()) < 1e-4
+    loss.backward()
+    assert model.transformer.wte.weight.grad.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert abs(model(idx, targets)[1].item() - ref.item()) < 1e-4
+
+
+def test_loss_under_no_grad_does_no_gradient_work():
+    """Evaluation (estimate_loss, --eval_text) runs under no_grad: the loss must not form the gradient too,
+    which would triple the output layer's work."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
+    idx = random_idx(50, (2, 8), seed=24)
+    with torch.no_grad(), mock.patch.object(torch, "mm", wraps=torch.mm) as mm:
+        model(idx, idx)
+    assert not mm.called, "a gradient matmul ran under no_grad"
+    with mock.patch.object(torch, "mm", wraps=torch.mm) as mm:
+        model(idx, idx)
+    assert mm.called, "the check above is vacuous: torch.mm is what forms the fp32 gradient"
 
 
 def test_config_json_is_read_not_assumed(tmp_path):
