@@ -173,12 +173,15 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes)
         return model_from_checkpoint(checkpoint, dropout=config.dropout), checkpoint
     if proc.local_rank != 0:
         proc.barrier()  # one process per machine downloads GPT-2; the others then read it from the cache
+    model, error = None, None
     try:
         model = GPT.from_pretrained(init_from, vocab_size=config.vocab_size, dropout=config.dropout)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
-        raise UserError(f"init_from={init_from}: {e}") from None
+        error = e
     if proc.local_rank == 0:
-        proc.barrier()
+        proc.barrier()  # reached on failure too, or the other processes would wait here forever
+    if error is not None:
+        raise UserError(f"init_from={init_from}: {error}")
     return model, None
 
 
@@ -267,10 +270,11 @@ def prepare_on_demand(data_dir: str, default_dir: str, script: str, proc: Proces
         if proc.local_rank == 0:  # once per machine: nodes need not share a filesystem
             print(f"prepared data not found; running: python {script} --out_dir {data_dir}")
             here = os.path.dirname(os.path.abspath(__file__))
-            if subprocess.run([sys.executable, os.path.join(here, script), "--out_dir", data_dir]).returncode != 0:
-                raise UserError(f"python {script} --out_dir {data_dir} failed (its message is above); fix that "
-                                f"and run again")
-        proc.barrier()
+            subprocess.run([sys.executable, os.path.join(here, script), "--out_dir", data_dir])  # speaks for itself
+        proc.barrier()  # reached on failure too, or the other processes would wait here forever
+        if not os.path.exists(os.path.join(data_dir, "meta.json")):
+            raise UserError(f"python {script} --out_dir {data_dir} failed (its message is above); fix that and "
+                            f"run again")
     with open(os.path.join(data_dir, "meta.json")) as f:
         return json.load(f)
 

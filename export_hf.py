@@ -312,8 +312,8 @@ def check_out(out: str, force: bool) -> None:
 
 def export(ckpt: str, out: str, force: bool = False) -> dict:
     """Write the export of checkpoint ckpt into folder out. Returns a summary (for main's printout)."""
-    ckpt_file = os.path.abspath(checkpoint_path(ckpt))
-    if os.path.commonpath([ckpt_file, os.path.abspath(out)]) == os.path.abspath(out):
+    ckpt_file = os.path.realpath(checkpoint_path(ckpt))  # realpath: a symlinked --out must not slip past
+    if os.path.commonpath([ckpt_file, os.path.realpath(out)]) == os.path.realpath(out):
         raise ExportError(f"--out={out} holds the checkpoint {ckpt_file}: --force would delete it; "
                           f"choose another --out (e.g. {out.rstrip('/')}_hf)")
     check_out(out, force)  # both checks before the (slow) load, and again before the rename

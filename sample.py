@@ -176,19 +176,28 @@ def read_prompts(args) -> list[str]:
         return held_out_instructions(data_dir, args.num_prompts, split)
     if args.prompts_file is None:
         return []
-    with open(args.prompts_file, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"--prompts_file={args.prompts_file}: {e.strerror}") from None
     if not args.prompts_file.endswith(".json"):
         return [line for line in text.splitlines() if line.strip()]
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--prompts_file={args.prompts_file}: not valid JSON ({e})") from None
+    if not isinstance(items, list):
+        raise UserError(f"--prompts_file={args.prompts_file}: expected a JSON list of strings or records")
     prompts = []
-    for i, item in enumerate(json.loads(text)):  # strings, or Alpaca-style records
+    for i, item in enumerate(items):  # strings, or Alpaca-style records
         if isinstance(item, dict) and isinstance(item.get("instruction"), str):
             extra = item.get("input") or ""
             prompts.append(item["instruction"] + ("\n\n" + extra if extra.strip() else ""))
         elif isinstance(item, str):
             prompts.append(item)
         else:
-            raise SystemExit(f"{args.prompts_file}: item {i} is neither a string nor an object with 'instruction'")
+            raise UserError(f"{args.prompts_file}: item {i} is neither a string nor an object with 'instruction'")
     return prompts
 
 
@@ -232,7 +241,7 @@ def chat(m: Loaded, template: str, system: list[dict], args, device: str) -> Non
         ids = fit_history(history, template, room)
         print("assistant: ", end="", flush=True)
         new, _ = respond(m.model, ids, template, args, device, stream=True)
-        history.append({"role": "assistant", "content": get_tokenizer().decode(new)})
+        history.append({"role": "assistant", "content": get_tokenizer().decode(new).strip()})
 
 
 def answer_prompts(models: list[Loaded], prompts: list[str], template: str, system: list[dict], args,
@@ -254,7 +263,7 @@ def answer_prompts(models: list[Loaded], prompts: list[str], template: str, syst
                     out.write(json.dumps({"prompt": prompt, "model": m.label, "template": template,
                                           "system_prompt": system[0]["content"] if system else None,
                                           "settings": settings, "sample": k,
-                                          "response": get_tokenizer().decode(new),
+                                          "response": get_tokenizer().decode(new).strip(),
                                           "stopped": ending == "end token", "n_tokens": len(new)}) + "\n")
     if out:
         out.close()

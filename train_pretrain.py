@@ -70,7 +70,7 @@ globals().update(config)
 # ----------------------------------------------------------------------------------------------------------
 # Processes and devices: one process per GPU under torchrun (DDP), else a single process. See common.py.
 proc = common.setup_processes(device, dtype, seed)
-ctx = proc.autocast()  # bf16/fp16 autocast, or nothing for fp32
+autocast = proc.autocast()  # bf16/fp16 autocast, or nothing for fp32
 if proc.master:
     print(f"device {proc.device}, dtype {proc.dtype}, {proc.world_size} process(es)")
 
@@ -129,7 +129,7 @@ if meta["vocab_size"] > model.config.vocab_size:
 # ----------------------------------------------------------------------------------------------------------
 
 # The optimizer, and everything a resumed run needs back.
-iter_num, best_val_loss = 0, float("inf")
+iter_num, best_val_loss, tokens_before = 0, float("inf"), 0  # tokens_before: trained on before a resume
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), proc.device_type)
 scaler = torch.amp.GradScaler(proc.device_type, enabled=(proc.dtype == "float16"))
 if init_from == "resume":
@@ -137,10 +137,12 @@ if init_from == "resume":
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    tokens_before = checkpoint.get("tokens", 0)
     data_state.update(checkpoint["data_state"])
     common.restore_rng_state(checkpoint["rng_state"], proc)
+    evaluates_again = iter_num % eval_interval == 0 or iter_num >= max_iters  # the loop's, or the final one
     if proc.master:
-        common.truncate_metrics(out_dir, iter_num, evaluates_again=iter_num % eval_interval == 0)
+        common.truncate_metrics(out_dir, iter_num, evaluates_again)
 if proc.master:
     common.remove_stale_temp_files(out_dir)
 checkpoint = None  # free the memory
@@ -172,7 +174,7 @@ def estimate_loss():
         loss_sum, n_targets = 0.0, 0
         for k in range(eval_iters):
             X, Y = get_batch(split, k)
-            with ctx:
+            with autocast:
                 _, loss = model(X, Y)
             n = int((Y != -100).sum())
             loss_sum, n_targets = loss_sum + loss.item() * n, n_targets + n
@@ -194,7 +196,7 @@ def save_checkpoint(path, with_optimizer=True):
              "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta}
     if with_optimizer:
         state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), data_state=data_state,
-                     rng_state=rng_states)
+                     rng_state=rng_states, tokens=tokens_before + tokens_seen)
     try:
         common.save_atomic(state, path)
     except OSError as e:
@@ -253,7 +255,7 @@ try:
         for micro_step, (X, Y) in enumerate(batches):
             if proc.ddp:  # sync gradients across processes only once, after the last micro-batch
                 model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-            with ctx:
+            with autocast:
                 _, loss = model(X, Y)
             # Weight each micro-batch by its share of the step's target tokens: the step then minimises the mean
             # over all its targets, exactly as one big batch would, however the targets fall into micro-batches.
@@ -275,7 +277,7 @@ try:
             if proc.ddp:
                 dist.all_reduce(step_loss)
             elapsed = time.time() - t0
-            record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "tokens": tokens_seen,
+            record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "tokens": tokens_before + tokens_seen,
                       "tokens_per_s": tokens_seen / elapsed, "targets_per_s": targets_seen / elapsed}
             if proc.master:
                 log_metrics(record)

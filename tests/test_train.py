@@ -413,6 +413,10 @@ def test_resume_reproduces_uninterrupted_run(resume_runs, script):
     lrs_a = {r["iter"]: r["lr"] for r in metrics(resumed) if "lr" in r}
     lrs_b = {r["iter"]: r["lr"] for r in metrics(straight) if "lr" in r}
     assert lrs_a == lrs_b
+    # the tokens-seen count (plot.py's x axis) goes on from the checkpoint instead of starting again at 0
+    tokens_a = {r["iter"]: r["tokens"] for r in metrics(resumed) if "tokens" in r}
+    tokens_b = {r["iter"]: r["tokens"] for r in metrics(straight) if "tokens" in r}
+    assert tokens_a == tokens_b and len(tokens_a) == 2 * K
     # the resumed run started at step k: it logged no training step twice
     assert [r["iter"] for r in metrics(resumed) if "loss" in r] == list(range(1, 2 * K + 1))
 
@@ -559,7 +563,7 @@ def test_script_stops_on_wrong_type(config_error_runs):
 # 6. checkpoints: atomic, complete, and a seed for a new run
 
 CKPT_KEYS = {"model", "model_args", "config", "iter_num", "best_val_loss", "meta", "optimizer", "data_state",
-             "rng_state", "scaler"}
+             "rng_state", "scaler", "tokens"}
 
 
 @needs_bpe
@@ -570,7 +574,7 @@ def test_checkpoints_are_complete_and_atomic(resume_runs, one_step_runs):
         ckpt = load_ckpt(os.path.join(d, "ckpt.pt"))
         assert set(ckpt) == CKPT_KEYS
         best = load_ckpt(os.path.join(d, "best.pt"))
-        assert set(best) == CKPT_KEYS - {"optimizer", "scaler", "data_state", "rng_state"}
+        assert set(best) == CKPT_KEYS - {"optimizer", "scaler", "data_state", "rng_state", "tokens"}
         assert best["iter_num"] > 0 and best["best_val_loss"] == min(e["val_loss"] for e in evals(d))
 
 
