@@ -8,8 +8,8 @@
 # epoch, 67% of them targets). Not yet measured on a GPU (see BENCHMARKS.md); estimates: the FLOPs
 # (6 x 124M x 13.1M = 1e16) are under a minute of an H100, but micro-batches of 16 short examples leave a
 # GPU mostly waiting on kernel launches, so expect ~5-10 minutes with dtype='auto' (bf16) and compile=True.
-# Memory is dominated by the logits of the longest batches (up to 16 x 1023 target positions x 50304): an
-# estimated ~10-12 GB peak at batch 16.
+# Memory: the loss computes the logits a chunk at a time (model.LOSS_CHUNK), so activations and AdamW's state
+# set the peak, not the 50304-wide output layer; not yet measured on a GPU.
 # For a better model: --init_from=gpt2-medium (355M) --batch_size=8 --gradient_accumulation_steps=16.
 out_dir = "out/gpt2_alpaca"
 init_from = "gpt2"
