@@ -158,6 +158,7 @@ def test_a_wrong_type_says_an_int(capsys):
     assert "must be a float" in user_error(capsys, load_config, {"dropout": 0.0}, ["--dropout=x"])
 
 
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path, capsys):
     if script == "train_sft.py":  # 24 examples; a step of 8 x 4 needs 32
@@ -286,6 +287,7 @@ def processes(sft_data, tmp_path_factory):
     return {"mistakes": (mistakes, results), "sigint": (cut, command[1:], proc.returncode, err)}
 
 
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 def test_real_processes_exit_2_with_one_line(processes):
     mistakes, results = processes["mistakes"]
     for (code, err), expected in zip(results, ["out/shakespear does not exist"], strict=True):
@@ -294,6 +296,7 @@ def test_real_processes_exit_2_with_one_line(processes):
     assert tree(mistakes) == {"out"}, "no out_dir, no cache folder"
 
 
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 def test_sigint_saves_nothing_torn_and_resume_continues_the_curve(processes, capsys):
     """Ctrl-C mid-run: one line naming the last checkpoint, no .tmp. Resuming from that checkpoint runs the
     steps after it again and must give the losses the interrupted run logged for them (the same curve), and
@@ -319,6 +322,7 @@ def test_sigint_saves_nothing_torn_and_resume_continues_the_curve(processes, cap
         assert abs(after[it] - before[it]) <= 1e-6 * abs(before[it]), f"step {it}: {after[it]} vs {before[it]}"
 
 
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_path, capsys, monkeypatch):
     """SIGKILL between the temp write and the rename leaves a torn ckpt.pt.tmp beside the real ckpt.pt
     (save_atomic's cleanup never runs): simulated by writing exactly that. Resume must load ckpt.pt and go
@@ -348,6 +352,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_pat
     assert "ckpt.pt does not exist: there is nothing to resume" in line
 
 
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(sft_data, tmp_path, capsys, monkeypatch):
     """The second ckpt.pt write fails with ENOSPC after half its bytes: the run stops with one line saying the
     previous checkpoint is intact, that checkpoint loads, no temp file stays, and resuming from it works."""
