@@ -122,6 +122,16 @@ mutation("generation samples padded vocabulary rows", FAST,
          [("model.py", "                logits = logits[:, :vocab_size]\n", "                logits = logits\n")])
 
 
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def run_tests(copy, tests, timeout):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TIKTOKEN_CACHE_DIR", None)  # the copy's conftest points it at ../shared
@@ -150,19 +160,18 @@ def main():
             edits = m[args.version]
             originals, missing = {}, []
             for path, find, replace in edits:
-                full = os.path.join(copy, path)
-                current = open(full).read()
+                current = read(os.path.join(copy, path))
                 originals.setdefault(path, current)
                 if find not in current:
                     missing.append(f"{path}: {find!r}")
                     continue
-                open(full, "w").write(current.replace(find, replace, 1))
+                write(os.path.join(copy, path), current.replace(find, replace, 1))
             if missing:
                 outcome, seconds = "text not found: " + "; ".join(missing), 0.0
             else:
                 outcome, seconds = run_tests(copy, m["tests"], args.timeout)
             for path, text in originals.items():
-                open(os.path.join(copy, path), "w").write(text)
+                write(os.path.join(copy, path), text)
             results.append({"mutation": m["name"], "outcome": outcome, "seconds": round(seconds, 1)})
             print(f"{outcome:>9}  {seconds:6.1f}s  {m['name']}", flush=True)
     finally:
@@ -182,6 +191,6 @@ def check_texts(repo: str, version: str) -> list[str]:
     missing = []
     for m in M:
         for path, find, _ in m[version]:
-            if find not in open(os.path.join(repo, path)).read():
+            if find not in read(os.path.join(repo, path)):
                 missing.append(f"{m['name']}: {path}: {find!r}")
     return missing
