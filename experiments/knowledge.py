@@ -102,10 +102,23 @@ def main() -> None:
     world_dir, logs, answers_dir = (os.path.join(out, name) for name in ("world", "logs", "answers"))
     for folder in (out, logs, answers_dir):
         os.makedirs(folder, exist_ok=True)
+    scale_file, scale_name = os.path.join(out, "scale.txt"), "quick" if args.quick else "full"
+    if args.reuse and os.path.exists(scale_file) and open(scale_file).read() != scale_name:
+        raise SystemExit(f"--reuse: {out} holds a run of another scale; give it a --out_dir of its own")
+    with open(scale_file, "w") as f:
+        f.write(scale_name)  # so that --reuse never takes a --quick model for a full one, or the reverse
+
+    def finished(ckpt: str) -> bool:
+        """--reuse takes a run only if it ended, not one cut off mid-way."""
+        path = os.path.join(ckpt, "ckpt.pt")
+        if not os.path.exists(path):
+            return False
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return checkpoint["iter_num"] >= checkpoint["config"]["max_iters"]
 
     def pretrain(name: str, text_dir: str) -> str:
         ckpt = os.path.join(out, name)
-        if args.reuse and os.path.exists(os.path.join(ckpt, "ckpt.pt")):
+        if args.reuse and finished(ckpt):
             return ckpt
         run(["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}", f"--out_dir={ckpt}",
              *scale["pretrain"]], os.path.join(logs, f"{name}.log"))
@@ -113,7 +126,7 @@ def main() -> None:
 
     def sft(name: str, base: str, data_dir: str) -> str:
         ckpt = os.path.join(out, name)
-        if args.reuse and os.path.exists(os.path.join(ckpt, "ckpt.pt")):
+        if args.reuse and finished(ckpt):
             return ckpt
         run(["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
              f"--out_dir={ckpt}", *scale["sft"]], os.path.join(logs, f"{name}.log"))
