@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import hf_checkpoint
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's convention for "no target here"
-LOSS_CHUNK = 2**27  # logits the loss holds at once, at most: 512 MB in fp32 (whole rows of vocab_size)
+LOSS_CHUNK = 2**28  # logits the loss holds at once, at most: 1 GB in fp32 (whole rows of vocab_size)
 
 
 @dataclass
