@@ -45,6 +45,11 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def device_type(device: str) -> str:
+    """'cuda:1' -> 'cuda': what autocast, the dtype choice and the optimizer want."""
+    return "cuda" if device.startswith("cuda") else device
+
+
 def cpu_has_native_bf16() -> bool:
     """True on x86 CPUs with bf16 dot-product instructions; elsewhere bf16 is emulated and slower than fp32."""
     try:
@@ -123,14 +128,14 @@ def setup_processes(device: str, dtype: str, seed: int) -> Processes:
         else:  # CPU processes share the cores instead of each taking all of them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    device_type = "cuda" if device.startswith("cuda") else device
     torch.manual_seed(seed + rank)
-    if device_type == "cuda":
+    kind = device_type(device)
+    if kind == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if device_type == "cpu":
+    if kind == "cpu":
         tune_cpu_allocator()
-    return Processes(ddp, rank, local_rank, world_size, device, device_type, pick_dtype(dtype, device_type))
+    return Processes(ddp, rank, local_rank, world_size, device, kind, pick_dtype(dtype, kind))
 
 
 # ----------------------------------------------------------------------------------------------------------

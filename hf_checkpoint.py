@@ -32,9 +32,11 @@ def cache_root() -> str:
 def looks_local(name: str) -> bool:
     """A path, never a hub id: it exists, starts like a path, has more than one '/', or its first part is a
     local folder (out/shakespear is a typo of a folder in out/, not the hub repo 'out/shakespear')."""
-    first = name.split("/")[0]
-    return (os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/"
-            and os.sep in name or ("/" in name and os.path.isdir(first)))
+    if os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    if os.sep != "/" and os.sep in name:  # a Windows path
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
 
 
 def find(name: str, cache_dir: str | None = None) -> str:

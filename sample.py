@@ -303,7 +303,7 @@ def main(argv=None):
         p.error("nothing to do: give --prompt, --prompts_file, --prompts_from, --chat or --eval_text")
 
     device = common.pick_device(args.device)
-    dtype = common.DTYPES[common.pick_dtype(args.dtype, "cuda" if device.startswith("cuda") else device)]
+    dtype = common.DTYPES[common.pick_dtype(args.dtype, common.device_type(device))]
     # The models: the fine-tuned one last. A checkpoint also tells us which model it was fine-tuned from.
     models = [load_model(local_checkpoint(args.ckpt), device, dtype, "fine-tuned")] if args.ckpt else []
     if args.compare or not args.ckpt:
