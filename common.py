@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import lora
 from model import GPT, GPTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -152,9 +153,17 @@ def load_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only, no code
 
 
-def model_from_checkpoint(checkpoint: dict, **overrides) -> GPT:
+def model_from_checkpoint(checkpoint: dict, merge: bool = True, **overrides) -> GPT:
+    """The checkpoint's model. A LoRA run's (lora_rank > 0) is rebuilt with its adapters, then merged into a plain
+    GPT unless merge=False (resuming that run)."""
     model = GPT(GPTConfig(**(checkpoint["model_args"] | overrides)))
+    settings = checkpoint.get("config", {})
+    if settings.get("lora_rank", 0) > 0:
+        lora.apply_lora(model, settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"],
+                        settings["lora_dropout"])
     model.load_state_dict(checkpoint["model"])
+    if settings.get("lora_rank", 0) > 0 and merge:
+        lora.merge_lora(model)
     return model
 
 
@@ -169,7 +178,7 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes)
             raise UserError(f"init_from=resume, but {out_dir}/ckpt.pt does not exist: there is nothing to resume "
                             f"(check out_dir, or start with init_from=scratch or a model)")
         checkpoint = load_checkpoint(path)
-        return model_from_checkpoint(checkpoint), checkpoint
+        return model_from_checkpoint(checkpoint, merge=False), checkpoint
     if init_from == "scratch":
         return GPT(config), None
     path = checkpoint_path(init_from)
@@ -190,14 +199,44 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes)
     return model, None
 
 
+def add_lora(model: GPT, rank: int, alpha: float, targets: str, dropout: float) -> None:
+    """lora.apply_lora, with a bad setting as one clear line."""
+    try:
+        lora.apply_lora(model, rank, alpha, targets, dropout)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def trainable_summary(model: GPT) -> str:
+    """What the optimizer will update: 'training all 124.48M weights', or with LoRA 'training 811,008 of
+    125.29M weights (0.65%)'."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == total:
+        return f"training all {total / 1e6:.2f}M weights"
+    return f"training {trainable:,} of {total / 1e6:.2f}M weights ({trainable / total:.2%})"
+
+
 def check_resume(checkpoint: dict, config: dict, world_size: int) -> None:
     """The data loader's position is a count of micro-batches: it only means the same data in the same
-    geometry, so a resumed run must keep batch_size, gradient_accumulation_steps and the process count."""
+    geometry, so a resumed run must keep batch_size, gradient_accumulation_steps and the process count. A LoRA
+    run resumes as one, with the same adapters: the optimizer's state belongs to them."""
     saved = (checkpoint["config"]["batch_size"], checkpoint["config"]["gradient_accumulation_steps"],
              len(checkpoint["rng_state"]))  # one RNG state per process
     if saved != (config["batch_size"], config["gradient_accumulation_steps"], world_size):
         raise UserError(f"resume: the run used batch_size, gradient_accumulation_steps, processes = {saved}; "
                         f"resume it with the same")
+    lora_keys = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+    saved_lora = {k: checkpoint["config"].get(k, config[k]) for k in lora_keys}
+    saved_lora["lora_rank"] = checkpoint["config"].get("lora_rank", 0)  # a checkpoint from before LoRA: none
+    if saved_lora["lora_rank"] == 0 == config["lora_rank"]:
+        return  # neither run uses LoRA: its other settings do not matter
+    if saved_lora["lora_rank"] == 0:
+        raise UserError(f"resume: the run trained every weight (lora_rank=0), not LoRA adapters; resume it without "
+                        f"--lora_rank={config['lora_rank']}")
+    if saved_lora != {k: config[k] for k in lora_keys}:
+        settings = " ".join(f"--{k}={v}" for k, v in saved_lora.items())
+        raise UserError(f"resume: the run was trained with {settings}; resume it with the same settings")
 
 
 def rng_states(proc: Processes) -> list[dict]:

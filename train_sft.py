@@ -49,6 +49,11 @@ block_size = 1024
 vocab_size = 50304  # GPT-2's 50257 plus room for chat tokens, padded to a multiple of 64
 dropout = 0.0
 bias = True
+# LoRA (lora.py): freeze the model and train a low-rank update beside each target layer instead
+lora_rank = 0  # 0 = off: train every weight
+lora_alpha = 16.0  # the update is scaled by lora_alpha / lora_rank
+lora_targets = "c_attn,c_proj,c_fc"  # the layers of each block that get adapters: attention and MLP
+lora_dropout = 0.0
 # optimization
 batch_size = 8  # examples (or windows) per micro-batch, per process
 gradient_accumulation_steps = 1  # micro-batches per step and process: a step sees batch_size x this x processes
@@ -83,9 +88,12 @@ model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_si
                          vocab_size=vocab_size, dropout=dropout, bias=bias)
 model, checkpoint = common.init_model(init_from, out_dir, model_config, proc)
 block_size = model.config.block_size  # a loaded model brings its own context window
+if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters
+    common.add_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
 model.to(proc.device)
 if proc.master:
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}")
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}; "
+          f"{common.trainable_summary(model)}")
 
 
 def to_device(array):

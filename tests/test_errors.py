@@ -158,6 +158,34 @@ def test_a_wrong_type_says_an_int(capsys):
     assert "must be a float" in user_error(capsys, load_config, {"dropout": 0.0}, ["--dropout=x"])
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("args, expected", [
+    (["--lora_rank=-1"], "lora_rank=-1: give a positive rank such as 8 (or 0 for no LoRA: train every weight)"),
+    (["--lora_rank=8", "--lora_targets=q_proj,v_proj"], "lora_targets: unknown layer 'q_proj'; valid names: "
+     "attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, or c_attn, c_proj (both projections), c_fc"),
+])
+def test_bad_lora_settings(script, args, expected, place, capsys):
+    assert user_error(capsys, run_script, script, *args, "--out_dir=run") == f"error: {expected}"
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_resuming_a_lora_run_without_its_settings_and_the_reverse(sft_data, tmp_path, capsys):
+    lora_run, full_run = tmp_path / "lora_run", tmp_path / "full_run"
+    common_args = [f"--data_dir={sft_data}", "--max_iters=1"]
+    run_script("train_sft.py", *common_args, f"--out_dir={lora_run}", "--lora_rank=4")
+    run_script("train_sft.py", *common_args, f"--out_dir={full_run}")
+    capsys.readouterr()
+    before = tree(tmp_path)
+    line = user_error(capsys, run_script, "train_sft.py", *common_args, f"--out_dir={lora_run}", "--init_from=resume")
+    assert line == ("error: resume: the run was trained with --lora_rank=4 --lora_alpha=16.0 "
+                    "--lora_targets=c_attn,c_proj,c_fc --lora_dropout=0.0; resume it with the same settings")
+    line = user_error(capsys, run_script, "train_sft.py", *common_args, f"--out_dir={full_run}", "--init_from=resume",
+                      "--lora_rank=4")
+    assert line == ("error: resume: the run trained every weight (lora_rank=0), not LoRA adapters; resume it "
+                    "without --lora_rank=4")
+    assert tree(tmp_path) == before
+
+
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path, capsys):

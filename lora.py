@@ -1,0 +1,136 @@
+"""
+LoRA (Hu et al. 2021, arXiv 2106.09685): fine-tune a few parameters beside frozen ones.
+
+Each target Linear keeps its pretrained weight W frozen and learns a low-rank update beside it:
+
+    y = x W^T + b + (alpha / rank) * x A^T B^T        A: (rank, in), B: (out, rank)
+
+B starts at zero, so training starts exactly at the pretrained model; A starts like a Linear's weight. Only A
+and B get gradients, so the optimizer keeps two moments for them alone: for GPT-2 XL at rank 8, about 10M
+numbers instead of 1.5B. merge_lora folds B A into W afterwards, leaving a plain GPT.
+
+One more thing must learn: the rows of the tied embedding/output matrix for tokens past GPT-2's vocabulary
+(the chat template's <|im_start|>, <|im_end|>). No base model has learned them (GPT-2's grown rows are all the
+same mean vector), and frozen they would stay equal: the model could never tell "end the answer" from "start
+a turn". So those few rows (vocab_size - 50257 of them) stay trainable, as peft's trainable_token_indices does.
+
+    model = GPT.from_pretrained("gpt2-xl", vocab_size=50304)
+    apply_lora(model, rank=8, alpha=16, targets="c_attn,c_proj,c_fc")   # freezes everything else
+    ... train ...
+    merge_lora(model)                                                    # a plain GPT again
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+FIRST_NEW_TOKEN = 50257  # GPT-2's tokens are 0..50256; the chat template's special tokens follow
+LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the Linear layers of a Block
+
+
+class LoRALinear(nn.Linear):
+    """A Linear with its weight and bias frozen, plus the trainable low-rank update (alpha / rank) B A.
+    It keeps the Linear's weight and bias under their own names, so a checkpoint's keys stay readable."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)  # not nn.Linear's __init__: the weight and bias are the linear's own
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.dropout(x), self.lora_A),
+                                                              self.lora_B) * self.scale
+
+    def merged(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight + (self.lora_B @ self.lora_A) * self.scale)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+class NewTokenRows(nn.Module):
+    """A parametrization of the tied embedding/output weight: its rows up to FIRST_NEW_TOKEN come from the
+    frozen weight, the rows after it from a trainable copy of them."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.rows = nn.Parameter(weight[FIRST_NEW_TOKEN:].detach().clone())
+
+    def forward(self, weight):
+        return torch.cat([weight[:FIRST_NEW_TOKEN], self.rows])
+
+
+def parse_targets(targets: str) -> list[str]:
+    """'c_attn,c_proj,c_fc' -> the block layers it names. A name is a layer's (c_attn, c_fc), or its path in
+    the block (attn.c_proj, mlp.c_proj); c_proj names both projections. Unknown names raise ValueError."""
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"lora_targets={targets!r} names no layer; valid names: {', '.join(LAYERS)}, or c_attn, "
+                         f"c_proj (both projections), c_fc")
+    chosen = set()
+    for name in names:
+        matches = {layer for layer in LAYERS if layer == name or layer.endswith("." + name)}
+        if not matches:
+            raise ValueError(f"lora_targets: unknown layer {name!r}; valid names: {', '.join(LAYERS)}, or c_attn, "
+                             f"c_proj (both projections), c_fc")
+        chosen |= matches
+    return [layer for layer in LAYERS if layer in chosen]  # in the block's order
+
+
+def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str = "c_attn,c_proj,c_fc",
+               dropout: float = 0.0) -> nn.Module:
+    """Freeze every parameter of model (a GPT), then add LoRA adapters to the target layers of every block and
+    make the new tokens' rows trainable (see the module docstring). Weight tying is kept. Returns model."""
+    if not (isinstance(rank, int) and rank > 0):
+        raise ValueError(f"lora_rank={rank}: give a positive rank such as 8 (or 0 for no LoRA: train every weight)")
+    if not alpha > 0:
+        raise ValueError(f"lora_alpha={alpha}: give a positive scale such as 16 (the update is alpha / rank * B A)")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora_dropout={dropout}: give a probability in [0, 1)")
+    layers = parse_targets(targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in model.transformer.h:
+        for layer in layers:
+            parent_name, name = layer.split(".")
+            parent = getattr(block, parent_name)
+            setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
+    if model.config.vocab_size > FIRST_NEW_TOKEN:
+        rows = NewTokenRows(model.transformer.wte.weight)
+        # One parametrization on both uses of the tied weight: the same frozen tensor, the same trainable rows.
+        parametrize.register_parametrization(model.transformer.wte, "weight", rows)
+        parametrize.register_parametrization(model.lm_head, "weight", rows)
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its weight (W + alpha / rank * B A) and the trained rows into the embedding:
+    model becomes a plain GPT again, with the same outputs. Returns model."""
+    for block in model.transformer.h:
+        for layer in LAYERS:
+            parent_name, name = layer.split(".")
+            parent = getattr(block, parent_name)
+            if isinstance(getattr(parent, name), LoRALinear):
+                setattr(parent, name, getattr(parent, name).merged())
+    if parametrize.is_parametrized(model.transformer.wte, "weight"):
+        parametrize.remove_parametrizations(model.transformer.wte, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(model.lm_head, "weight", leave_parametrized=False)
+        model.lm_head.weight = model.transformer.wte.weight  # tied again: one Parameter, two uses
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
