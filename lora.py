@@ -50,8 +50,12 @@ class LoRALinear(nn.Linear):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.dropout(x), self.lora_A),
-                                                              self.lora_B) * self.scale
+        out = F.linear(x, self.weight, self.bias)
+        if self.dropout.p > 0:  # (dropout at p = 0 would still copy x, and keep the copy for the backward pass)
+            x = self.dropout(x)
+        # Added in place, scale included: no output-sized temporaries (the frozen matmul's output is not kept
+        # for the backward pass, so overwriting it is safe).
+        return out.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
 
     def merged(self) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -113,8 +117,10 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str = "c_attn
     if model.config.vocab_size > FIRST_NEW_TOKEN:
         rows = NewTokenRows(model.transformer.wte.weight)
         # One parametrization on both uses of the tied weight: the same frozen tensor, the same trainable rows.
-        parametrize.register_parametrization(model.transformer.wte, "weight", rows)
-        parametrize.register_parametrization(model.lm_head, "weight", rows)
+        # (unsafe: skip the trial call that checks the result's shape, two copies of the whole matrix; it is
+        # the weight's own shape by construction)
+        parametrize.register_parametrization(model.transformer.wte, "weight", rows, unsafe=True)
+        parametrize.register_parametrization(model.lm_head, "weight", rows, unsafe=True)
     return model
 
 

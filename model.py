@@ -59,9 +59,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, grad_enabled):
         rows_per_chunk = max(1, LOSS_CHUNK // weight.size(0))
-        needs_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        grad_h = torch.empty_like(h) if needs_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
+        # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its weight.
+        needs_grad_h, needs_grad_weight = (grad_enabled and needed for needed in ctx.needs_input_grad[:2])
+        needs_grad = needs_grad_h or needs_grad_weight
+        grad_h = torch.empty_like(h) if needs_grad_h else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
         # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no temporaries.
         plain_fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -77,12 +79,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             if needs_grad:
                 dlogits = probs.div_(sum_exp)  # d loss / d logits = softmax - one_hot(target)
                 dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-                if plain_fp32:
-                    torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
-                    grad_weight.addmm_(dlogits.t(), h_chunk)
-                else:  # bf16/fp16 weights, or autocast, which then picks the matmuls' precision as elsewhere
+                if not plain_fp32:  # bf16/fp16 weights, or autocast, which then picks the matmuls' precision
                     dlogits = dlogits.to(weight.dtype)
+                if needs_grad_h and plain_fp32:
+                    torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
+                elif needs_grad_h:
                     grad_h[i : i + rows_per_chunk] = dlogits @ weight
+                if needs_grad_weight and plain_fp32:
+                    grad_weight.addmm_(dlogits.t(), h_chunk)
+                elif needs_grad_weight:
                     grad_weight += dlogits.t() @ h_chunk
         ctx.save_for_backward(grad_h, grad_weight)
         ctx.weight_dtype = weight.dtype
@@ -91,7 +96,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_weight = ctx.saved_tensors
-        return grad_h * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None
+        return (grad_h * grad_loss if grad_h is not None else None,
+                (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None, None, None)
 
 
 class CausalSelfAttention(nn.Module):

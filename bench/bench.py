@@ -7,7 +7,7 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (b) generation: ours with the KV cache, without it (a plain loop), with bf16 weights; HF generate
     (c) the SFT loader of train_sft.py: share of real (non-pad) and target tokens in its batches
     (d) prepare_alpaca.prepare time, 5,000 real records and 52,002 (the 5,000 repeated)
-    (e) peak memory of one SFT train step (fresh subprocess)
+    (e) peak memory of SFT train steps (fresh subprocess): full fine-tuning vs LoRA r=8; GPT-2 XL projected
     (f) AdamW: default vs foreach vs fused
     (g) allocator: glibc's default vs tune_cpu_allocator()
     (h) CUDA only: GPT-2 124M SFT step with bf16 autocast + torch.compile, tokens/s and MFU
@@ -41,6 +41,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: bench/ is one level down
 sys.path.insert(0, ROOT)
 
+import lora  # noqa: E402
 from common import DTYPES, cpu_has_native_bf16, data_loader_section, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
 from hf_checkpoint import CONV1D_WEIGHTS  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -481,7 +482,10 @@ def memory_probe(spec):
     if dev_type == "cpu":
         tune_cpu_allocator()  # as the trainer does
     torch.manual_seed(1337)
-    model = GPT(GPTConfig(**spec["shape"])).to(dev)
+    model = GPT(GPTConfig(**spec["shape"]))
+    if spec["lora_rank"]:
+        lora.apply_lora(model, spec["lora_rank"], alpha=16.0)
+    model.to(dev)
     optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, dev_type)  # its state is created by step 1
     X, Y = random_batch(model.config.vocab_size, spec["batch"], spec["seq"], dev, SFT_TARGET_SHARE)
     kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
@@ -499,38 +503,68 @@ def memory_probe(spec):
     if dev_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = used()
-    with autocast(spec["dtype"], dev_type):
-        _, loss = model(X, Y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for _ in range(2):  # the second step is the steady state: AdamW's state exists while it runs
+        with autocast(spec["dtype"], dev_type):
+            _, loss = model(X, Y)
+        loss.backward()
+        optimizer.step()
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+        optimizer.zero_grad(set_to_none=True)
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for k, t in s.items() if k != "step")
     sync(dev_type)
-    print(json.dumps({"baseline": baseline, "peak": used(), "params": model.num_params(non_embedding=False)}))
+    print(json.dumps({"baseline": baseline, "peak": used(), "grads": grads, "adamw": state,
+                      "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      "params": sum(p.numel() for p in model.parameters())}))
+
+
+def memory_projection(shape: dict, rank: int) -> dict:
+    """Parameters, trainable ones, and the bytes of weights + gradients + AdamW state of a shape, full vs LoRA
+    (fp32 master weights, as the trainers keep them), counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**shape))
+        n = sum(p.numel() for p in model.parameters())
+        lora.apply_lora(model, rank, alpha=16.0)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params": n, "trainable": trainable, "full_bytes": 16 * n, "lora_bytes": 4 * n + 16 * trainable}
 
 
 def bench_memory(args):
     shape, batch, seq = (TINY, 2, 32) if args.quick else (GPT2_124M, 8, 256)
     auto = pick_dtype("auto", device_type)
-    rows, out = [], {"batch": batch, "seq": seq}
+    rows, out, mib = [], {"batch": batch, "seq": seq}, 1 << 20
     for dtype in ["float32"] + ([auto] if auto != "float32" else []):
-        spec = {"shape": shape, "batch": batch, "seq": seq, "dtype": dtype, "device": device,
-                "threads": torch.get_num_threads()}
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory_probe", json.dumps(spec)],
-                              cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory probe failed:\n{proc.stderr[-3000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        mib = 1 << 20
-        step = r["peak"] - r["baseline"]
-        state = 12 * r["params"]  # fp32 gradients (4 B/param) + AdamW's two moments (8 B/param)
-        rows.append([dtype, f"{r['baseline'] / mib:,.0f}", f"{r['peak'] / mib:,.0f}", f"{step / mib:,.0f}",
-                     f"{state / mib:,.0f}", f"{(step - state) / mib:,.0f}"])
-        out[dtype] = {"baseline_mib": r["baseline"] / mib, "peak_mib": r["peak"] / mib, "step_mib": step / mib}
+        for rank in (0, 8):
+            spec = {"shape": shape, "batch": batch, "seq": seq, "dtype": dtype, "device": device,
+                    "threads": torch.get_num_threads(), "lora_rank": rank}
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory_probe", json.dumps(spec)],
+                                  cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory probe failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            step = r["peak"] - r["baseline"]
+            method = f"LoRA r={rank}" if rank else "full"
+            rows.append([dtype, method, f"{r['trainable']:,} ({r['trainable'] / r['params']:.2%})",
+                         f"{r['grads'] / mib:,.1f}", f"{r['adamw'] / mib:,.1f}", f"{r['baseline'] / mib:,.0f}",
+                         f"{r['peak'] / mib:,.0f}", f"{step / mib:,.0f}"])
+            out[f"{dtype} {method}"] = {"trainable": r["trainable"], "grads_mib": r["grads"] / mib,
+                                        "adamw_mib": r["adamw"] / mib, "baseline_mib": r["baseline"] / mib,
+                                        "peak_mib": r["peak"] / mib, "step_mib": step / mib}
     what = "CUDA max_memory_allocated" if device_type == "cuda" else "VmHWM"
-    show(f"peak memory of one train step ({what}), {shape['n_layer']}L/{shape['n_embd']}d, batch {batch} of seq "
-         f"{seq}", ["dtype", "after model (MiB)", "peak (MiB)", "step adds (MiB)", "grads + AdamW (MiB)",
-                    "activations etc. (MiB)"], rows,
-         ["'after model' includes the Python process and torch itself on CPU; 'step adds' = peak - that"])
+    show(f"peak memory of two train steps ({what}), {shape['n_layer']}L/{shape['n_embd']}d, batch {batch} of seq "
+         f"{seq}", ["dtype", "method", "trained weights", "gradients (MiB)", "AdamW state (MiB)",
+                    "after model (MiB)", "peak (MiB)", "step adds (MiB)"], rows,
+         ["gradients and AdamW state: the tensors' own bytes after the step; 'after model' includes the Python "
+          "process and torch itself on CPU; 'step adds' = peak - that"])
+    gib, projected = 1 << 30, []
+    for name, xl in (("GPT-2 124M", GPT2_124M), ("GPT-2 XL", dict(n_layer=48, n_head=25, n_embd=1600))):
+        p = memory_projection(xl, 8)
+        projected.append([name, f"{p['params'] / 1e9:.3f}B", f"{p['trainable']:,}", f"{p['full_bytes'] / gib:.1f}",
+                          f"{p['lora_bytes'] / gib:.1f}"])
+        out[f"projected {name}"] = p
+    show("weights + gradients + AdamW state, full vs LoRA r=8 (fp32 master weights; activations not included)",
+         ["model", "parameters", "LoRA r=8 trains", "full (GiB)", "LoRA r=8 (GiB)"], projected,
+         ["full: 16 bytes per parameter (weight 4, gradient 4, two AdamW moments 8); LoRA: 4 per frozen "
+          "parameter, 16 per trained one"])
     return out
 
 

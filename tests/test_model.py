@@ -504,6 +504,30 @@ def test_loss_under_no_grad_does_no_gradient_work():
     assert mm.called, "the check above is vacuous: torch.mm is what forms the fp32 gradient"
 
 
+def test_a_frozen_output_layer_gets_no_gradient_work():
+    """LoRA freezes the tied embedding/output weight: the loss must still give the hidden states their exact
+    gradient, and not form the (vocab x n_embd) weight gradient nobody asked for."""
+    torch.manual_seed(25)
+    h = torch.randn(12, 16, requires_grad=True)
+    weight = torch.randn(50, 16)  # frozen
+    targets = torch.randint(0, 50, (12,))
+    targets[:3] = -100
+    calls, addmm_ = [], torch.Tensor.addmm_  # addmm_ is what forms the fp32 weight gradient
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.shape)
+        return addmm_(self, *args, **kwargs)
+
+    with mock.patch.object(torch.Tensor, "addmm_", spy):
+        cross_entropy(h, weight, targets).backward()
+        assert not calls, "the weight gradient was formed for a frozen weight"
+        reference = h.detach().clone().requires_grad_(True)
+        F.cross_entropy(reference @ weight.t(), targets, ignore_index=-100).backward()
+        assert torch.allclose(h.grad, reference.grad, atol=1e-6)
+        cross_entropy(h, weight.requires_grad_(True), targets).backward()
+        assert calls, "the check above is vacuous: no weight gradient was formed for a trainable weight either"
+
+
 def test_config_json_is_read_not_assumed(tmp_path):
     """layer_norm_epsilon and n_positions come from config.json (transformers honours them too)."""
     hf = make_hf(seed=3, n_layer=1, n_head=2, n_embd=32, n_positions=40, vocab_size=120, layer_norm_epsilon=1e-2)

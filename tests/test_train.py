@@ -444,17 +444,17 @@ def test_resume_with_dropout_depends_on_restored_rng(resume_runs):
 
 
 @needs_bpe
-@pytest.mark.parametrize("accum", [1, 2])
-def test_torchrun_matches_single_process(sft_data, tmp_path, accum):
+@pytest.mark.parametrize("accum, lora_rank", [(1, 0), (2, 0), (1, 4)])
+def test_torchrun_matches_single_process(sft_data, tmp_path, accum, lora_rank):
     """2 processes x batch 4/accum == 1 process x batch 8/accum, accum micro-batches a step (8 examples a step).
     With accum=2 gradients are synced across processes only on the last micro-batch (require_backward_grad_sync)
-    and must still agree."""
-    common = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1",
-              f"--gradient_accumulation_steps={accum}"]
+    and must still agree. With LoRA, DDP syncs only the adapters' gradients: the frozen weights have none."""
+    args = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1",
+              f"--gradient_accumulation_steps={accum}", f"--lora_rank={lora_rank}"]
     ddp_dir, single_dir = str(tmp_path / "ddp"), str(tmp_path / "single")
     ddp, _ = run_parallel(
-        (("train_sft.py", *common, f"--out_dir={ddp_dir}", f"--batch_size={4 // accum}"), {"torchrun": True}),
-        (("train_sft.py", *common, f"--out_dir={single_dir}", f"--batch_size={8 // accum}"), {}),
+        (("train_sft.py", *args, f"--out_dir={ddp_dir}", f"--batch_size={4 // accum}"), {"torchrun": True}),
+        (("train_sft.py", *args, f"--out_dir={single_dir}", f"--batch_size={8 // accum}"), {}),
     )
     assert "2 process(es)" in ddp.stdout
     a, b = step_losses(ddp_dir), step_losses(single_dir)
@@ -470,8 +470,7 @@ def test_torchrun_matches_single_process(sft_data, tmp_path, accum):
     assert err < 1e-5, f"weights after 3 steps: torchrun vs one process, relative error {err:.2e}"
     assert len(ckpt["rng_state"]) == 2, "one RNG state per process"
     assert not torch.equal(ckpt["rng_state"][0]["cpu"], ckpt["rng_state"][1]["cpu"])
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])  # the rank-0 checkpoint is complete and loads
+    common.model_from_checkpoint(ckpt, merge=False)  # the rank-0 checkpoint is complete and loads
     assert not any(name.startswith("module.") for name in ckpt["model"])
     assert not [f for f in os.listdir(ddp_dir) if f.endswith(".tmp")]
 
@@ -498,6 +497,22 @@ def test_config_accepts_good_values(tmp_path):
     assert config == {**DEFAULTS, "batch_size": 2, "learning_rate": 1.0, "out_dir": "/tmp/a-b/c",
                       "init_from": "gpt2-medium", "compile": True, "dropout": 0.0}
     assert type(config["learning_rate"]) is float and type(config["dropout"]) is float
+
+
+def script_defaults(script) -> dict:
+    """The settings block of a training script: its top-level constant assignments, read without running it."""
+    tree = ast.parse(read(script))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)}
+
+
+@pytest.mark.parametrize("path", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_shipped_config_loads_in_both_scripts(path):
+    for script in SCRIPTS:
+        defaults = script_defaults(script)
+        assert {"lora_rank", "max_iters", "learning_rate"} <= defaults.keys()
+        load_config(dict(defaults), [os.path.join(ROOT, "configs", path)])  # no unknown key, no wrong type
 
 
 def test_config_unknown_key():
