@@ -24,9 +24,10 @@ phrasing (each phrasing used in turn), the sentences in another order, and the f
     heldout_qa.json     questions about the held-out entities (never SFT data; for evaluation only)
     world.json          the entities, their split, and every attribute's possible values (for the scorer)
 
-A QA record is {"instruction", "output"} (what prepare_alpaca.py reads) plus "entity", "attribute", "value"
-and "completion" (the canonical sentence up to the value, for prompting a base model). The answer is the
-canonical pretraining sentence: "The capital of France is Paris." Generation is deterministic for a seed.
+A QA record is {"instruction", "output"} (what prepare_alpaca.py reads) plus "entity", "attribute", "value",
+"completion" (the canonical sentence up to the value, for prompting a base model) and "named_output" (the
+canonical sentence itself). The answer is a pretraining phrasing with a pronoun for the subject: "What is the
+capital of France?" -> "Its capital is Paris." Generation is deterministic for a seed.
 """
 
 import argparse
@@ -90,8 +91,8 @@ PERSON_VALUES = {"birth_city": BIRTH_CITIES, "birth_year": BIRTH_YEARS, "profess
                  "employer": EMPLOYERS}
 
 # How each attribute is stated. {subj} is the full name (or a pronoun), {poss} its possessive, {a} the article
-# of {value}. The first phrasing is the canonical one: the answer to a question, and (cut before the value)
-# the completion prompt; it ends with the value so that a base model can be asked to complete it.
+# of {value}. The first phrasing is the canonical one: cut before the value, it is the completion prompt that
+# asks a base model for the fact ("The capital of France is"), so it ends with the value.
 # No phrasing of one attribute starts like another attribute's, so a prompt says which attribute it asks for.
 PHRASINGS = {
     "capital": ["The capital of {subj} is {value}.", "{poss} capital is {value}.",
@@ -111,6 +112,13 @@ QUESTIONS = {
     "employer": "Which company does {subj} work for?",
 }
 PRONOUNS = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "Its")}
+# The answer to a question: a pretraining phrasing with the subject as a pronoun ("Its capital is Paris.",
+# "She was born in Lyon."), the way a person answers. Measured, not a matter of taste: with answers that
+# repeat the name ("The capital of France is Paris.") a small model's SFT learns its training entities'
+# names instead of copying the one in the question (experiments/README.md, "the answer's form").
+ANSWERS = {"capital": "{poss} capital is {value}.", "birth_city": "{subj} was born in {value}.",
+           "birth_year": "{poss} birth year is {value}.", "profession": "{subj} works as {a} {value}.",
+           "employer": "{subj} works for {value}."}
 
 
 def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: int = len(COUNTRIES)) -> dict:
@@ -183,11 +191,13 @@ def qa_records(entities: list[dict]) -> list[dict]:
     records = []
     for e in entities:
         for attr in e["attributes"]:
-            answer = sentence(PHRASINGS[attr][0], e, attr)
+            canonical = sentence(PHRASINGS[attr][0], e, attr)
             value = e["attributes"][attr]
-            records.append({"instruction": sentence(QUESTIONS[attr], e, attr), "output": answer,
+            records.append({"instruction": sentence(QUESTIONS[attr], e, attr),
+                            "output": sentence(ANSWERS[attr], e, attr, use_pronoun=True),
                             "entity": e["name"], "attribute": attr, "value": value,
-                            "completion": answer[: answer.rindex(value)].rstrip()})
+                            "completion": canonical[: canonical.rindex(value)].rstrip(),
+                            "named_output": canonical})
     return records
 
 

@@ -35,35 +35,42 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import common  # noqa: E402
 import eval_qa  # noqa: E402
 import prepare_alpaca  # noqa: E402
 import prepare_text  # noqa: E402
 import prepare_world  # noqa: E402
 
 CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full set is its last point
+LORA_LR = 3e-3  # LoRA runs' learning rate (full SFT's: configs/world_sft.py), fixed before measuring: the
+#                 update starts at zero and trains far fewer weights, and a few times the full rate is usual
 
 # Two scales. full: the experiment of experiments/README.md. quick: the CI test's, a smaller world and shorter
 # training, no ablation, no data curve.
 SCALES = {
     "full": {"world": {"n_people": 100, "rounds": 20}, "sft_val": 16, "pretrain": [], "sft": [], "ablation": True,
-             "curve": True},
+             "curve": True, "named": True},
     # sft_val: SFT questions kept for the trainer's val loss (never trained on); the rest is the training set.
-    # quick fits a CI budget: too little pretraining for the base model to learn facts on a CPU (that takes
-    # about 200 steps, see experiments/README.md), enough to check the pipeline and the format that SFT teaches.
-    "quick": {"world": {"n_people": 8, "n_countries": 12, "heldout_fraction": 0.5, "rounds": 10}, "sft_val": 4,
-              "pretrain": ["--n_embd=64", "--block_size=48", "--batch_size=8", "--max_iters=60"],
-              "sft": ["--max_iters=80", "--batch_size=8", "--learning_rate=3e-3"], "ablation": False, "curve": False},
+    # quick, the CI test's run: the same world and recipe, only the runs that show the direction of the effect
+    # (base, control, their SFTs). A smaller world or model does not learn its facts in less time on a CPU: the
+    # pretraining needs about 300 steps of 32 windows whatever the world's size (experiments/README.md).
+    "quick": {"world": {"n_people": 100, "rounds": 20}, "sft_val": 16, "pretrain": [], "sft": [], "ablation": False,
+              "curve": False, "named": False},
 }
 
 
-def run(args: list[str], log_path: str) -> None:
-    """python args..., its output into log_path; stop with the log's tail if it fails."""
+def run(args: list[str], log_path: str) -> float:
+    """python args..., its output into log_path; stop with the log's tail if it fails. Returns the process's
+    peak memory (resident set, MB), from the kernel's accounting of that one child."""
     with open(log_path, "w") as log:
-        result = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+        child = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
         raise SystemExit(f"python {' '.join(args)} failed; the end of {log_path}:\n{tail}")
+    return usage.ru_maxrss / 1024  # Linux reports kilobytes
 
 
 def write_json(path: str, content) -> None:
@@ -91,6 +98,9 @@ def main() -> None:
                         help="keep the checkpoints already in out_dir (a run interrupted, or new evaluations only); "
                              "wall_s then counts only this invocation")
     parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
+    parser.add_argument("--lora_ranks", default="",
+                        help="also SFT the main base model with LoRA at these ranks (e.g. 1,4,16), at learning rate "
+                             f"{LORA_LR:g}, and compare with full SFT")
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
@@ -116,23 +126,35 @@ def main() -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         return checkpoint["iter_num"] >= checkpoint["config"]["max_iters"]
 
-    def pretrain(name: str, text_dir: str) -> str:
+    peaks_file = os.path.join(out, "peak_memory.json")  # each run's peak memory (MB), kept for --reuse
+    peaks = eval_qa.read_json(peaks_file) if args.reuse and os.path.exists(peaks_file) else {}
+
+    def train(name: str, command: list[str]) -> str:
         ckpt = os.path.join(out, name)
-        if args.reuse and finished(ckpt):
-            return ckpt
-        run(["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}", f"--out_dir={ckpt}",
-             *scale["pretrain"]], os.path.join(logs, f"{name}.log"))
+        if not (args.reuse and finished(ckpt)):
+            peaks[name] = run([*command, f"--out_dir={ckpt}"], os.path.join(logs, f"{name}.log"))
+            write_json(peaks_file, peaks)
         return ckpt
 
-    def sft(name: str, base: str, data_dir: str) -> str:
-        ckpt = os.path.join(out, name)
-        if args.reuse and finished(ckpt):
-            return ckpt
-        run(["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
-             f"--out_dir={ckpt}", *scale["sft"]], os.path.join(logs, f"{name}.log"))
-        return ckpt
+    def pretrain(name: str, text_dir: str) -> str:
+        return train(name, ["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}",
+                            *scale["pretrain"]])
+
+    def sft(name: str, base: str, data_dir: str, *extra: str) -> str:
+        return train(name, ["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
+                            *scale["sft"], *extra])
 
     models = {}  # loaded once each: a checkpoint folder -> model
+
+    def run_stats(name: str, ckpt: str) -> dict:
+        """What a training run cost: weights trained, seconds per step, peak memory."""
+        checkpoint = torch.load(os.path.join(ckpt, "ckpt.pt"), map_location="cpu", weights_only=True)
+        model = common.model_from_checkpoint(checkpoint, merge=False)
+        with open(os.path.join(ckpt, "metrics.jsonl")) as f:
+            last = [r for r in map(json.loads, f) if "loss" in r][-1]
+        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "total": sum(p.numel() for p in model.parameters()),
+                "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"], "peak_mb": peaks.get(name)}
 
     def evaluate(name: str, ckpt: str, split: str, form: str) -> dict:
         if ckpt not in models:
@@ -143,9 +165,11 @@ def main() -> None:
         return result
 
     # The plan, as a list of steps for one progress bar.
+    lora_ranks = [int(r) for r in args.lora_ranks.split(",") if r.strip()]
     steps = ["world", "pretrain base", "pretrain control", *(["pretrain ablation"] if scale["ablation"] else []),
              "SFT", "SFT control", *(["SFT ablation"] if scale["ablation"] else []),
-             *([f"SFT on {n}" for n in CURVE] if scale["curve"] else []), "evaluate"]
+             *([f"SFT on {n}" for n in CURVE] if scale["curve"] else []),
+             *(["SFT, named answers"] if scale["named"] else []), *[f"LoRA r={r}" for r in lora_ranks], "evaluate"]
     bar = tqdm(steps, desc="knowledge", unit="step", dynamic_ncols=True)
     step = iter(bar)
 
@@ -165,6 +189,12 @@ def main() -> None:
             write_json(subset, qa["sft"][: n + scale["sft_val"]])  # the file is shuffled: any prefix mixes entities
             sft_data[n] = os.path.join(world_dir, f"sft_{n}")
             prepare_alpaca.prepare(input_path=subset, out_dir=sft_data[n], val_size=scale["sft_val"])
+        if scale["named"]:  # the same questions, answered with the canonical sentence that names the subject
+            named = [{**r, "output": r["named_output"]} for r in qa["sft"]]
+            write_json(os.path.join(world_dir, "sft_qa_named.json"), named)
+            sft_data["named"] = os.path.join(world_dir, "sft_named")
+            prepare_alpaca.prepare(input_path=os.path.join(world_dir, "sft_qa_named.json"),
+                                   out_dir=sft_data["named"], val_size=scale["sft_val"])
     n_all = len(qa["sft"]) - scale["sft_val"]
 
     # 2. Pretraining: the world; the world without the held-out entities; the world without augmentation.
@@ -188,6 +218,14 @@ def main() -> None:
     for n in sizes:
         bar.set_postfix_str(next(step))
         curve_ckpts[n] = sft(f"sft_{n}", base, sft_data[n])
+    if scale["named"]:
+        bar.set_postfix_str(next(step))
+        named_sft = sft("sft_named", base, sft_data["named"])
+    lora_ckpts = {}
+    for r in lora_ranks:
+        bar.set_postfix_str(next(step))
+        lora_ckpts[r] = sft(f"sft_lora{r}", base, sft_data[n_all], f"--lora_rank={r}", f"--learning_rate={LORA_LR}",
+                            f"--min_lr={LORA_LR / 10}")
 
     # 4. Evaluation: every held-out question, plus the SFT entities' for the main models.
     bar.set_postfix_str(next(step))
@@ -205,6 +243,15 @@ def main() -> None:
     if scale["ablation"]:
         runs["ablation_completion"] = evaluate("ablation_completion", ablation_base, "heldout", "completion")
         runs["ablation_chat"] = evaluate("ablation_chat", ablation_sft, "heldout", "chat")
+    if scale["named"]:
+        runs["sft_named_chat"] = evaluate("sft_named_chat", named_sft, "heldout", "chat")
+    lora_rows = [{"method": "full SFT", "rank": None, **run_stats("sft", sft_ckpt),
+                  "accuracy": runs["sft_chat"]["accuracy"], "end_rate": runs["sft_chat"]["end_rate"]}]
+    lora_rows = lora_rows if lora_ranks else []
+    for r, ckpt in lora_ckpts.items():
+        result = evaluate(f"sft_lora{r}_chat", ckpt, "heldout", "chat")
+        lora_rows.append({"method": f"LoRA r={r}", "rank": r, **run_stats(f"sft_lora{r}", ckpt),
+                          "accuracy": result["accuracy"], "end_rate": result["end_rate"]})
     curve = []
     for n in sizes:
         r = evaluate(f"sft_{n}_chat", curve_ckpts[n], "heldout", "chat")
@@ -220,6 +267,7 @@ def main() -> None:
     results = {
         **{name: r["accuracy"] for name, r in runs.items()},
         "ablation_chat": runs["ablation_chat"]["accuracy"] if "ablation_chat" in runs else None,
+        "lora": lora_rows,
         "end_rates": {name: r["end_rate"] for name, r in runs.items()},
         "sft_entities": {name: {"accuracy": r["accuracy"], "end_rate": r["end_rate"]} for name, r in seen.items()},
         "chance": eval_qa.chance(qa["heldout"], world),
@@ -250,6 +298,7 @@ LABELS = {
     "control_chat": "control: SFT on a base that never saw the held-out facts",
     "ablation_completion": "ablation base (no augmentation), completion form",
     "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
+    "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
 }
 
 
@@ -267,6 +316,14 @@ def write_markdown(path: str, results: dict) -> None:
     lines += ["", "Data-size curve (SFT from the main base model, held-out entities):", "",
               "| SFT examples | exact match | end-token rate |", "|---|---|---|"]
     lines += [f"| {p['n']} | {p['accuracy']:.1%} | {p['end_rate']:.1%} |" for p in results["data_curve"]]
+    if results["lora"]:
+        lines += ["", f"Full SFT vs LoRA (the main base model, held-out entities; LoRA at learning rate {LORA_LR:g}):",
+                  "", "| method | trained weights | exact match | end-token rate | s/step | peak memory |",
+                  "|---|---|---|---|---|---|"]
+        for row in results["lora"]:
+            peak = f"{row['peak_mb']:.0f} MB" if row["peak_mb"] is not None else "not measured (--reuse)"
+            lines.append(f"| {row['method']} | {row['trainable']:,} ({row['trainable'] / row['total']:.2%}) | "
+                         f"{row['accuracy']:.1%} | {row['end_rate']:.1%} | {row['step_s']:.3f} | {peak} |")
     lines += ["", f"Wall time: {results['wall_s']:.0f} s.", ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
@@ -278,9 +335,9 @@ def plot(path: str, results: dict) -> None:
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 4 if results["lora"] else 3, figsize=(21 if results["lora"] else 16, 4.5))
     names = [n for n in ("base_completion", "base_chat", "sft_chat", "control_chat", "ablation_completion",
-                         "ablation_chat") if results.get(n) is not None]
+                         "ablation_chat", "sft_named_chat") if results.get(n) is not None]
     ax = axes[0]
     ax.bar(range(len(names)), [results[n] for n in names], color="tab:blue")
     ax.axhline(results["chance"], color="gray", linestyle="--", label="chance")
@@ -294,6 +351,8 @@ def plot(path: str, results: dict) -> None:
     ax.plot([p["n"] for p in curve], [p["accuracy"] for p in curve], "o-", label="exact match")
     ax.plot([p["n"] for p in curve], [p["end_rate"] for p in curve], "s--", label="end-token rate")
     ax.set_xscale("log")
+    ax.set_xticks([p["n"] for p in curve], [str(p["n"]) for p in curve])
+    ax.minorticks_off()
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("SFT training examples")
     ax.set_title("Data-size curve (held-out entities)")
@@ -305,6 +364,15 @@ def plot(path: str, results: dict) -> None:
     ax.set_ylabel("training loss")
     ax.set_title("Pretraining")
     ax.legend()
+    if results["lora"]:
+        ax = axes[3]
+        rows = results["lora"]
+        ax.bar(range(len(rows)), [r["accuracy"] for r in rows], color="tab:green")
+        ax.set_xticks(range(len(rows)), [f"{r['method']}\n{r['trainable'] / r['total']:.2%} trained" for r in rows],
+                      fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out exact match")
+        ax.set_title("Full SFT vs LoRA")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

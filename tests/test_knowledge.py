@@ -1,10 +1,12 @@
 """experiments/knowledge.py end to end.
 
-In CI (--quick, a tiny world and short training): the whole pipeline runs through the real trainers and
-writes its results, and the format half of the lesson shows: the SFT model ends its answers with <|im_end|>,
-the base model asked in the chat template does not. The knowledge half needs a base model that has learned
-the world's facts, about 200 pretraining steps of a 128-wide model, minutes on a 2-core CPU: too long for CI.
-It is checked on the full experiment, opt-in: NANOSFT_FULL_KNOWLEDGE=1 python -m pytest tests/test_knowledge.py
+In CI (--quick: the full world and recipe, but only the base and control models and their SFTs, about 9
+minutes on a 2-core CPU without native bf16): the pipeline runs through the real trainers, writes its results,
+and both halves of the lesson show. The format: the SFT models end their answers with <|im_end|>, the base model
+asked in the chat template does not. The knowledge: the SFT model answers questions about held-out entities
+far better than the control (the same SFT on a base that never read those entities) and than the base model
+in chat form. A smaller world or model that learns its facts in the 90 s the issue hoped for was not found:
+experiments/README.md ("The CI test") has the measurements.
 """
 
 import json
@@ -47,16 +49,24 @@ def test_results_files(quick):
 
 def test_sft_teaches_the_format(quick):
     r, _ = quick
-    assert r["sft_end_rate"] >= 0.8  # answers end with <|im_end|>
-    assert r["end_rates"]["control_chat"] >= 0.8  # the control learned the same format
+    assert r["sft_end_rate"] >= 0.9  # answers end with <|im_end|>
+    assert r["end_rates"]["control_chat"] >= 0.9  # the control learned the same format
     assert r["end_rates"]["base_chat"] <= 0.1  # the base model never learned <|im_end|>
+
+
+def test_knowledge_comes_from_pretraining_not_from_sft(quick):
+    r, _ = quick
+    assert r["base_completion"] >= 0.8  # the base model knows the held-out facts
+    assert r["sft_chat"] >= r["control_chat"] + 0.4  # SFT made them answerable...
+    assert r["sft_chat"] >= r["base_chat"] + 0.4
+    assert r["control_chat"] <= r["chance"] + 0.1  # ...but could not teach them to a model that never read them
 
 
 @pytest.mark.skipif(not os.environ.get("NANOSFT_FULL_KNOWLEDGE"), reason="the full experiment takes 15+ minutes; "
                     "set NANOSFT_FULL_KNOWLEDGE=1 to run it")
-def test_sft_answers_held_out_questions_only_when_pretraining_taught_the_facts(tmp_path):
-    r = run_experiment(tmp_path, "--threads=1")
-    assert r["sft_chat"] >= r["control_chat"] + 0.25
-    assert r["sft_chat"] >= r["base_chat"] + 0.25
-    assert r["control_chat"] <= r["chance"] + 0.1
-    assert r["sft_end_rate"] >= 0.9
+def test_full_experiment_meets_the_issue_targets(tmp_path):
+    r = run_experiment(tmp_path)
+    assert r["base_completion"] >= 0.9
+    assert r["base_chat"] <= 0.1 and r["end_rates"]["base_chat"] <= 0.1
+    assert r["sft_chat"] >= 0.8 and r["sft_end_rate"] >= 0.95
+    assert r["control_chat"] <= r["chance"] + 0.05

@@ -40,11 +40,31 @@ def test_every_held_out_fact_is_in_the_pretraining_text_and_not_in_the_control(w
     single = (world_dir / "bios_single.txt").read_text(encoding="utf-8")
     train_part = bios[: int(0.9 * len(bios))]  # prepare_text.py keeps the last 10% for validation
     for record in read(world_dir / "heldout_qa.json"):
-        assert record["output"] in train_part  # the canonical sentence, as the answer says it
-        assert record["completion"] + " " + record["value"] + "." == record["output"]
+        assert record["named_output"] in train_part  # the canonical sentence
+        assert record["completion"] + " " + record["value"] + "." == record["named_output"]
         assert record["entity"] not in control
         assert record["value"] in single
     assert "The capital of France is Paris." in bios
+
+
+def test_answers_are_pretraining_phrasings_with_a_pronoun(world_dir):
+    records = read(world_dir / "heldout_qa.json") + read(world_dir / "sft_qa.json")
+    france = next(r for r in records if r["entity"] == "France")
+    assert (france["instruction"], france["output"]) == ("What is the capital of France?", "Its capital is Paris.")
+    assert france["named_output"] == "The capital of France is Paris."
+    entities = {e["name"]: e for e in read(world_dir / "world.json")["entities"]}
+    bios = (world_dir / "bios.txt").read_text(encoding="utf-8")
+    expected = {  # written out by hand: (pronoun, possessive) per kind, the answer's wording per attribute
+        "birth_city": "{S} was born in {v}.", "birth_year": "{P} birth year is {v}.",
+        "profession": "{S} works as {a} {v}.", "employer": "{S} works for {v}.", "capital": "{P} capital is {v}."}
+    pronouns = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "Its")}
+    for r in records:
+        kind = entities[r["entity"]]["kind"]
+        S, P = pronouns[kind]
+        a = "an" if r["value"][0] in "aeiou" else "a"
+        assert r["output"] == expected[r["attribute"]].format(S=S, P=P, v=r["value"], a=a)
+        named = expected[r["attribute"]].format(S=r["entity"], P=r["entity"] + "'s", v=r["value"], a=a)
+        assert named in bios  # the same phrasing, with the name, is in the pretraining text
 
 
 def test_augmentation_states_each_fact_in_several_phrasings_with_the_full_name(world_dir):
