@@ -466,11 +466,11 @@ def bench_prepare(args):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# (e) peak memory of one train step, measured in a fresh process
+# (e) peak memory of train steps, full vs LoRA, measured in a fresh process
 
 
 def memory_probe(spec):
-    """Run by `bench.py --_memory_probe SPEC` in a fresh process: memory one train step adds to the model's.
+    """Run by `bench.py --_memory_probe SPEC` in a fresh process: memory two train steps add to the model's.
 
     A fresh process because the peak only ever grows: in this one it would remember earlier sections.
     """
@@ -702,7 +702,7 @@ SECTIONS = {
     "b": ("generation: KV cache, no cache, Hugging Face", bench_generation),
     "c": ("SFT loader: share of non-pad and target tokens", bench_loader),
     "d": ("prepare time for Alpaca", bench_prepare),
-    "e": ("peak memory of one SFT train step", bench_memory),
+    "e": ("peak memory of SFT train steps, full vs LoRA", bench_memory),
     "f": ("AdamW: default vs foreach vs fused", bench_adamw),
     "g": ("allocator: glibc default vs tune_cpu_allocator()", bench_allocator),
     "h": ("CUDA: GPT-2 124M SFT step, bf16 + torch.compile", bench_cuda),

@@ -55,7 +55,12 @@ def test_quick_json_has_every_figure(quick_run):
         assert {"real_5000"} <= results["d"].keys()
     else:
         assert "skipped" in results["c"] and "skipped" in results["d"]
-    assert {"float32"} <= results["e"].keys()
+    e = results["e"]
+    assert {"float32 full", "float32 LoRA r=8", "projected GPT-2 XL"} <= e.keys()
+    assert e["float32 LoRA r=8"]["trainable"] < e["float32 full"]["trainable"]  # counts, not timings
+    assert e["float32 LoRA r=8"]["adamw_mib"] < e["float32 full"]["adamw_mib"]
+    xl = e["projected GPT-2 XL"]
+    assert 1.5e9 < xl["params"] < 1.6e9 and xl["lora_bytes"] < xl["full_bytes"] / 3
     assert {"default", "foreach", "fused"} <= results["f"].keys()
     assert "tuned_over_default" in results["g"] or "skipped" in results["g"]
     assert "tokens_per_s" in results["h"] or "skipped" in results["h"]
