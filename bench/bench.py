@@ -533,16 +533,17 @@ def bench_memory(args):
     auto = pick_dtype("auto", device_type)
     rows, out, mib = [], {"batch": batch, "seq": seq}, 1 << 20
     for dtype in ["float32"] + ([auto] if auto != "float32" else []):
-        for rank in (0, 8):
-            spec = {"shape": shape, "batch": batch, "seq": seq, "dtype": dtype, "device": device,
-                    "threads": torch.get_num_threads(), "lora_rank": rank}
+        # LoRA with the chat tokens' rows (vocab 50304, as ChatML needs) and without them (GPT-2's own 50257)
+        for rank, vocab in ((0, None), (8, None), (8, 50257)):
+            spec = {"shape": shape | ({"vocab_size": vocab} if vocab else {}), "batch": batch, "seq": seq,
+                    "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "lora_rank": rank}
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory_probe", json.dumps(spec)],
                                   cwd=ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory probe failed:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             step = r["peak"] - r["baseline"]
-            method = f"LoRA r={rank}" if rank else "full"
+            method = (f"LoRA r={rank}" if rank else "full") + (f", vocab {vocab}" if vocab else "")
             rows.append([dtype, method, f"{r['trainable']:,} ({r['trainable'] / r['params']:.2%})",
                          f"{r['grads'] / mib:,.1f}", f"{r['adamw'] / mib:,.1f}", f"{r['baseline'] / mib:,.0f}",
                          f"{r['peak'] / mib:,.0f}", f"{step / mib:,.0f}"])
