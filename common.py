@@ -199,6 +199,14 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes)
     return model, None
 
 
+def check_lora(rank: int, alpha: float, targets: str, dropout: float) -> None:
+    """LoRA's settings, checked before a model of gigabytes loads: a bad one is one clear line."""
+    try:
+        lora.check_settings(rank, alpha, targets, dropout)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def add_lora(model: GPT, rank: int, alpha: float, targets: str, dropout: float) -> None:
     """lora.apply_lora, with a bad setting as one clear line."""
     try:
@@ -208,13 +216,14 @@ def add_lora(model: GPT, rank: int, alpha: float, targets: str, dropout: float) 
 
 
 def trainable_summary(model: GPT) -> str:
-    """What the optimizer will update: 'training all 124.48M weights', or with LoRA 'training 811,008 of
-    125.29M weights (0.65%)'."""
-    total = sum(p.numel() for p in model.parameters())
+    """What the optimizer will update: 'training every weight', or with LoRA 'LoRA: training 1,215,744
+    weights (adapters and the chat tokens' rows), 0.98% as many as are frozen' (GPT-2 124M, rank 8)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainable == total:
-        return f"training all {total / 1e6:.2f}M weights"
-    return f"training {trainable:,} of {total / 1e6:.2f}M weights ({trainable / total:.2%})"
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # the whole model, under LoRA
+    if frozen == 0:
+        return "training every weight"
+    return (f"LoRA: training {trainable:,} weights (adapters and the chat tokens' rows), {trainable / frozen:.2%} "
+            f"as many as are frozen")
 
 
 def check_resume(checkpoint: dict, config: dict, world_size: int) -> None:
@@ -226,16 +235,18 @@ def check_resume(checkpoint: dict, config: dict, world_size: int) -> None:
     if saved != (config["batch_size"], config["gradient_accumulation_steps"], world_size):
         raise UserError(f"resume: the run used batch_size, gradient_accumulation_steps, processes = {saved}; "
                         f"resume it with the same")
-    lora_keys = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
-    saved_lora = {k: checkpoint["config"].get(k, config[k]) for k in lora_keys}
-    saved_lora["lora_rank"] = checkpoint["config"].get("lora_rank", 0)  # a checkpoint from before LoRA: none
-    if saved_lora["lora_rank"] == 0 == config["lora_rank"]:
+    saved = checkpoint["config"]
+    saved_rank = saved.get("lora_rank", 0)  # a checkpoint from before LoRA: none
+    if saved_rank == 0 == config["lora_rank"]:
         return  # neither run uses LoRA: its other settings do not matter
-    if saved_lora["lora_rank"] == 0:
+    if saved_rank == 0:
         raise UserError(f"resume: the run trained every weight (lora_rank=0), not LoRA adapters; resume it without "
                         f"--lora_rank={config['lora_rank']}")
-    if saved_lora != {k: config[k] for k in lora_keys}:
-        settings = " ".join(f"--{k}={v}" for k, v in saved_lora.items())
+    same = (saved_rank == config["lora_rank"] and saved["lora_alpha"] == config["lora_alpha"]
+            and saved["lora_dropout"] == config["lora_dropout"]
+            and lora.parse_targets(saved["lora_targets"]) == lora.parse_targets(config["lora_targets"]))
+    if not same:
+        settings = " ".join(f"--{k}={saved[k]}" for k in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout"))
         raise UserError(f"resume: the run was trained with {settings}; resume it with the same settings")
 
 

@@ -96,17 +96,24 @@ def parse_targets(targets: str) -> list[str]:
     return [layer for layer in LAYERS if layer in chosen]  # in the block's order
 
 
-def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str = "c_attn,c_proj,c_fc",
-               dropout: float = 0.0) -> nn.Module:
-    """Freeze every parameter of model (a GPT), then add LoRA adapters to the target layers of every block and
-    make the new tokens' rows trainable (see the module docstring). Weight tying is kept. Returns model."""
+def check_settings(rank: int, alpha: float, targets: str, dropout: float) -> list[str]:
+    """The target layers, once the settings are known to be usable; ValueError with the fix if not."""
     if not (isinstance(rank, int) and rank > 0):
         raise ValueError(f"lora_rank={rank}: give a positive rank such as 8 (or 0 for no LoRA: train every weight)")
     if not alpha > 0:
         raise ValueError(f"lora_alpha={alpha}: give a positive scale such as 16 (the update is alpha / rank * B A)")
     if not 0 <= dropout < 1:
         raise ValueError(f"lora_dropout={dropout}: give a probability in [0, 1)")
-    layers = parse_targets(targets)
+    return parse_targets(targets)
+
+
+def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str = "c_attn,c_proj,c_fc",
+               dropout: float = 0.0) -> nn.Module:
+    """Freeze every parameter of model (a GPT), then add LoRA adapters to the target layers of every block and
+    make the new tokens' rows trainable (see the module docstring). Weight tying is kept. Returns model."""
+    layers = check_settings(rank, alpha, targets, dropout)
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model already has LoRA adapters: merge_lora it first, or keep training these")
     for p in model.parameters():
         p.requires_grad_(False)
     for block in model.transformer.h:

@@ -60,7 +60,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, h, weight, targets, grad_enabled):
         rows_per_chunk = max(1, LOSS_CHUNK // weight.size(0))
         # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its weight.
-        needs_grad_h, needs_grad_weight = (grad_enabled and needed for needed in ctx.needs_input_grad[:2])
+        needs_grad_h = grad_enabled and ctx.needs_input_grad[0]
+        needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]
         needs_grad = needs_grad_h or needs_grad_weight
         grad_h = torch.empty_like(h) if needs_grad_h else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
@@ -95,9 +96,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_weight = ctx.saved_tensors
-        return (grad_h * grad_loss if grad_h is not None else None,
-                (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None, None, None)
+        grad_h, grad_weight = ctx.saved_tensors  # None where forward was not asked for it
+        if grad_h is not None:
+            grad_h = grad_h * grad_loss
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_h, grad_weight, None, None
 
 
 class CausalSelfAttention(nn.Module):

@@ -116,9 +116,8 @@ PRONOUNS = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "
 # "She was born in Lyon."), the way a person answers. Measured, not a matter of taste: with answers that
 # repeat the name ("The capital of France is Paris.") a small model's SFT learns its training entities'
 # names instead of copying the one in the question (experiments/README.md, "the answer's form").
-ANSWERS = {"capital": "{poss} capital is {value}.", "birth_city": "{subj} was born in {value}.",
-           "birth_year": "{poss} birth year is {value}.", "profession": "{subj} works as {a} {value}.",
-           "employer": "{subj} works for {value}."}
+ANSWERS = {"capital": PHRASINGS["capital"][1],  # "{poss} capital is {value}.": the canonical one has no pronoun
+           **{attr: PHRASINGS[attr][0] for attr in ("birth_city", "birth_year", "profession", "employer")}}
 
 
 def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: int = len(COUNTRIES)) -> dict:

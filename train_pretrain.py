@@ -84,6 +84,8 @@ if proc.master:
 # The shape below is used from scratch; a loaded model keeps its own, and takes this run's dropout and vocab_size.
 model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size, dropout=dropout, bias=bias)
+if lora_rank != 0:
+    common.check_lora(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before a model of gigabytes loads
 model, checkpoint = common.init_model(init_from, out_dir, model_config, proc)
 block_size = model.config.block_size  # a loaded model brings its own context window
 if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters

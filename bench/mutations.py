@@ -6,6 +6,7 @@ it, and records whether they did. A mutation the tests let through is a hole in 
 
     python bench/mutations.py --repo . --out mutations.json            # this checkout
     python bench/mutations.py --repo /tmp/old --version old            # an older layout (see OLD below)
+    python bench/mutations.py --repo . --match LoRA                    # only the mutations named so
 
 Each mutation names, per code layout, the exact text to find and its replacement; a mutation whose text is
 not found is reported as such (it never silently passes). The copy is made once; each mutation is applied,
@@ -121,6 +122,28 @@ mutation("grown vocabulary rows start at zero, not the mean", FAST,
 mutation("generation samples padded vocabulary rows", FAST,
          [("model.py", "                logits = logits[:, :vocab_size]\n", "                logits = logits\n")])
 
+# LoRA (lora.py; the "old" layout has no LoRA: these report their text as not found there)
+LORA = ["tests/test_lora.py"]
+mutation("LoRA: B starts random, so training does not start at the base model", LORA,
+         [("lora.py", "self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))",
+           "self.lora_B = nn.Parameter(torch.randn(self.out_features, rank, **factory))")])
+mutation("LoRA: update scaled by alpha, not alpha / rank", LORA,
+         [("lora.py", "self.scale = alpha / rank", "self.scale = alpha")])
+mutation("LoRA: merge forgets the scale", LORA,
+         [("lora.py", "self.weight + (self.lora_B @ self.lora_A) * self.scale",
+           "self.weight + self.lora_B @ self.lora_A")])
+mutation("LoRA: the pretrained weights are not frozen", LORA,
+         [("lora.py", "    for p in model.parameters():\n        p.requires_grad_(False)\n",
+           "    for p in model.parameters():\n        pass\n")])
+mutation("LoRA: the chat tokens' rows stay frozen (the model could never learn to stop)", LORA,
+         [("lora.py", "if model.config.vocab_size > FIRST_NEW_TOKEN:", "if False:")])
+mutation("LoRA: a resumed run's adapters are merged away", LORA,
+         [("common.py", "return model_from_checkpoint(checkpoint, merge=False), checkpoint",
+           "return model_from_checkpoint(checkpoint), checkpoint")])
+mutation("loss forms a weight gradient for a frozen output layer", FAST,
+         [("model.py", "needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]",
+           "needs_grad_weight = grad_enabled and any(ctx.needs_input_grad[:2])")])
+
 
 def read(path: str) -> str:
     with open(path) as f:
@@ -150,13 +173,14 @@ def main():
     p.add_argument("--version", choices=["new", "old"], default="new")
     p.add_argument("--out", default="mutations.json")
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--match", default="", help="only the mutations whose name contains this text (e.g. LoRA)")
     args = p.parse_args()
     repo = os.path.abspath(args.repo)
     copy = os.path.join(os.path.dirname(repo), f".mutations-{os.path.basename(repo)}-{os.getpid()}")
     shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".git", "out", "data", "__pycache__", ".pytest_cache"))
     results = []
     try:
-        for m in M:
+        for m in [m for m in M if args.match in m["name"]]:
             edits = m[args.version]
             originals, missing = {}, []
             for path, find, replace in edits:

@@ -3,9 +3,11 @@
 #   python sample.py --ckpt=out/gpt2xl_alpaca_lora --compare     # the LoRA checkpoint loads merged
 # Full fine-tuning keeps weights, gradients and two AdamW moments for all 1.56B parameters: 23 GiB in fp32
 # before activations. LoRA at rank 8 trains 9.9M of them (0.64%): the frozen weights (5.8 GiB in fp32) plus
-# 0.15 GiB of adapter state (bench/bench.py --only e; BENCHMARKS.md). Activations come on top and grow with
-# batch_size x example length: lower batch_size (and raise gradient_accumulation_steps to keep 128 examples
-# per step) if memory runs out. Not yet run on a GPU.
+# 0.15 GiB of adapter state (bench/bench.py --only e; BENCHMARKS.md). On top: the bf16 copies of the weights
+# that autocast keeps for the backward pass (up to 2.9 GiB), a few transient copies of the embedding matrix
+# (0.3 GiB each: the chat tokens' rows train), and activations, which grow with batch_size x example length:
+# lower batch_size (and raise gradient_accumulation_steps to keep 128 examples per step) if memory runs out.
+# Not yet run on a GPU.
 # Recipe: the Alpaca recipe of gpt2_alpaca.py (3 epochs, 128 examples per step, cosine, 3% warmup), with
 # LoRA's usual learning rate, 2e-4 (Hu et al. fine-tuned GPT-2 M and L at that rate): the adapters start at
 # zero and are few, so they take larger steps than a full fine-tuning's 5e-5 (or the 2e-5 Alpaca used at 7B).

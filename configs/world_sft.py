@@ -2,8 +2,9 @@
 # --init_from/--data_dir/--out_dir overrides).
 #   python prepare_alpaca.py --input data/world/sft_qa.json --out_dir data/world/sft --val_size 16
 #   python train_sft.py configs/world_sft.py
-# The answers are single sentences the base model has read in pretraining; SFT only has to teach the format:
-# answer after the assistant header, in one sentence, then <|im_end|>.
+# The answers are single sentences in a pretraining phrasing, the subject a pronoun ("Its capital is Paris."):
+# SFT teaches the format (answer after the assistant header, one sentence, then <|im_end|>) and to look the
+# asked-about entity's fact up, which takes a few hundred examples (experiments/README.md, data-size curve).
 out_dir = "out/knowledge/sft"
 init_from = "out/knowledge/base"
 data_dir = "data/world/sft"

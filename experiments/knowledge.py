@@ -2,7 +2,7 @@
 The lesson, measured: SFT teaches format, not knowledge.
 
     python experiments/knowledge.py                     # the whole experiment -> out/knowledge/
-    python experiments/knowledge.py --quick             # a scaled-down run (the CI test): base, SFT, control
+    python experiments/knowledge.py --quick             # the CI test's run: base and control, and their SFTs
 
 A small world with known facts (prepare_world.py); a base model pretrained on its biographies until it knows
 them (train_pretrain.py); SFT on questions about some entities (train_sft.py); exact-match accuracy on
@@ -45,23 +45,15 @@ CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full
 LORA_LR = 3e-3  # LoRA runs' learning rate (full SFT's: configs/world_sft.py), fixed before measuring: the
 #                 update starts at zero and trains far fewer weights, and a few times the full rate is usual
 
-# Two scales. full: the experiment of experiments/README.md. quick: the CI test's, a smaller world and shorter
-# training, no ablation, no data curve.
-SCALES = {
-    "full": {"world": {"n_people": 100, "rounds": 20}, "sft_val": 16, "pretrain": [], "sft": [], "ablation": True,
-             "curve": True, "named": True},
-    # sft_val: SFT questions kept for the trainer's val loss (never trained on); the rest is the training set.
-    # quick, the CI test's run: the same world and recipe, only the runs that show the direction of the effect
-    # (base, control, their SFTs). A smaller world or model does not learn its facts in less time on a CPU: the
-    # pretraining needs about 300 steps of 32 windows whatever the world's size (experiments/README.md).
-    "quick": {"world": {"n_people": 100, "rounds": 20}, "sft_val": 16, "pretrain": [], "sft": [], "ablation": False,
-              "curve": False, "named": False},
-}
+WORLD = {"n_people": 100, "rounds": 20}  # prepare_world.prepare's arguments (40 countries: all of them)
+SFT_VAL = 16  # SFT questions kept for the trainer's val loss (never trained on); the rest is the training set
 
 
 def run(args: list[str], log_path: str) -> float:
     """python args..., its output into log_path; stop with the log's tail if it fails. Returns the process's
-    peak memory (resident set, MB), from the kernel's accounting of that one child."""
+    peak memory (resident set, MiB), from the kernel's accounting of that one child. (Linux starts a child's
+    count at its parent's size; this process holds no model while the runs train, so each run's own peak is
+    what shows.)"""
     with open(log_path, "w") as log:
         child = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)
@@ -89,7 +81,9 @@ def learning_curve(out_dir: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--out_dir", default="out/knowledge")
-    parser.add_argument("--quick", action="store_true", help="the scaled-down run of the CI test")
+    parser.add_argument("--quick", action="store_true",
+                        help="the CI test's run: only base and control, and their SFTs (same world, same recipe: "
+                             "a smaller one did not learn its facts in less time, see experiments/README.md)")
     parser.add_argument("--seed", type=int, default=1337, help="the world's seed")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of every run (0 = torch's default); 1 is faster on a machine shared with "
@@ -105,18 +99,13 @@ def main() -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
         torch.set_num_threads(args.threads)
-    scale = dict(SCALES["quick" if args.quick else "full"])
-    scale["ablation"] = scale["ablation"] and not args.no_ablation
+    # The runs beyond base and control (--quick runs only those)
+    scale = {"ablation": not (args.quick or args.no_ablation), "curve": not args.quick, "named": not args.quick}
     t0 = time.time()
     out = os.path.abspath(args.out_dir)
     world_dir, logs, answers_dir = (os.path.join(out, name) for name in ("world", "logs", "answers"))
     for folder in (out, logs, answers_dir):
         os.makedirs(folder, exist_ok=True)
-    scale_file, scale_name = os.path.join(out, "scale.txt"), "quick" if args.quick else "full"
-    if args.reuse and os.path.exists(scale_file) and open(scale_file).read() != scale_name:
-        raise SystemExit(f"--reuse: {out} holds a run of another scale; give it a --out_dir of its own")
-    with open(scale_file, "w") as f:
-        f.write(scale_name)  # so that --reuse never takes a --quick model for a full one, or the reverse
 
     def finished(ckpt: str) -> bool:
         """--reuse takes a run only if it ended, not one cut off mid-way."""
@@ -126,7 +115,7 @@ def main() -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         return checkpoint["iter_num"] >= checkpoint["config"]["max_iters"]
 
-    peaks_file = os.path.join(out, "peak_memory.json")  # each run's peak memory (MB), kept for --reuse
+    peaks_file = os.path.join(out, "peak_memory.json")  # each run's peak memory (MiB), kept for --reuse
     peaks = eval_qa.read_json(peaks_file) if args.reuse and os.path.exists(peaks_file) else {}
 
     def train(name: str, command: list[str]) -> str:
@@ -137,12 +126,11 @@ def main() -> None:
         return ckpt
 
     def pretrain(name: str, text_dir: str) -> str:
-        return train(name, ["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}",
-                            *scale["pretrain"]])
+        return train(name, ["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}"])
 
     def sft(name: str, base: str, data_dir: str, *extra: str) -> str:
         return train(name, ["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
-                            *scale["sft"], *extra])
+                            *extra])
 
     models = {}  # loaded once each: a checkpoint folder -> model
 
@@ -154,7 +142,7 @@ def main() -> None:
             last = [r for r in map(json.loads, f) if "loss" in r][-1]
         return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "total": sum(p.numel() for p in model.parameters()),
-                "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"], "peak_mb": peaks.get(name)}
+                "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"], "peak_mib": peaks.get(name)}
 
     def evaluate(name: str, ckpt: str, split: str, form: str) -> dict:
         if ckpt not in models:
@@ -178,24 +166,24 @@ def main() -> None:
     texts, sft_data = {}, {}
     with (open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log),
           contextlib.redirect_stderr(log)):
-        world = prepare_world.prepare(world_dir, seed=args.seed, **scale["world"])
+        world = prepare_world.prepare(world_dir, seed=args.seed, **WORLD)
         qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
         for name in ("bios", "bios_control", "bios_single"):
             texts[name] = os.path.join(world_dir, f"{name}_text")
             prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=texts[name])
-        sizes = [n for n in CURVE if n < len(qa["sft"]) - scale["sft_val"]] if scale["curve"] else []
-        for n in [*sizes, len(qa["sft"]) - scale["sft_val"]]:
+        sizes = [n for n in CURVE if n < len(qa["sft"]) - SFT_VAL] if scale["curve"] else []
+        for n in [*sizes, len(qa["sft"]) - SFT_VAL]:
             subset = os.path.join(world_dir, f"sft_qa_{n}.json")
-            write_json(subset, qa["sft"][: n + scale["sft_val"]])  # the file is shuffled: any prefix mixes entities
+            write_json(subset, qa["sft"][: n + SFT_VAL])  # the file is shuffled: any prefix mixes entities
             sft_data[n] = os.path.join(world_dir, f"sft_{n}")
-            prepare_alpaca.prepare(input_path=subset, out_dir=sft_data[n], val_size=scale["sft_val"])
+            prepare_alpaca.prepare(input_path=subset, out_dir=sft_data[n], val_size=SFT_VAL)
         if scale["named"]:  # the same questions, answered with the canonical sentence that names the subject
             named = [{**r, "output": r["named_output"]} for r in qa["sft"]]
             write_json(os.path.join(world_dir, "sft_qa_named.json"), named)
             sft_data["named"] = os.path.join(world_dir, "sft_named")
             prepare_alpaca.prepare(input_path=os.path.join(world_dir, "sft_qa_named.json"),
-                                   out_dir=sft_data["named"], val_size=scale["sft_val"])
-    n_all = len(qa["sft"]) - scale["sft_val"]
+                                   out_dir=sft_data["named"], val_size=SFT_VAL)
+    n_all = len(qa["sft"]) - SFT_VAL
 
     # 2. Pretraining: the world; the world without the held-out entities; the world without augmentation.
     bar.set_postfix_str(next(step))
@@ -245,9 +233,10 @@ def main() -> None:
         runs["ablation_chat"] = evaluate("ablation_chat", ablation_sft, "heldout", "chat")
     if scale["named"]:
         runs["sft_named_chat"] = evaluate("sft_named_chat", named_sft, "heldout", "chat")
-    lora_rows = [{"method": "full SFT", "rank": None, **run_stats("sft", sft_ckpt),
-                  "accuracy": runs["sft_chat"]["accuracy"], "end_rate": runs["sft_chat"]["end_rate"]}]
-    lora_rows = lora_rows if lora_ranks else []
+    lora_rows = []  # full SFT, then each LoRA rank: what each costs and scores
+    if lora_ranks:
+        lora_rows.append({"method": "full SFT", "rank": None, **run_stats("sft", sft_ckpt),
+                          "accuracy": runs["sft_chat"]["accuracy"], "end_rate": runs["sft_chat"]["end_rate"]})
     for r, ckpt in lora_ckpts.items():
         result = evaluate(f"sft_lora{r}_chat", ckpt, "heldout", "chat")
         lora_rows.append({"method": f"LoRA r={r}", "rank": r, **run_stats(f"sft_lora{r}", ckpt),
@@ -321,7 +310,7 @@ def write_markdown(path: str, results: dict) -> None:
                   "", "| method | trained weights | exact match | end-token rate | s/step | peak memory |",
                   "|---|---|---|---|---|---|"]
         for row in results["lora"]:
-            peak = f"{row['peak_mb']:.0f} MB" if row["peak_mb"] is not None else "not measured (--reuse)"
+            peak = f"{row['peak_mib']:.0f} MiB" if row["peak_mib"] is not None else "not measured (--reuse)"
             lines.append(f"| {row['method']} | {row['trainable']:,} ({row['trainable'] / row['total']:.2%}) | "
                          f"{row['accuracy']:.1%} | {row['end_rate']:.1%} | {row['step_s']:.3f} | {peak} |")
     lines += ["", f"Wall time: {results['wall_s']:.0f} s.", ""]

@@ -163,6 +163,9 @@ def test_a_wrong_type_says_an_int(capsys):
     (["--lora_rank=-1"], "lora_rank=-1: give a positive rank such as 8 (or 0 for no LoRA: train every weight)"),
     (["--lora_rank=8", "--lora_targets=q_proj,v_proj"], "lora_targets: unknown layer 'q_proj'; valid names: "
      "attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, or c_attn, c_proj (both projections), c_fc"),
+    # said before the model loads: no hub request for GPT-2 XL's 6 GB (none could succeed here, see `place`)
+    (["--init_from=gpt2-xl", "--lora_rank=8", "--lora_alpha=0"],
+     "lora_alpha=0.0: give a positive scale such as 16 (the update is alpha / rank * B A)"),
 ])
 def test_bad_lora_settings(script, args, expected, place, capsys):
     assert user_error(capsys, run_script, script, *args, "--out_dir=run") == f"error: {expected}"
@@ -184,6 +187,9 @@ def test_resuming_a_lora_run_without_its_settings_and_the_reverse(sft_data, tmp_
     assert line == ("error: resume: the run trained every weight (lora_rank=0), not LoRA adapters; resume it "
                     "without --lora_rank=4")
     assert tree(tmp_path) == before
+    # the same layers spelled another way are the same settings
+    run_script("train_sft.py", *common_args, f"--out_dir={lora_run}", "--init_from=resume", "--lora_rank=4",
+               "--lora_targets=attn.c_attn,mlp.c_fc,c_proj")
 
 
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer

@@ -176,6 +176,12 @@ def test_gradients_reach_only_adapters_and_chat_token_rows():
             assert torch.equal(p, base.get_parameter(name)), name
 
 
+def test_applying_lora_twice_is_refused():
+    model = lora.apply_lora(tiny_gpt(), rank=4, alpha=8.0)
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        lora.apply_lora(model, rank=4, alpha=8.0)
+
+
 def test_targets_pick_layers():
     assert lora.parse_targets("c_attn,c_proj,c_fc") == list(lora.LAYERS)
     assert lora.parse_targets("c_proj") == ["attn.c_proj", "mlp.c_proj"]
@@ -252,7 +258,7 @@ def load(path):
 def test_start_up_line_counts_trainable_weights(lora_runs):
     # by hand: 2 blocks x rank 4 x (in + out) of c_attn, attn.c_proj, c_fc, mlp.c_proj; 47 chat/padding rows
     n = 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32)) + (CHAT_VOCAB - 50257) * 32
-    assert f"training {n:,} of " in lora_runs["log"]
+    assert f"LoRA: training {n:,} weights (adapters and the chat tokens' rows)" in lora_runs["log"]
 
 
 @needs_bpe

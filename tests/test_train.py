@@ -450,7 +450,7 @@ def test_torchrun_matches_single_process(sft_data, tmp_path, accum, lora_rank):
     With accum=2 gradients are synced across processes only on the last micro-batch (require_backward_grad_sync)
     and must still agree. With LoRA, DDP syncs only the adapters' gradients: the frozen weights have none."""
     args = [f"--data_dir={sft_data}", "--max_iters=3", "--learning_rate=3e-3", "--warmup_iters=1",
-              f"--gradient_accumulation_steps={accum}", f"--lora_rank={lora_rank}"]
+            f"--gradient_accumulation_steps={accum}", f"--lora_rank={lora_rank}"]
     ddp_dir, single_dir = str(tmp_path / "ddp"), str(tmp_path / "single")
     ddp, _ = run_parallel(
         (("train_sft.py", *args, f"--out_dir={ddp_dir}", f"--batch_size={4 // accum}"), {"torchrun": True}),
