@@ -216,14 +216,14 @@ def add_lora(model: GPT, rank: int, alpha: float, targets: str, dropout: float) 
 
 
 def trainable_summary(model: GPT) -> str:
-    """What the optimizer will update: 'training every weight', or with LoRA 'LoRA: training 1,215,744
-    weights (adapters and the chat tokens' rows), 0.98% as many as are frozen' (GPT-2 124M, rank 8)."""
+    """What the optimizer will update: 'training every weight', or with LoRA (GPT-2 124M, rank 8) 'LoRA:
+    training 1,215,744 weights (adapters and the chat tokens' rows), 0.97% of all weights'."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # the whole model, under LoRA
-    if frozen == 0:
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == total:
         return "training every weight"
-    return (f"LoRA: training {trainable:,} weights (adapters and the chat tokens' rows), {trainable / frozen:.2%} "
-            f"as many as are frozen")
+    what = "adapters and the chat tokens' rows" if model.config.vocab_size > lora.FIRST_NEW_TOKEN else "adapters"
+    return f"LoRA: training {trainable:,} weights ({what}), {trainable / total:.2%} of all weights"
 
 
 def check_resume(checkpoint: dict, config: dict, world_size: int) -> None:

@@ -184,6 +184,9 @@ def main():
             edits = m[args.version]
             originals, missing = {}, []
             for path, find, replace in edits:
+                if not os.path.exists(os.path.join(copy, path)):  # e.g. lora.py in the old layout
+                    missing.append(f"{path}: no such file")
+                    continue
                 current = read(os.path.join(copy, path))
                 originals.setdefault(path, current)
                 if find not in current:
@@ -215,6 +218,6 @@ def check_texts(repo: str, version: str) -> list[str]:
     missing = []
     for m in M:
         for path, find, _ in m[version]:
-            if find not in read(os.path.join(repo, path)):
+            if not os.path.exists(os.path.join(repo, path)) or find not in read(os.path.join(repo, path)):
                 missing.append(f"{m['name']}: {path}: {find!r}")
     return missing

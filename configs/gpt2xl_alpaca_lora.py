@@ -2,7 +2,7 @@
 #   python train_sft.py configs/gpt2xl_alpaca_lora.py
 #   python sample.py --ckpt=out/gpt2xl_alpaca_lora --compare     # the LoRA checkpoint loads merged
 # Full fine-tuning keeps weights, gradients and two AdamW moments for all 1.56B parameters: 23 GiB in fp32
-# before activations. LoRA at rank 8 trains 9.9M of them (0.64%): the frozen weights (5.8 GiB in fp32) plus
+# before activations. LoRA at rank 8 trains 9.9M weights (0.63% of all): the frozen weights (5.8 GiB in fp32) plus
 # 0.15 GiB of adapter state (bench/bench.py --only e; BENCHMARKS.md). On top: the bf16 copies of the weights
 # that autocast keeps for the backward pass (up to 2.9 GiB), a few transient copies of the embedding matrix
 # (0.3 GiB each: the chat tokens' rows train), and activations, which grow with batch_size x example length:

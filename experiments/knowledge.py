@@ -52,8 +52,8 @@ SFT_VAL = 16  # SFT questions kept for the trainer's val loss (never trained on)
 def run(args: list[str], log_path: str) -> float:
     """python args..., its output into log_path; stop with the log's tail if it fails. Returns the process's
     peak memory (resident set, MiB), from the kernel's accounting of that one child. (Linux starts a child's
-    count at its parent's size; this process holds no model while the runs train, so each run's own peak is
-    what shows.)"""
+    count at its parent's size; this process holds no model while the runs train, only, under --reuse, what
+    checking the earlier checkpoints left, far below any run's own peak, which is what shows.)"""
     with open(log_path, "w") as log:
         child = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)

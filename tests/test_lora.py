@@ -176,6 +176,14 @@ def test_gradients_reach_only_adapters_and_chat_token_rows():
             assert torch.equal(p, base.get_parameter(name)), name
 
 
+def test_trainable_summary_names_what_trains():
+    assert common.trainable_summary(tiny_gpt(vocab_size=300)) == "training every weight"
+    model = lora.apply_lora(tiny_gpt(vocab_size=300), rank=4, alpha=8.0)  # no chat tokens: adapters only
+    n = 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    total = sum(p.numel() for p in model.parameters())
+    assert common.trainable_summary(model) == f"LoRA: training {n:,} weights (adapters), {n / total:.2%} of all weights"
+
+
 def test_applying_lora_twice_is_refused():
     model = lora.apply_lora(tiny_gpt(), rank=4, alpha=8.0)
     with pytest.raises(ValueError, match="already has LoRA adapters"):
