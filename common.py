@@ -158,17 +158,18 @@ def model_from_checkpoint(checkpoint: dict, merge: bool = True, **overrides) -> 
     GPT unless merge=False (resuming that run)."""
     model = GPT(GPTConfig(**(checkpoint["model_args"] | overrides)))
     settings = checkpoint.get("config", {})
-    if settings.get("lora_rank", 0) > 0:
+    is_lora = settings.get("lora_rank", 0) > 0
+    if is_lora:
         lora.apply_lora(model, settings["lora_rank"], settings["lora_alpha"], settings["lora_targets"],
                         settings["lora_dropout"])
     model.load_state_dict(checkpoint["model"])
-    if settings.get("lora_rank", 0) > 0 and merge:
+    if is_lora and merge:
         lora.merge_lora(model)
     return model
 
 
 def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes) -> tuple[GPT, dict | None]:
-    """The model a run starts from, and the checkpoint it came from (None for scratch and GPT-2 weights):
+    """The model a run starts from, and on resume the checkpoint it came from (else None):
     'scratch' (a new GPT of this config), 'resume' (out_dir/ckpt.pt, exactly as saved), a checkpoint of ours,
     or a GPT-2 name / folder in HF's layout (those two take config's dropout; GPT-2's vocabulary grows to
     config's vocab_size)."""
@@ -183,8 +184,8 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, proc: Processes)
         return GPT(config), None
     path = checkpoint_path(init_from)
     if path is not None:  # our own checkpoint, fine-tuned further with this run's dropout
-        checkpoint = load_checkpoint(path)
-        return model_from_checkpoint(checkpoint, dropout=config.dropout), checkpoint
+        # (the checkpoint itself is dropped here: its optimizer state belongs to the run that wrote it)
+        return model_from_checkpoint(load_checkpoint(path), dropout=config.dropout), None
     if proc.local_rank != 0:
         proc.barrier()  # one process per machine downloads GPT-2; the others then read it from the cache
     model, error = None, None
@@ -203,14 +204,6 @@ def check_lora(rank: int, alpha: float, targets: str, dropout: float) -> None:
     """LoRA's settings, checked before a model of gigabytes loads: a bad one is one clear line."""
     try:
         lora.check_settings(rank, alpha, targets, dropout)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def add_lora(model: GPT, rank: int, alpha: float, targets: str, dropout: float) -> None:
-    """lora.apply_lora, with a bad setting as one clear line."""
-    try:
-        lora.apply_lora(model, rank, alpha, targets, dropout)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -347,16 +340,17 @@ def length_grouped_order(lengths: np.ndarray, usable: np.ndarray, step_size: int
     return steps[rng.permutation(len(steps))].reshape(-1)
 
 
-def read_examples(data_dir: str, split: str, block_size: int) -> dict:
+def read_examples(data_dir: str, split: str, block_size: int, verbose: bool = True) -> dict:
     """One split of prepare_alpaca.py's output: token ids, loss mask, offsets, lengths, and which examples
-    fit the context window (the others are left out, never truncated: that would cut off the end token)."""
+    fit the context window (the others are left out, never truncated: that would cut off the end token; said
+    if verbose)."""
     path = os.path.join(data_dir, f"{split}_ids.bin")
     if os.path.getsize(path) == 0:
         raise UserError(f"{data_dir}: the {split} split is empty (prepare it with --val_size above 0)")
     offsets = np.fromfile(os.path.join(data_dir, f"{split}_offsets.bin"), dtype=np.int64)
     lengths = np.diff(offsets)
     usable = np.flatnonzero(lengths - 1 <= block_size)
-    if len(usable) < len(lengths):
+    if verbose and len(usable) < len(lengths):
         print(f"{split}: leaving out {len(lengths) - len(usable)} examples longer than block_size {block_size}")
     return {"ids": np.memmap(path, dtype=np.uint16, mode="r"),
             "mask": np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r"),

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import common
+import lora
 from common import UserError
 from configurator import load_config
 from model import GPTConfig
@@ -87,9 +88,11 @@ model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_si
 if lora_rank != 0:
     common.check_lora(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before a model of gigabytes loads
 model, checkpoint = common.init_model(init_from, out_dir, model_config, proc)
+if init_from == "resume":  # before anything else is loaded: the run must continue in the same geometry
+    common.check_resume(checkpoint, config, proc.world_size)
 block_size = model.config.block_size  # a loaded model brings its own context window
 if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters
-    common.add_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
+    lora.apply_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
 model.to(proc.device)
 if proc.master:
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}; "
@@ -143,7 +146,6 @@ iter_num, best_val_loss, tokens_before = 0, float("inf"), 0  # tokens_before: tr
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), proc.device_type)
 scaler = torch.amp.GradScaler(proc.device_type, enabled=(proc.dtype == "float16"))
 if init_from == "resume":
-    common.check_resume(checkpoint, config, proc.world_size)
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
@@ -154,6 +156,7 @@ if init_from == "resume":
     if proc.master:
         common.truncate_metrics(out_dir, iter_num, evaluates_again)
 if proc.master:
+    os.makedirs(out_dir, exist_ok=True)  # for metrics.jsonl (checkpoints make their own folder too)
     common.remove_stale_temp_files(out_dir)
 checkpoint = None  # free the memory
 raw_model = model
@@ -234,7 +237,6 @@ def evaluate_and_save():
 
 
 def log_metrics(record):
-    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
 
