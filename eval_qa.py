@@ -52,7 +52,7 @@ def prompt_ids(record: dict, form: str) -> list[int]:
 
 
 @torch.no_grad()
-def answer(model, prompts: list[list[int]], end_token: int, max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
+def answer(model, prompts: list[list[int]], end_token: int) -> list[dict]:
     """Greedy answers to many prompts: {"text", "ended"} each. Prompts of the same length go in one batch
     (generate has no padding mask, and needs none when the rows are equally long)."""
     enc = chat_template.get_tokenizer()
@@ -63,8 +63,7 @@ def answer(model, prompts: list[list[int]], end_token: int, max_new_tokens: int 
         by_length.setdefault(len(ids), []).append(i)
     for length, rows in by_length.items():
         x = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
-        budget = min(max_new_tokens, model.config.block_size - length)
-        out = model.generate(x, budget, temperature=0.0, stop_tokens=(end_token,), vocab_size=enc.n_vocab)
+        out = model.generate(x, MAX_NEW_TOKENS, temperature=0.0, stop_tokens=(end_token,), vocab_size=enc.n_vocab)
         for row, i in enumerate(rows):
             new = out[row, length:].tolist()
             ended = end_token in new
@@ -116,16 +115,17 @@ def main() -> None:
         parser.error("give --base and/or --sft")
     world = read_json(os.path.join(args.world_dir, "world.json"))
     qa = {split: read_json(os.path.join(args.world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
-    runs = ([(f"base {args.base}", args.base, form) for form in ("completion", "chat")] if args.base else []) + (
-        [(f"SFT {args.sft}", args.sft, "chat")] if args.sft else [])
+    runs = ([(f"base {args.base}", args.base, ("completion", "chat"))] if args.base else []) + (
+        [(f"SFT {args.sft}", args.sft, ("chat",))] if args.sft else [])
     print(f"chance (most frequent value), held-out questions: {chance(qa['heldout'], world):.1%}")
     print("| model | form | held-out accuracy | held-out end rate | SFT-entity accuracy | SFT-entity end rate |")
     print("|---|---|---|---|---|---|")
-    for label, source, form in runs:
-        model = load(source, args.device)
-        held, seen = (evaluate(model, qa[split], world["values"], form) for split in ("heldout", "sft"))
-        print(f"| {label} | {form} | {held['accuracy']:.1%} | {held['end_rate']:.1%} | {seen['accuracy']:.1%} "
-              f"| {seen['end_rate']:.1%} |")
+    for label, source, forms in runs:
+        model = load(source, args.device)  # once per model, for all its forms
+        for form in forms:
+            held, seen = (evaluate(model, qa[split], world["values"], form) for split in ("heldout", "sft"))
+            print(f"| {label} | {form} | {held['accuracy']:.1%} | {held['end_rate']:.1%} | {seen['accuracy']:.1%} "
+                  f"| {seen['end_rate']:.1%} |")
 
 
 if __name__ == "__main__":

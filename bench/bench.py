@@ -41,6 +41,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: bench/ is one level down
 sys.path.insert(0, ROOT)
 
+import common  # noqa: E402
 import lora  # noqa: E402
 from common import DTYPES, cpu_has_native_bf16, data_loader_section, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
 from hf_checkpoint import CONV1D_WEIGHTS  # noqa: E402
@@ -221,7 +222,7 @@ def matmul_peak(dtypes, n, reps, dev=None):
     mats = {dt: (torch.randn(n, n, device=dev, dtype=DTYPES[dt]), torch.randn(n, n, device=dev, dtype=DTYPES[dt]))
             for dt in dtypes}
     variants = {dt: (lambda a=a, b=b: torch.mm(a, b)) for dt, (a, b) in mats.items()}
-    times, _ = interleaved(variants, reps, warmup=2, dev_type=dev.split(":")[0])
+    times, _ = interleaved(variants, reps, warmup=2, dev_type=common.device_type(dev))
     return {dt: 2 * n**3 / med(t) for dt, t in times.items()}
 
 
@@ -478,7 +479,7 @@ def memory_probe(spec):
 
     torch.set_num_threads(spec["threads"])
     dev = spec["device"]
-    dev_type = dev.split(":")[0]
+    dev_type = common.device_type(dev)
     if dev_type == "cpu":
         tune_cpu_allocator()  # as the trainer does
     torch.manual_seed(1337)
@@ -659,7 +660,6 @@ def bench_cuda(args):
         return skipped("no CUDA device")
     reps = reps_for(args, 5)
     name = torch.cuda.get_device_name()
-    torch.backends.cuda.matmul.allow_tf32 = True
     shape, batch, seq = (TINY, 2, 64) if args.quick else (GPT2_124M, 16, 512)
     peak = next((flops for key, flops in PEAK_BF16 if all(w in name for w in key.split())), None)
     source = "spec sheet"
@@ -753,7 +753,7 @@ def main():
     # busy machine OpenMP's waiting turns each ~10 us op into milliseconds (the smoke test would crawl).
     torch.set_num_threads(1 if args.quick else os.cpu_count() or 1)
     device = pick_device(args.device)
-    device_type = "cuda" if device.startswith("cuda") else device
+    device_type = common.device_type(device)
     if device_type == "cpu":
         tune_cpu_allocator()  # as the trainers do; section (g) compares it with the default
     if device_type == "cuda":

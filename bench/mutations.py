@@ -211,13 +211,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-
-
-def check_texts(repo: str, version: str) -> list[str]:
-    """Every mutation's text must be in the repository as it stands: a list of what is not."""
-    missing = []
-    for m in M:
-        for path, find, _ in m[version]:
-            if not os.path.exists(os.path.join(repo, path)) or find not in read(os.path.join(repo, path)):
-                missing.append(f"{m['name']}: {path}: {find!r}")
-    return missing

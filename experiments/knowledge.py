@@ -37,6 +37,7 @@ from tqdm import tqdm  # noqa: E402
 
 import common  # noqa: E402
 import eval_qa  # noqa: E402
+import lora  # noqa: E402
 import prepare_alpaca  # noqa: E402
 import prepare_text  # noqa: E402
 import prepare_world  # noqa: E402
@@ -109,10 +110,10 @@ def main() -> None:
 
     def finished(ckpt: str) -> bool:
         """--reuse takes a run only if it ended, not one cut off mid-way."""
-        path = os.path.join(ckpt, "ckpt.pt")
-        if not os.path.exists(path):
+        path = common.checkpoint_path(ckpt)
+        if path is None:
             return False
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = common.load_checkpoint(path)
         return checkpoint["iter_num"] >= checkpoint["config"]["max_iters"]
 
     peaks_file = os.path.join(out, "peak_memory.json")  # each run's peak memory (MiB), kept for --reuse
@@ -132,22 +133,26 @@ def main() -> None:
         return train(name, ["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
                             *extra])
 
-    models = {}  # loaded once each: a checkpoint folder -> model
+    models, trained = {}, {}  # read once per checkpoint folder: the model to ask, and the weights its run trained
+
+    def load(ckpt: str):
+        if ckpt not in models:
+            model = common.model_from_checkpoint(common.load_checkpoint(common.checkpoint_path(ckpt)), merge=False)
+            trained[ckpt] = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                             "total": sum(p.numel() for p in model.parameters())}
+            models[ckpt] = lora.merge_lora(model).eval()  # LoRA's adapters folded in (nothing to do otherwise)
+        return models[ckpt]
 
     def run_stats(name: str, ckpt: str) -> dict:
         """What a training run cost: weights trained, seconds per step, peak memory."""
-        checkpoint = torch.load(os.path.join(ckpt, "ckpt.pt"), map_location="cpu", weights_only=True)
-        model = common.model_from_checkpoint(checkpoint, merge=False)
+        load(ckpt)
         with open(os.path.join(ckpt, "metrics.jsonl")) as f:
             last = [r for r in map(json.loads, f) if "loss" in r][-1]
-        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                "total": sum(p.numel() for p in model.parameters()),
-                "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"], "peak_mib": peaks.get(name)}
+        return {**trained[ckpt], "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"],
+                "peak_mib": peaks.get(name)}
 
     def evaluate(name: str, ckpt: str, split: str, form: str) -> dict:
-        if ckpt not in models:
-            models[ckpt] = eval_qa.load(ckpt)
-        result = eval_qa.evaluate(models[ckpt], qa[split], world["values"], form)
+        result = eval_qa.evaluate(load(ckpt), qa[split], world["values"], form)
         with open(os.path.join(answers_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row) + "\n" for row in result["rows"])
         return result
@@ -274,9 +279,8 @@ def main() -> None:
         "heldout_qa": os.path.join(world_dir, "heldout_qa.json"),
     }
     write_json(os.path.join(out, "results.json"), results)
-    write_markdown(os.path.join(out, "results.md"), results)
+    print(write_markdown(os.path.join(out, "results.md"), results))
     plot(os.path.join(out, "results.png"), results)
-    print(open(os.path.join(out, "results.md")).read())
     print(f"wrote {out}/results.json, results.md, results.png ({results['wall_s']:.0f} s)")
 
 
@@ -291,7 +295,7 @@ LABELS = {
 }
 
 
-def write_markdown(path: str, results: dict) -> None:
+def write_markdown(path: str, results: dict) -> str:
     lines = [f"Held-out entities: {results['n_heldout']} questions, never in SFT data; SFT trained on "
              f"{results['n_sft_train']} questions. Chance (most frequent value): {results['chance']:.1%}.", "",
              "| run | held-out exact match | held-out end-token rate |", "|---|---|---|"]
@@ -314,8 +318,10 @@ def write_markdown(path: str, results: dict) -> None:
             lines.append(f"| {row['method']} | {row['trainable']:,} ({row['trainable'] / row['total']:.2%}) | "
                          f"{row['accuracy']:.1%} | {row['end_rate']:.1%} | {row['step_s']:.3f} | {peak} |")
     lines += ["", f"Wall time: {results['wall_s']:.0f} s.", ""]
+    text = "\n".join(lines)
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+        f.write(text)
+    return text
 
 
 def plot(path: str, results: dict) -> None:
@@ -325,8 +331,7 @@ def plot(path: str, results: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4 if results["lora"] else 3, figsize=(21 if results["lora"] else 16, 4.5))
-    names = [n for n in ("base_completion", "base_chat", "sft_chat", "control_chat", "ablation_completion",
-                         "ablation_chat", "sft_named_chat") if results.get(n) is not None]
+    names = [n for n in LABELS if results.get(n) is not None]
     ax = axes[0]
     ax.bar(range(len(names)), [results[n] for n in names], color="tab:blue")
     ax.axhline(results["chance"], color="gray", linestyle="--", label="chance")
