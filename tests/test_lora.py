@@ -82,7 +82,8 @@ def peft_pair():
     for k, v in state.items():  # transformers' Conv1D stores (in, out): our Linear's weight is its transpose
         conv = k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
         state[k] = v.t() if conv else v
-    ours.load_state_dict(state, strict=False)
+    result = ours.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == [] and set(result.missing_keys) <= {"lm_head.weight"}  # tied: wte's tensor
     ours.eval()
     rank, alpha = 4, 12.0  # alpha / rank = 3, not 1: a convention slip (alpha, or alpha / rank) would show
     peft_model = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, fan_in_fan_out=True,

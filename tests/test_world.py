@@ -74,9 +74,9 @@ def test_augmentation_states_each_fact_in_several_phrasings_with_the_full_name(w
     lines = [line for line in bios.splitlines() if line.startswith(person["name"])]
     assert len(lines) == 10  # one biography per round
     assert all(line.count(person["name"]) == 4 for line in lines)  # the full name in every sentence
-    city = person["attributes"]["birth_city"]
-    for phrasing in prepare_world.PHRASINGS["birth_city"]:  # every phrasing of a fact is used
-        assert prepare_world.sentence(phrasing, person, "birth_city") in bios
+    name, city = person["name"], person["attributes"]["birth_city"]
+    for sentence in (f"{name} was born in {city}.", f"{name}'s birthplace is {city}.", f"{name} comes from {city}."):
+        assert sentence in bios  # every phrasing of the fact is used (written out by hand)
     assert len({line.split(". ")[0] for line in lines}) > 1  # the sentence order changes
     fixed = [line for line in single if line.startswith(person["name"] + " ")]
     assert len(set(fixed)) == 1 and len(fixed) == 10 and fixed[0].count(person["name"]) == 1
@@ -165,4 +165,4 @@ def test_scorer_ignores_text_after_the_end_token():
     model = FakeModel(enc.encode_ordinary(" Paris" + " and so on" * 20))  # no end token: cut at 32 tokens
     result = eval_qa.evaluate(model, records, values, "chat")
     assert result["end_rate"] == 0 and result["accuracy"] == 1
-    assert len(enc.encode_ordinary(result["rows"][0]["answer"])) == eval_qa.MAX_NEW_TOKENS
+    assert len(enc.encode_ordinary(result["rows"][0]["answer"])) == 32  # the scoring rule's token limit
