@@ -1,6 +1,7 @@
 """Shared test fixtures: the real GPT-2 BPE files and data from ../shared, when that folder is present."""
 
 import os
+import runpy
 import shutil
 import sys
 
@@ -50,3 +51,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# A tiny model, and the settings of a tiny training run that tests start in this process
+TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)
+TINY_RUN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4", "--eval_iters=2",
+            "--log_interval=1", "--dtype=float32", "--device=cpu", "--seed=1337", "--warmup_iters=2",
+            "--lr_decay_iters=40"]  # fixed, so runs of different max_iters share one learning-rate schedule
+
+
+def run_script(script, *args, tiny=True):
+    """A training script's real top-level code in this process (runpy), with TINY_RUN (unless tiny=False) and
+    then args on its command line: later settings win."""
+    argv = sys.argv
+    sys.argv = [script, *(TINY_RUN if tiny else []), *map(str, args)]
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def random_idx(vocab, shape=(2, 24), seed=0):
+    """Token ids, seeded, without touching torch's global generator."""
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))

@@ -10,7 +10,6 @@ only a real process shows: the exit code and the absence of a traceback end to e
 import errno
 import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, needs_bpe
+from conftest import ROOT, TINY_RUN, needs_bpe, run_script
 
 import common
 import sample
@@ -30,9 +29,6 @@ from model import GPT, GPTConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCRIPTS = ("train_pretrain.py", "train_sft.py")
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4", "--eval_iters=2",
-        "--log_interval=1", "--dtype=float32", "--device=cpu", "--seed=1337", "--warmup_iters=2",
-        "--lr_decay_iters=40"]  # fixed, so runs of different max_iters share one learning-rate schedule
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -74,16 +70,6 @@ def user_error(capsys, fn, *args, **kwargs) -> str:
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0] == f"error: {e.value.message}"
     return lines[0]
-
-
-def run_script(script, *args, tiny=True):
-    """A training script's top-level code in this process, with these command-line arguments."""
-    argv = sys.argv
-    sys.argv = [script, *(TINY if tiny else []), *map(str, args)]
-    try:
-        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-    finally:
-        sys.argv = argv
 
 
 def metric_iters(out_dir):
@@ -304,13 +290,13 @@ def processes(sft_data, tmp_path_factory):
                                 stderr=subprocess.PIPE, text=True)
 
     # sample.py's mistakes are the same UserError in-process (section 1); one trainer suffices end to end
-    wrong = [start([os.path.join(ROOT, "train_sft.py"), *TINY, "--init_from=out/shakespear", "--out_dir=out/run"],
+    wrong = [start([os.path.join(ROOT, "train_sft.py"), *TINY_RUN, "--init_from=out/shakespear", "--out_dir=out/run"],
                    mistakes)]
     cut = tmp / "cut"
     # Far more steps than the wait below needs, so the signal always lands mid-run (at 40 steps a fast machine
     # could finish first); the schedule is fixed by lr_decay_iters, so the resumed run's shorter max_iters
     # gives every step the same learning rate.
-    command = ["train_sft.py", *TINY, f"--data_dir={sft_data}", f"--out_dir={cut}", "--eval_interval=4",
+    command = ["train_sft.py", *TINY_RUN, f"--data_dir={sft_data}", f"--out_dir={cut}", "--eval_interval=4",
                "--max_iters=100000", "--lr_decay_iters=40"]
     proc = start(command, ROOT)
     deadline = time.time() + 120

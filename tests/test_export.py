@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ALPACA_5000, SHARED, needs_alpaca, needs_bpe
+from conftest import ALPACA_5000, SHARED, TINY_MODEL, needs_alpaca, needs_bpe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -32,7 +32,6 @@ pytestmark = [needs_bpe, pytest.mark.usefixtures("one_thread")]
 SYSTEM = 'Be kind. Say "hi"\n{{ not Jinja }} \\ 😀'  # quotes, newline, braces, backslash, emoji: all must survive
 ANSWER = "Hello there, friend!"
 N_ALPACA = 500  # real records checked per template and case: every 10th of the 5,000
-TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)
 
 
 def save_ckpt(path, model: GPT, meta: dict) -> str:
@@ -93,7 +92,7 @@ def trained(tmp_path_factory, one_thread):
         x[row, : len(ids)] = torch.tensor(ids)
         y[row, : len(ids) - 1] = torch.tensor([t if m else -100 for t, m in zip(ids[1:], mask[1:], strict=True)])
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY))
+    model = GPT(GPTConfig(**TINY_MODEL))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-2, weight_decay=0.0, fused=True)
     for _ in range(40):
         _, loss = model(x, y)

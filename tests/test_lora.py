@@ -11,12 +11,10 @@ and its checkpoint loads in sample.py and exports to a folder transformers reads
 import copy
 import json
 import os
-import runpy
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, needs_bpe
+from conftest import TINY_MODEL, TINY_RUN, needs_bpe, random_idx, run_script
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
@@ -31,12 +29,11 @@ hf_logging.set_verbosity_error()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHAT_VOCAB = 50304  # GPT-2's 50257 tokens, then the chat template's (50257, 50258) and padding rows
-TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)
 
 
 def tiny_gpt(seed=0, vocab_size=CHAT_VOCAB) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(**TINY, vocab_size=vocab_size))
+    return GPT(GPTConfig(**TINY_MODEL, vocab_size=vocab_size))
 
 
 def randomize_adapters(model, seed=1):
@@ -51,10 +48,6 @@ def randomize_adapters(model, seed=1):
 def logits(model, idx):
     with torch.no_grad():
         return model.eval()(idx)[0]
-
-
-def random_idx(vocab, shape=(2, 24), seed=0):
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,7 +70,7 @@ def peft_pair():
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300, initializer_range=0.3,
                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
     hf = GPT2LMHeadModel(config).eval()
-    ours = GPT(GPTConfig(**TINY, vocab_size=300))
+    ours = GPT(GPTConfig(**TINY_MODEL, vocab_size=300))
     state = {k: v for k, v in hf.state_dict().items() if not k.endswith(".attn.bias")}
     for k, v in state.items():  # transformers' Conv1D stores (in, out): our Linear's weight is its transpose
         conv = k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
@@ -216,18 +209,11 @@ def test_bad_settings_raise_clear_errors(kwargs, message):
 # ----------------------------------------------------------------------------------------------------------
 # A LoRA run of train_sft.py, in-process (its real top-level code through runpy)
 
-RUN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4", "--eval_iters=2",
-       "--log_interval=1", "--dtype=float32", "--device=cpu", "--seed=1337", "--warmup_iters=2",
-       "--lr_decay_iters=40", "--learning_rate=1e-2", "--lora_rank=4", "--lora_alpha=8"]
+RUN = [*TINY_RUN, "--learning_rate=1e-2", "--lora_rank=4", "--lora_alpha=8"]
 
 
 def run_sft(*args):
-    argv = sys.argv
-    sys.argv = ["train_sft.py", *RUN, *map(str, args)]
-    try:
-        runpy.run_path(os.path.join(ROOT, "train_sft.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
+    run_script("train_sft.py", *RUN, *args, tiny=False)
 
 
 @pytest.fixture(scope="module")

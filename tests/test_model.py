@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_idx
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
@@ -79,11 +80,6 @@ def hf_logits(hf, idx):
 def ours_logits(model, idx):
     with torch.no_grad():
         return model.eval()(idx)[0]
-
-
-def random_idx(vocab, shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, shape, generator=g)
 
 
 def hf_greedy(hf, idx, n):
