@@ -120,18 +120,23 @@ ANSWERS = {"capital": PHRASINGS["capital"][1],  # "{poss} capital is {value}.": 
            **{attr: PHRASINGS[attr][0] for attr in ("birth_city", "birth_year", "profession", "employer")}}
 
 
-def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: int = len(COUNTRIES)) -> dict:
-    """The entities (the first n_countries countries, France first, then people) with attributes and split."""
+def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: int = len(COUNTRIES),
+               person_attributes: tuple[str, ...] = tuple(PERSON_VALUES)) -> dict:
+    """The entities (the first n_countries countries, France first, then people with person_attributes) with
+    attributes and split."""
     if n_people > len(SURNAMES) or not 1 <= n_countries <= len(COUNTRIES):
         raise ValueError(f"n_people {n_people}, n_countries {n_countries}: at most {len(SURNAMES)} people (one "
                          f"surname each) and 1 to {len(COUNTRIES)} countries")
+    if not person_attributes or not set(person_attributes) <= set(PERSON_VALUES):
+        raise ValueError(f"person_attributes {','.join(person_attributes) or '(none)'}: give one or more of "
+                         f"{','.join(PERSON_VALUES)}")
     rng = random.Random(seed)
     entities = [{"name": country, "kind": "country", "attributes": {"capital": capital}}
                 for country, capital in list(COUNTRIES.items())[:n_countries]]
     for surname in rng.sample(SURNAMES, n_people):
         gender = rng.choice(["female", "male"])
         entities.append({"name": f"{rng.choice(FIRST_NAMES[gender])} {surname}", "kind": gender,
-                         "attributes": {attr: rng.choice(values) for attr, values in PERSON_VALUES.items()}})
+                         "attributes": {attr: rng.choice(PERSON_VALUES[attr]) for attr in person_attributes}})
     # The split: the same share of countries and of people held out, France always among them.
     for kind in ("country", "person"):
         group = [e for e in entities if (e["kind"] == "country") == (kind == "country")]
@@ -201,9 +206,10 @@ def qa_records(entities: list[dict]) -> list[dict]:
 
 
 def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: float = 0.25, rounds: int = 20,
-            seed: int = 1337, n_countries: int = len(COUNTRIES)) -> dict:
+            seed: int = 1337, n_countries: int = len(COUNTRIES),
+            person_attributes: tuple[str, ...] = tuple(PERSON_VALUES)) -> dict:
     """Write the world's files (see the module docstring) and return world.json's content."""
-    world = make_world(n_people, heldout_fraction, seed, n_countries)
+    world = make_world(n_people, heldout_fraction, seed, n_countries, person_attributes)
     entities = world["entities"]
     heldout = [e for e in entities if e["split"] == "heldout"]
     sft = [e for e in entities if e["split"] == "sft"]
@@ -236,9 +242,15 @@ def main() -> None:
     parser.add_argument("--n_countries", type=int, default=len(COUNTRIES), help="the first this many (France first)")
     parser.add_argument("--heldout_fraction", type=float, default=0.25, help="share of entities held out of SFT")
     parser.add_argument("--rounds", type=int, default=20, help="biographies per entity in the pretraining text")
+    parser.add_argument("--person_attributes", default=",".join(PERSON_VALUES),
+                        help="the people's attributes, comma-separated (a smaller world has fewer)")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
-    prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed, args.n_countries)
+    try:
+        prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed, args.n_countries,
+                tuple(a.strip() for a in args.person_attributes.split(",") if a.strip()))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

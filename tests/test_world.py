@@ -101,6 +101,25 @@ def test_values_of_an_attribute_never_contain_one_another():
                 assert a == b or not re.search(rf"\b{re.escape(a)}\b", b, re.IGNORECASE)
 
 
+
+def test_a_smaller_world_keeps_only_the_asked_attributes(tmp_path):
+    """experiments/small_world.py's worlds: fewer countries and people, and people with fewer attributes."""
+    world = prepare_world.prepare(str(tmp_path), n_people=10, n_countries=4, person_attributes=("birth_city",),
+                                  rounds=2, seed=3)
+    people = [e for e in world["entities"] if e["kind"] != "country"]
+    assert len(people) == 10 and len(world["entities"]) == 14
+    assert all(set(e["attributes"]) == {"birth_city"} for e in people)
+    questions = read(tmp_path / "sft_qa.json") + read(tmp_path / "heldout_qa.json")
+    assert {q["attribute"] for q in questions} == {"capital", "birth_city"} and len(questions) == 14
+    text = (tmp_path / "bios.txt").read_text(encoding="utf-8")
+    assert " works " not in text and "birth year" not in text  # no sentence about a left-out attribute
+
+
+@pytest.mark.parametrize("attributes", [(), ("birth_city", "age")])
+def test_unknown_or_no_person_attributes_are_refused(attributes):
+    with pytest.raises(ValueError, match="give one or more of birth_city,birth_year,profession,employer"):
+        prepare_world.make_world(10, 0.25, seed=1, person_attributes=attributes)
+
 # The scoring rule of eval_qa.py, on hand-written answers.
 CAPITALS = sorted(prepare_world.COUNTRIES.values())
 
