@@ -20,6 +20,8 @@ Run `python chat_template.py` to see an example with its targets coloured.
 """
 
 import functools
+import hashlib
+import json
 import sys
 
 import tiktoken
@@ -114,6 +116,16 @@ def _segments(messages, template, add_generation_prompt=False):
                 out += [(" " + m["content"], True), (eot, True)]
     return out
 
+
+def fingerprint(template: str) -> str:
+    """A short hash of how this file renders a fixed two-turn conversation in template: its pieces, and which
+    are targets. prepare_alpaca.py records it in meta.json and the trainer compares it, so data that an older
+    version of a template rendered differently is never trained on as if it were the current one."""
+    probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
+             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
+             {"role": "assistant", "content": "A2"}]
+    pieces = [_segments(probe, template), _segments(probe[:-1], template, add_generation_prompt=True)]
+    return hashlib.sha256(json.dumps(pieces).encode()).hexdigest()[:12]
 
 def render(messages, template: str = "chatml", add_generation_prompt: bool = False) -> str:
     """The conversation as text, special tokens written out."""

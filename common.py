@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import chat_template
 import lora
 from model import GPT, GPTConfig
 
@@ -324,7 +325,15 @@ def prepare_on_demand(data_dir: str, default_dir: str, script: str, proc: Proces
             raise UserError(f"python {script} --out_dir {data_dir} failed (its message is above); fix that and "
                             f"run again")
     with open(os.path.join(data_dir, "meta.json")) as f:
-        return json.load(f)
+        meta = json.load(f)
+    if meta["template"] in chat_template.TEMPLATES:  # SFT data: rendered the way chat_template.py renders now?
+        found, current = meta.get("template_fingerprint"), chat_template.fingerprint(meta["template"])
+        if found != current:
+            raise UserError(f"data_dir={data_dir} was not prepared by this version of chat_template.py (its "
+                            f"{meta['template']} fingerprint is {found}, now {current}): prepare it again "
+                            f"(`python prepare_alpaca.py --out_dir {data_dir} --template {meta['template']}`, plus "
+                            f"the options you used)")
+    return meta
 
 
 def length_grouped_order(lengths: np.ndarray, usable: np.ndarray, step_size: int, group_size: int,

@@ -253,6 +253,7 @@ def prepare(
 
     meta = {
         "template": template,
+        "template_fingerprint": chat_template.fingerprint(template),  # checked by the trainer
         "system_prompt": system_prompt,
         "train_on_prompt": train_on_prompt,
         "tokenizer": enc.name,

@@ -578,3 +578,24 @@ def test_main_alpaca_argument():
     ) in proc.stdout
     # 6 (system) + 6 + 5 (instruction) + 6 (response header) + 6 + 1 (answer, end) = 30
     assert "7 of 30 tokens are targets" in proc.stdout
+
+
+def test_fingerprint_tells_templates_and_renderings_apart(monkeypatch):
+    """Data records the fingerprint of the template that rendered it; the trainer refuses a mismatch. It must
+    differ between templates, stay the same from call to call, and change with any change of rendering, such
+    as llama2's old one, which ended the prompt with the space that now opens the answer."""
+    prints = {t: ct.fingerprint(t) for t in ct.TEMPLATES}
+    assert len(set(prints.values())) == 3 and prints == {t: ct.fingerprint(t) for t in ct.TEMPLATES}
+    segments = ct._segments
+
+    def old_llama2(messages, template, add_generation_prompt=False):
+        out = []
+        for piece, target in segments(messages, template, add_generation_prompt):
+            if target and isinstance(piece, str) and piece.startswith(" "):
+                out[-1], piece = (out[-1][0] + " ", False), piece[1:]
+            out.append((piece, target))
+        return out
+
+    monkeypatch.setattr(ct, "_segments", old_llama2)
+    assert ct.fingerprint("llama2") != prints["llama2"]
+    assert ct.fingerprint("chatml") == prints["chatml"]  # nothing of chatml's starts with a space

@@ -10,6 +10,7 @@ only a real process shows: the exit code and the absence of a traceback end to e
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY_RUN, needs_bpe, run_script
 
+import chat_template
 import common
 import sample
 from configurator import load_config
@@ -195,6 +197,24 @@ def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path,
     assert "step 0" not in user_error.out  # said before the step-0 evaluation, not after it
     assert not (tmp_path / "run").exists()
 
+
+
+@needs_bpe
+@pytest.mark.parametrize("recorded", ["0123456789ab", None], ids=["another_fingerprint", "no_fingerprint"])
+def test_data_prepared_by_another_version_of_the_template_is_refused(recorded, sft_data, tmp_path, capsys):
+    """llama2's rendering once changed (the answer's leading space): data prepared before such a change must
+    be prepared again, not trained on with prompts that sample.py now renders differently."""
+    stale = tmp_path / "stale"
+    shutil.copytree(sft_data, stale)
+    meta = json.loads((stale / "meta.json").read_text())
+    assert len(meta["template_fingerprint"]) == 12  # prepare_alpaca.py records it
+    meta["template_fingerprint"] = recorded
+    (stale / "meta.json").write_text(json.dumps(meta))
+    line = user_error(capsys, run_script, "train_sft.py", f"--data_dir={stale}", f"--out_dir={tmp_path / 'run'}")
+    assert line == (f"error: data_dir={stale} was not prepared by this version of chat_template.py (its chatml "
+                    f"fingerprint is {recorded}, now {chat_template.fingerprint('chatml')}): prepare it again "
+                    f"(`python prepare_alpaca.py --out_dir {stale} --template chatml`, plus the options you used)")
+    assert not (tmp_path / "run").exists()
 
 def test_sample_ckpt_is_local_only(place, capsys):
     for ckpt, what in (("out/nope", "it does not exist"), ("gpt2", "it does not exist"),

@@ -25,6 +25,7 @@ import pytest
 import torch
 from conftest import ROOT, needs_bpe
 
+import chat_template
 import common
 from configurator import load_config
 from model import GPT, GPTConfig
@@ -298,7 +299,8 @@ def masked_step_data(tmp_path):
              ([7, 8, 9, 10, 11, 12], [0, 0, 1, 1, 1, 1]), ([13, 14, 15, 16, 17, 18], [0, 1, 1, 1, 1, 1])]
     write_sft_split(str(out), "train", train)
     write_sft_split(str(out), "val", train[2:])
-    (out / "meta.json").write_text(json.dumps({"template": "chatml", "vocab_size": 50259, "end_token": PAD}))
+    (out / "meta.json").write_text(json.dumps({"template": "chatml", "vocab_size": 50259, "end_token": PAD,
+                                               "template_fingerprint": chat_template.fingerprint("chatml")}))
     return str(out)
 
 
@@ -719,7 +721,8 @@ def hand_sft_data(tmp_path):
     out.mkdir()
     write_sft_split(str(out), "train", SFT_TRAIN)
     write_sft_split(str(out), "val", SFT_VAL)
-    meta = {"template": "chatml", "system_prompt": None, "train_on_prompt": False, "tokenizer": "gpt2",
+    meta = {"template": "chatml", "template_fingerprint": chat_template.fingerprint("chatml"), "system_prompt": None,
+            "train_on_prompt": False, "tokenizer": "gpt2",
             "vocab_size": 50259, "end_token": PAD, "n_train": len(SFT_TRAIN), "n_val": len(SFT_VAL)}
     (out / "meta.json").write_text(json.dumps(meta))
     return str(out)
