@@ -144,6 +144,13 @@ mutation("loss forms a weight gradient for a frozen output layer", FAST,
          [("model.py", "needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]",
            "needs_grad_weight = grad_enabled and any(ctx.needs_input_grad[:2])")])
 
+# Stale prepared data (the "old" layout has no fingerprint: reported as not found there)
+mutation("data prepared by another template rendering is trained on", ["tests/test_errors.py"],
+         [("common.py", "        if found != current:\n", "        if False:\n")])
+mutation("the template fingerprint ignores which pieces are targets", FAST,
+         [("chat_template.py",
+           "_segments(probe, template), _segments(probe[:-1], template, add_generation_prompt=True)",
+           "[p for p, _ in _segments(probe, template)], [p for p, _ in _segments(probe[:-1], template, True)]")])
 
 def read(path: str) -> str:
     with open(path) as f:

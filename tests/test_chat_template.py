@@ -582,8 +582,9 @@ def test_main_alpaca_argument():
 
 def test_fingerprint_tells_templates_and_renderings_apart(monkeypatch):
     """Data records the fingerprint of the template that rendered it; the trainer refuses a mismatch. It must
-    differ between templates, stay the same from call to call, and change with any change of rendering, such
-    as llama2's old one, which ended the prompt with the space that now opens the answer."""
+    differ between templates, stay the same from call to call, and change with any change of rendering: of
+    the text, such as llama2's old one, which ended the prompt with the space that now opens the answer, and
+    of the targets alone, such as <|im_end|> no longer learned."""
     prints = {t: ct.fingerprint(t) for t in ct.TEMPLATES}
     assert len(set(prints.values())) == 3 and prints == {t: ct.fingerprint(t) for t in ct.TEMPLATES}
     segments = ct._segments
@@ -599,3 +600,11 @@ def test_fingerprint_tells_templates_and_renderings_apart(monkeypatch):
     monkeypatch.setattr(ct, "_segments", old_llama2)
     assert ct.fingerprint("llama2") != prints["llama2"]
     assert ct.fingerprint("chatml") == prints["chatml"]  # nothing of chatml's starts with a space
+
+    def end_not_a_target(messages, template, add_generation_prompt=False):
+        im_end = ct.SPECIAL_TOKENS[ct.IM_END]
+        return [(piece, target and piece != im_end) for piece, target in
+                segments(messages, template, add_generation_prompt)]
+
+    monkeypatch.setattr(ct, "_segments", end_not_a_target)
+    assert ct.fingerprint("chatml") != prints["chatml"]
