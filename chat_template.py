@@ -124,8 +124,11 @@ def fingerprint(template: str) -> str:
     probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
              {"role": "assistant", "content": "A2"}]
-    pieces = [_segments(probe, template), _segments(probe[:-1], template, add_generation_prompt=True)]
+    # with its system message, without (alpaca's default preamble), and as a prompt for generation
+    conversations = [(probe, False), (probe[1:], False), (probe[1:-1], True)]
+    pieces = [_segments(c, template, add_generation_prompt=prompt) for c, prompt in conversations]
     return hashlib.sha256(json.dumps(pieces).encode()).hexdigest()[:12]
+
 
 def render(messages, template: str = "chatml", add_generation_prompt: bool = False) -> str:
     """The conversation as text, special tokens written out."""

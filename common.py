@@ -7,6 +7,7 @@ and the training loop, which stay in the scripts where they can be read.
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -326,15 +327,36 @@ def prepare_on_demand(data_dir: str, default_dir: str, script: str, proc: Proces
                             f"run again")
     with open(os.path.join(data_dir, "meta.json")) as f:
         meta = json.load(f)
-    if meta["template"] in chat_template.TEMPLATES:  # SFT data: rendered the way chat_template.py renders now?
-        found, current = meta.get("template_fingerprint"), chat_template.fingerprint(meta["template"])
-        if found != current:
-            raise UserError(f"data_dir={data_dir} was not prepared by this version of chat_template.py (its "
-                            f"{meta['template']} fingerprint is {found}, now {current}): prepare it again "
-                            f"(`python prepare_alpaca.py --out_dir {data_dir} --template {meta['template']}`, plus "
-                            f"the options you used)")
+    check_template_fingerprint(meta, data_dir)
     return meta
 
+
+
+def check_template_fingerprint(meta: dict, data_dir: str) -> None:
+    """SFT data (prepare_alpaca.py's) must have been rendered the way chat_template.py renders its template
+    now: sample.py and the export render prompts with today's code. Pretraining text (template 'none') passes."""
+    template = meta["template"]
+    if template not in chat_template.TEMPLATES:
+        return
+    found, current = meta.get("template_fingerprint"), chat_template.fingerprint(template)
+    if found == current:
+        return
+    # The command that prepares data_dir again, from what its meta.json recorded
+    command = ["python", "prepare_alpaca.py", "--out_dir", data_dir, "--template", template]
+    if meta.get("source"):
+        command += ["--url" if "://" in meta["source"] else "--input", meta["source"]]
+    if meta.get("system_prompt"):
+        command += ["--system_prompt", meta["system_prompt"]]
+    if meta.get("train_on_prompt"):
+        command.append("--train_on_prompt")
+    for key, flag in (("n_val", "--val_size"), ("max_len", "--max_len"), ("seed", "--seed")):
+        if key in meta:
+            command += [flag, str(meta[key])]
+    why = (f"records no template fingerprint (it was prepared before nanoSFT recorded one), so whether "
+           f"chat_template.py still renders {template} the same cannot be told" if found is None else
+           f"was prepared by another version of chat_template.py (its {template} fingerprint is {found}, "
+           f"now {current})")
+    raise UserError(f"data_dir={data_dir} {why}: prepare it again: `{shlex.join(command)}`")
 
 def length_grouped_order(lengths: np.ndarray, usable: np.ndarray, step_size: int, group_size: int,
                          rng: np.random.Generator) -> np.ndarray:

@@ -146,11 +146,11 @@ mutation("loss forms a weight gradient for a frozen output layer", FAST,
 
 # Stale prepared data (the "old" layout has no fingerprint: reported as not found there)
 mutation("data prepared by another template rendering is trained on", ["tests/test_errors.py"],
-         [("common.py", "        if found != current:\n", "        if False:\n")])
+         [("common.py", "    if found == current:\n", "    if True:\n")])
 mutation("the template fingerprint ignores which pieces are targets", FAST,
          [("chat_template.py",
-           "_segments(probe, template), _segments(probe[:-1], template, add_generation_prompt=True)",
-           "[p for p, _ in _segments(probe, template)], [p for p, _ in _segments(probe[:-1], template, True)]")])
+           "pieces = [_segments(c, template, add_generation_prompt=prompt) for c, prompt in conversations]",
+           "pieces = [[p for p, _ in _segments(c, template, prompt)] for c, prompt in conversations]")])
 
 def read(path: str) -> str:
     with open(path) as f:

@@ -6,11 +6,11 @@ the lesson still shows in the time a fast test has (experiments/README.md, "The 
         --pretrain="--n_embd=64 --block_size=32 --batch_size=8 --max_iters=500"
 
 makes the world (prepare_world.py), pretrains a base model on it (train_pretrain.py configs/world_pretrain.py
-plus the --pretrain overrides), SFTs it (train_sft.py configs/world_sft.py plus --sft), and prints one table
-row: seconds, the final training loss, and exact match (eval_qa.py's rule) of the base model on held-out
-questions (completion and chat form) and of the SFT model (chat form, held-out and its own entities). Only
-the main pair, no control: a scaled-down run is useful only if its SFT model answers held-out questions
-well, which is asked first.
+plus the --pretrain overrides), SFTs it (train_sft.py configs/world_sft.py plus --sft), and prints what a
+table row needs: each run's seconds, the final training loss, and exact match and end-token rate
+(eval_qa.py's rule) of the base model on held-out questions (completion and chat form) and of the SFT model
+(chat form, on held-out questions and on its own entities'). Only the main pair, no control: a scaled-down
+run is useful only if its SFT model answers held-out questions well, which is asked first.
 """
 
 import argparse
@@ -50,11 +50,16 @@ def main() -> None:
     parser.add_argument("--sft", default="", help="--key=value overrides of configs/world_sft.py")
     parser.add_argument("--sft_val", type=int, default=8, help="SFT questions kept for the val loss")
     args = parser.parse_args()
+    attributes = tuple(a.strip() for a in args.person_attributes.split(",") if a.strip())
+    try:
+        prepare_world.make_world(args.n_people, 0.25, 0, args.n_countries, attributes)  # checks, writes nothing
+    except ValueError as e:
+        parser.error(str(e))
     out = os.path.abspath(args.out_dir)
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         world = prepare_world.prepare(os.path.join(out, "world"), n_people=args.n_people,
                                       n_countries=args.n_countries,
-                                      person_attributes=tuple(args.person_attributes.split(",")))
+                                      person_attributes=attributes)
         prepare_text.prepare(input_path=os.path.join(out, "world", "bios.txt"), out_dir=os.path.join(out, "text"))
         prepare_alpaca.prepare(input_path=os.path.join(out, "world", "sft_qa.json"),
                                out_dir=os.path.join(out, "sft_data"), val_size=args.sft_val)

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the real GPT-2 BPE files and data from ../shared, when that folder is present."""
+"""Shared test fixtures and helpers: the real GPT-2 BPE files and data from ../shared, when that folder is
+present, and the tiny model and training run that many tests start in-process."""
 
 import os
 import runpy

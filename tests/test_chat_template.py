@@ -608,3 +608,6 @@ def test_fingerprint_tells_templates_and_renderings_apart(monkeypatch):
 
     monkeypatch.setattr(ct, "_segments", end_not_a_target)
     assert ct.fingerprint("chatml") != prints["chatml"]
+    monkeypatch.setattr(ct, "_segments", segments)
+    monkeypatch.setattr(ct, "ALPACA_PREAMBLE", ct.ALPACA_PREAMBLE + " ")  # the text without a system message
+    assert ct.fingerprint("alpaca") != prints["alpaca"]

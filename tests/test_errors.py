@@ -198,23 +198,31 @@ def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
-
 @needs_bpe
 @pytest.mark.parametrize("recorded", ["0123456789ab", None], ids=["another_fingerprint", "no_fingerprint"])
 def test_data_prepared_by_another_version_of_the_template_is_refused(recorded, sft_data, tmp_path, capsys):
     """llama2's rendering once changed (the answer's leading space): data prepared before such a change must
-    be prepared again, not trained on with prompts that sample.py now renders differently."""
+    be prepared again, not trained on with prompts that sample.py now renders differently. The command the
+    error line gives must make the very data a fresh preparation makes."""
     stale = tmp_path / "stale"
     shutil.copytree(sft_data, stale)
     meta = json.loads((stale / "meta.json").read_text())
-    assert len(meta["template_fingerprint"]) == 12  # prepare_alpaca.py records it
+    assert meta["template_fingerprint"] == chat_template.fingerprint("chatml")  # prepare_alpaca.py records it
     meta["template_fingerprint"] = recorded
     (stale / "meta.json").write_text(json.dumps(meta))
     line = user_error(capsys, run_script, "train_sft.py", f"--data_dir={stale}", f"--out_dir={tmp_path / 'run'}")
-    assert line == (f"error: data_dir={stale} was not prepared by this version of chat_template.py (its chatml "
-                    f"fingerprint is {recorded}, now {chat_template.fingerprint('chatml')}): prepare it again "
-                    f"(`python prepare_alpaca.py --out_dir {stale} --template chatml`, plus the options you used)")
+    why = ("records no template fingerprint (it was prepared before nanoSFT recorded one), so whether "
+           "chat_template.py still renders chatml the same cannot be told" if recorded is None else
+           f"was prepared by another version of chat_template.py (its chatml fingerprint is {recorded}, now "
+           f"{chat_template.fingerprint('chatml')})")
+    command = (f"python prepare_alpaca.py --out_dir {stale} --template chatml --input {meta['source']} "
+               f"--val_size 4 --max_len 1024 --seed 1337")
+    assert line == f"error: data_dir={stale} {why}: prepare it again: `{command}`"
     assert not (tmp_path / "run").exists()
+    subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT, check=True, capture_output=True)
+    for name in os.listdir(sft_data):  # the same ids, masks, offsets and meta.json as the fixture's
+        assert (stale / name).read_bytes() == open(os.path.join(sft_data, name), "rb").read(), name
+
 
 def test_sample_ckpt_is_local_only(place, capsys):
     for ckpt, what in (("out/nope", "it does not exist"), ("gpt2", "it does not exist"),

@@ -101,7 +101,6 @@ def test_values_of_an_attribute_never_contain_one_another():
                 assert a == b or not re.search(rf"\b{re.escape(a)}\b", b, re.IGNORECASE)
 
 
-
 def test_a_smaller_world_keeps_only_the_asked_attributes(tmp_path):
     """experiments/small_world.py's worlds: fewer countries and people, and people with fewer attributes."""
     world = prepare_world.prepare(str(tmp_path), n_people=10, n_countries=4, person_attributes=("birth_city",),
@@ -119,6 +118,7 @@ def test_a_smaller_world_keeps_only_the_asked_attributes(tmp_path):
 def test_unknown_or_no_person_attributes_are_refused(attributes):
     with pytest.raises(ValueError, match="give one or more of birth_city,birth_year,profession,employer"):
         prepare_world.make_world(10, 0.25, seed=1, person_attributes=attributes)
+
 
 # The scoring rule of eval_qa.py, on hand-written answers.
 CAPITALS = sorted(prepare_world.COUNTRIES.values())
