@@ -314,8 +314,11 @@ def processes(sft_data, tmp_path_factory):
     env.pop("RANK", None)
 
     def start(args, cwd):
+        # SIGINT back to its default in the child: a shell ignores it in jobs started with '&' (a CI runner in
+        # the background), and a Python started with it ignored never raises KeyboardInterrupt
         return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     # sample.py's mistakes are the same UserError in-process (section 1); one trainer suffices end to end
     wrong = [start([os.path.join(ROOT, "train_sft.py"), *TINY_RUN, "--init_from=out/shakespear", "--out_dir=out/run"],
