@@ -118,9 +118,10 @@ def _segments(messages, template, add_generation_prompt=False):
 
 
 def fingerprint(template: str) -> str:
-    """A short hash of how this file renders a fixed two-turn conversation in template: its pieces, and which
-    are targets. prepare_alpaca.py records it in meta.json and the trainer compares it, so data that an older
-    version of a template rendered differently is never trained on as if it were the current one."""
+    """A short hash of how this file renders a fixed two-turn conversation in template (with and without its
+    system message, and as a prompt): its pieces, and which are targets. prepare_alpaca.py records it in
+    meta.json and the trainer compares it, so data that an older version of a template rendered differently
+    is never trained on as if it were the current one."""
     probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
              {"role": "assistant", "content": "A2"}]

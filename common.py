@@ -331,7 +331,6 @@ def prepare_on_demand(data_dir: str, default_dir: str, script: str, proc: Proces
     return meta
 
 
-
 def check_template_fingerprint(meta: dict, data_dir: str) -> None:
     """SFT data (prepare_alpaca.py's) must have been rendered the way chat_template.py renders its template
     now: sample.py and the export render prompts with today's code. Pretraining text (template 'none') passes."""
@@ -357,6 +356,7 @@ def check_template_fingerprint(meta: dict, data_dir: str) -> None:
            f"was prepared by another version of chat_template.py (its {template} fingerprint is {found}, "
            f"now {current})")
     raise UserError(f"data_dir={data_dir} {why}: prepare it again: `{shlex.join(command)}`")
+
 
 def length_grouped_order(lengths: np.ndarray, usable: np.ndarray, step_size: int, group_size: int,
                          rng: np.random.Generator) -> np.ndarray:
