@@ -210,15 +210,21 @@ def check_lora(rank: int, alpha: float, targets: str, dropout: float) -> None:
         raise UserError(str(e)) from None
 
 
+def weight_counts(model: torch.nn.Module) -> dict:
+    """{"trainable": weights the optimizer updates, "total": all of them} (a tied matrix counts once)."""
+    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in model.parameters())}
+
+
 def trainable_summary(model: GPT) -> str:
     """What the optimizer will update: 'training every weight', or with LoRA (GPT-2 124M, rank 8) 'LoRA:
     training 1,215,744 weights (adapters and the chat tokens' rows), 0.97% of all weights'."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    if trainable == total:
+    counts = weight_counts(model)
+    if counts["trainable"] == counts["total"]:
         return "training every weight"
     what = "adapters and the chat tokens' rows" if model.config.vocab_size > lora.FIRST_NEW_TOKEN else "adapters"
-    return f"LoRA: training {trainable:,} weights ({what}), {trainable / total:.2%} of all weights"
+    share = counts["trainable"] / counts["total"]
+    return f"LoRA: training {counts['trainable']:,} weights ({what}), {share:.2%} of all weights"
 
 
 def check_resume(checkpoint: dict, config: dict, world_size: int) -> None:
@@ -230,18 +236,18 @@ def check_resume(checkpoint: dict, config: dict, world_size: int) -> None:
     if saved != (config["batch_size"], config["gradient_accumulation_steps"], world_size):
         raise UserError(f"resume: the run used batch_size, gradient_accumulation_steps, processes = {saved}; "
                         f"resume it with the same")
-    saved = checkpoint["config"]
-    saved_rank = saved.get("lora_rank", 0)  # a checkpoint from before LoRA: none
-    if saved_rank == 0 == config["lora_rank"]:
+    run = checkpoint["config"]  # the settings the run was started with
+    run_rank = run.get("lora_rank", 0)  # a checkpoint from before LoRA: none
+    if run_rank == 0 == config["lora_rank"]:
         return  # neither run uses LoRA: its other settings do not matter
-    if saved_rank == 0:
+    if run_rank == 0:
         raise UserError(f"resume: the run trained every weight (lora_rank=0), not LoRA adapters; resume it without "
                         f"--lora_rank={config['lora_rank']}")
-    same = (saved_rank == config["lora_rank"] and saved["lora_alpha"] == config["lora_alpha"]
-            and saved["lora_dropout"] == config["lora_dropout"]
-            and lora.parse_targets(saved["lora_targets"]) == lora.parse_targets(config["lora_targets"]))
+    same = (run_rank == config["lora_rank"] and run["lora_alpha"] == config["lora_alpha"]
+            and run["lora_dropout"] == config["lora_dropout"]
+            and lora.parse_targets(run["lora_targets"]) == lora.parse_targets(config["lora_targets"]))
     if not same:
-        settings = " ".join(f"--{k}={saved[k]}" for k in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout"))
+        settings = " ".join(f"--{k}={run[k]}" for k in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout"))
         raise UserError(f"resume: the run was trained with {settings}; resume it with the same settings")
 
 

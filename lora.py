@@ -82,16 +82,15 @@ class NewTokenRows(nn.Module):
 def parse_targets(targets: str) -> list[str]:
     """'c_attn,c_proj,c_fc' -> the block layers it names. A name is a layer's (c_attn, c_fc), or its path in
     the block (attn.c_proj, mlp.c_proj); c_proj names both projections. Unknown names raise ValueError."""
+    valid = f"valid names: {', '.join(LAYERS)}, or c_attn, c_proj (both projections), c_fc"
     names = [t.strip() for t in targets.split(",") if t.strip()]
     if not names:
-        raise ValueError(f"lora_targets={targets!r} names no layer; valid names: {', '.join(LAYERS)}, or c_attn, "
-                         f"c_proj (both projections), c_fc")
+        raise ValueError(f"lora_targets={targets!r} names no layer; {valid}")
     chosen = set()
     for name in names:
         matches = {layer for layer in LAYERS if layer == name or layer.endswith("." + name)}
         if not matches:
-            raise ValueError(f"lora_targets: unknown layer {name!r}; valid names: {', '.join(LAYERS)}, or c_attn, "
-                             f"c_proj (both projections), c_fc")
+            raise ValueError(f"lora_targets: unknown layer {name!r}; {valid}")
         chosen |= matches
     return [layer for layer in LAYERS if layer in chosen]  # in the block's order
 

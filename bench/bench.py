@@ -513,9 +513,9 @@ def memory_probe(spec):
         optimizer.zero_grad(set_to_none=True)
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for k, t in s.items() if k != "step")
     sync(dev_type)
+    counts = common.weight_counts(model)
     print(json.dumps({"baseline": baseline, "peak": used(), "grads": grads, "adamw": state,
-                      "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                      "params": sum(p.numel() for p in model.parameters())}))
+                      "trainable": counts["trainable"], "params": counts["total"]}))
 
 
 def memory_projection(shape: dict, rank: int) -> dict:
@@ -523,9 +523,9 @@ def memory_projection(shape: dict, rank: int) -> dict:
     (fp32 master weights, as the trainers keep them), counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
         model = GPT(GPTConfig(**shape))
-        n = sum(p.numel() for p in model.parameters())
+        n = common.weight_counts(model)["total"]
         lora.apply_lora(model, rank, alpha=16.0)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable = common.weight_counts(model)["trainable"]
     return {"params": n, "trainable": trainable, "full_bytes": 16 * n, "lora_bytes": 4 * n + 16 * trainable}
 
 

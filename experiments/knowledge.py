@@ -138,8 +138,7 @@ def main() -> None:
     def load(ckpt: str):
         if ckpt not in models:
             model = common.model_from_checkpoint(common.load_checkpoint(common.checkpoint_path(ckpt)), merge=False)
-            trained[ckpt] = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                             "total": sum(p.numel() for p in model.parameters())}
+            trained[ckpt] = common.weight_counts(model)
             models[ckpt] = lora.merge_lora(model).eval()  # LoRA's adapters folded in (nothing to do otherwise)
         return models[ckpt]
 
