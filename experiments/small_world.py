@@ -15,29 +15,20 @@ run is useful only if its SFT model answers held-out questions well, which is as
 
 import argparse
 import contextlib
-import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import knowledge  # noqa: E402  (experiments/knowledge.py, beside this file: its run() and learning_curve())
+
 import eval_qa  # noqa: E402
 import prepare_alpaca  # noqa: E402
 import prepare_text  # noqa: E402
 import prepare_world  # noqa: E402
-
-
-def train(args: list[str]) -> float:
-    """python args... in the repository; its seconds. Stops with the output's end if it fails."""
-    t0 = time.time()
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"python {shlex.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    return time.time() - t0
 
 
 def main() -> None:
@@ -51,36 +42,41 @@ def main() -> None:
     parser.add_argument("--sft_val", type=int, default=8, help="SFT questions kept for the val loss")
     args = parser.parse_args()
     attributes = tuple(a.strip() for a in args.person_attributes.split(",") if a.strip())
-    try:
-        prepare_world.make_world(args.n_people, 0.25, 0, args.n_countries, attributes)  # checks, writes nothing
+    out = os.path.abspath(args.out_dir)
+    world_dir, logs = os.path.join(out, "world"), os.path.join(out, "logs")
+    try:  # a bad world size or attribute is found before anything is written
+        world = prepare_world.prepare(world_dir, n_people=args.n_people, n_countries=args.n_countries,
+                                      person_attributes=attributes)
     except ValueError as e:
         parser.error(str(e))
-    out = os.path.abspath(args.out_dir)
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        world = prepare_world.prepare(os.path.join(out, "world"), n_people=args.n_people,
-                                      n_countries=args.n_countries,
-                                      person_attributes=attributes)
-        prepare_text.prepare(input_path=os.path.join(out, "world", "bios.txt"), out_dir=os.path.join(out, "text"))
-        prepare_alpaca.prepare(input_path=os.path.join(out, "world", "sft_qa.json"),
+        prepare_text.prepare(input_path=os.path.join(world_dir, "bios.txt"), out_dir=os.path.join(out, "text"))
+        prepare_alpaca.prepare(input_path=os.path.join(world_dir, "sft_qa.json"),
                                out_dir=os.path.join(out, "sft_data"), val_size=args.sft_val)
+    os.makedirs(logs, exist_ok=True)
     base, sft = os.path.join(out, "base"), os.path.join(out, "sft")
-    pretrain_s = train(["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={out}/text",
-                        f"--out_dir={base}", *shlex.split(args.pretrain)])
-    sft_s = train(["train_sft.py", "configs/world_sft.py", f"--data_dir={out}/sft_data", f"--init_from={base}",
-                   f"--out_dir={sft}", *shlex.split(args.sft)])
-    with open(os.path.join(base, "metrics.jsonl")) as f:
-        final_loss = [r for r in map(json.loads, f) if "loss" in r][-1]["loss"]
-    heldout = eval_qa.read_json(os.path.join(out, "world", "heldout_qa.json"))
-    sft_entities = eval_qa.read_json(os.path.join(out, "world", "sft_qa.json"))  # SFT's own (val ones too)
+    seconds = {}
+    for name, command in (
+        ("pretrain", ["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={out}/text", f"--out_dir={base}",
+                      *shlex.split(args.pretrain)]),
+        ("sft", ["train_sft.py", "configs/world_sft.py", f"--data_dir={out}/sft_data", f"--init_from={base}",
+                 f"--out_dir={sft}", *shlex.split(args.sft)]),
+    ):
+        t0 = time.time()
+        knowledge.run(command, os.path.join(logs, f"{name}.log"))
+        seconds[name] = time.time() - t0
+    final_loss = knowledge.learning_curve(base)[-1]["loss"]
+    heldout = eval_qa.read_json(os.path.join(world_dir, "heldout_qa.json"))
+    sft_entities = eval_qa.read_json(os.path.join(world_dir, "sft_qa.json"))  # SFT's own (val ones too)
     base_model, sft_model = eval_qa.load(base), eval_qa.load(sft)
     scores = {"base completion": eval_qa.evaluate(base_model, heldout, world["values"], "completion"),
               "base chat": eval_qa.evaluate(base_model, heldout, world["values"], "chat"),
               "SFT chat": eval_qa.evaluate(sft_model, heldout, world["values"], "chat"),
               "SFT chat, SFT entities": eval_qa.evaluate(sft_model, sft_entities, world["values"], "chat")}
-    print(f"world: {args.n_countries} countries, {args.n_people} people ({args.person_attributes}); "
+    print(f"world: {args.n_countries} countries, {args.n_people} people ({','.join(attributes)}); "
           f"{len(heldout)} held-out questions; chance {eval_qa.chance(heldout, world):.1%}")
-    print(f"pretrain {args.pretrain or '(the config)'}: {pretrain_s:.0f} s, final loss {final_loss:.2f}; "
-          f"SFT {args.sft or '(the config)'}: {sft_s:.0f} s")
+    print(f"pretrain {args.pretrain or '(the config)'}: {seconds['pretrain']:.0f} s, final loss {final_loss:.2f}; "
+          f"SFT {args.sft or '(the config)'}: {seconds['sft']:.0f} s (logs in {logs})")
     print(" | ".join(f"{name} {r['accuracy']:.1%} (end {r['end_rate']:.0%})" for name, r in scores.items()))
 
 
