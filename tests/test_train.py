@@ -523,6 +523,19 @@ def test_every_shipped_config_loads_in_both_scripts(path):
         load_config(dict(defaults), [os.path.join(ROOT, "configs", path)])  # no unknown key, no wrong type
 
 
+
+def test_the_xl_lora_config_is_the_alpaca_recipe_with_lora_on_top():
+    """configs/gpt2xl_alpaca_lora.py is a layer on gpt2_alpaca.py: together they must give exactly this run
+    (the values written out by hand, as the file held them when it stood alone)."""
+    layers = [os.path.join(ROOT, "configs", name) for name in ("gpt2_alpaca.py", "gpt2xl_alpaca_lora.py")]
+    config = load_config(script_defaults("train_sft.py"), layers)
+    expected = {"out_dir": "out/gpt2xl_alpaca_lora", "init_from": "gpt2-xl", "data_dir": "data/alpaca",
+                "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": "c_attn,c_proj,c_fc", "lora_dropout": 0.0,
+                "batch_size": 4, "gradient_accumulation_steps": 32, "max_iters": 1158, "eval_interval": 100,
+                "eval_iters": 40, "learning_rate": 2e-4, "min_lr": 2e-5, "warmup_iters": 35, "weight_decay": 0.0,
+                "beta1": 0.9, "beta2": 0.999, "grad_clip": 1.0, "dropout": 0.0, "compile": True}
+    assert {key: config[key] for key in expected} == expected
+
 def test_config_unknown_key():
     msg = config_error(["--learing_rate=1e-3"])
     assert "learing_rate" in msg and "Did you mean 'learning_rate'" in msg
