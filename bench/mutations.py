@@ -137,6 +137,8 @@ mutation("LoRA: the pretrained weights are not frozen", LORA,
            "    for p in model.parameters():\n        pass\n")])
 mutation("LoRA: the chat tokens' rows stay frozen (the model could never learn to stop)", LORA,
          [("lora.py", "if model.config.vocab_size > FIRST_NEW_TOKEN:", "if False:")])
+mutation("LoRA: the adapted layer drops its frozen bias", LORA,
+         [("lora.py", "out = F.linear(x, self.weight, self.bias)", "out = F.linear(x, self.weight)")])
 mutation("LoRA: a resumed run's adapters are merged away", LORA,
          [("common.py", "return model_from_checkpoint(checkpoint, merge=False), checkpoint",
            "return model_from_checkpoint(checkpoint), checkpoint")])

@@ -1,6 +1,8 @@
 """Shared test fixtures and helpers: the real GPT-2 BPE files and data from ../shared, when that folder is
 present, and the tiny model and training run that many tests start in-process."""
 
+import dataclasses
+import json
 import os
 import runpy
 import shutil
@@ -75,3 +77,49 @@ def run_script(script, *args, tiny=True):
 def random_idx(vocab, shape=(2, 24), seed=0):
     """Token ids, seeded, without touching torch's global generator."""
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def ours_logits(model, idx):
+    """Our GPT's logits for token ids idx, in eval mode, without gradients."""
+    with torch.no_grad():
+        return model.eval()(idx)[0]
+
+
+def make_hf(seed: int = 0, initializer_range: float = 0.5, **kw):
+    """A random transformers GPT2LMHeadModel whose logits are decisive (no near-tied argmax) and whose every
+    tensor matters: the independent reference of test_model.py and test_lora.py."""
+    from transformers import GPT2Config, GPT2LMHeadModel  # here: most tests never need transformers
+
+    torch.manual_seed(seed)
+    config = GPT2Config(initializer_range=initializer_range, bos_token_id=None, eos_token_id=None,
+                        pad_token_id=None, **kw)
+    hf = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        # HF starts biases at 0 and LayerNorm gains at 1: a bias never loaded (or a gain swapped with a bias)
+        # would go unnoticed. Make them random too.
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if name.endswith(".weight") else 0.0) + 0.2 * torch.randn_like(p))
+    return hf.eval()
+
+
+def save_ckpt(path, model, meta: dict) -> str:
+    """A checkpoint with the keys train_sft.py's save_checkpoint writes (what sample.py, export_hf and
+    init_from read)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
+                "config": {"init_from": "scratch"}, "meta": meta, "iter_num": 0, "best_val_loss": 0.0}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    """Prepared SFT data: 24 train + 4 val short Alpaca-style records, some with an input (needs the BPE)."""
+    import prepare_alpaca
+
+    d = tmp_path_factory.mktemp("data")
+    records = [{"instruction": f"Name the colour number {i}.", "input": "red blue" if i % 3 == 0 else "",
+                "output": f"Colour {i} is green."} for i in range(28)]
+    (d / "records.json").write_text(json.dumps(records))
+    prepare_alpaca.prepare(input_path=str(d / "records.json"), out_dir=str(d / "sft"), val_size=4)
+    return str(d / "sft")

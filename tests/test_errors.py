@@ -84,19 +84,6 @@ def step_losses(out_dir):
         return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory):
-    """24 train + 4 val short Alpaca-style records, some with an input."""
-    import prepare_alpaca
-
-    d = tmp_path_factory.mktemp("data")
-    records = [{"instruction": f"Name the colour number {i}.", "input": "red blue" if i % 3 == 0 else "",
-                "output": f"Colour {i} is green."} for i in range(28)]
-    (d / "records.json").write_text(json.dumps(records))
-    prepare_alpaca.prepare(input_path=str(d / "records.json"), out_dir=str(d / "sft"), val_size=4)
-    return str(d / "sft")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # 1. the rows of issue 14, in-process
 

@@ -8,7 +8,6 @@ does, not something the test arranged. It is saved with the keys train_sft.py sa
 config, meta), its meta being what prepare_alpaca.prepare returns.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ALPACA_5000, SHARED, TINY_MODEL, needs_alpaca, needs_bpe
+from conftest import ALPACA_5000, SHARED, TINY_MODEL, needs_alpaca, needs_bpe, save_ckpt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -32,14 +31,6 @@ pytestmark = [needs_bpe, pytest.mark.usefixtures("one_thread")]
 SYSTEM = 'Be kind. Say "hi"\n{{ not Jinja }} \\ 😀'  # quotes, newline, braces, backslash, emoji: all must survive
 ANSWER = "Hello there, friend!"
 N_ALPACA = 500  # real records checked per template and case: every 10th of the 5,000
-
-
-def save_ckpt(path, model: GPT, meta: dict) -> str:
-    """A checkpoint with the keys train_sft.py's save_checkpoint writes (what sample.py and export_hf read)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
-                "config": {"init_from": "scratch"}, "meta": meta, "iter_num": 0, "best_val_loss": 0.0}, path)
-    return str(path)
 
 
 def random_ckpt(path, template, system_prompt, **config) -> str:

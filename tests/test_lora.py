@@ -9,14 +9,15 @@ and its checkpoint loads in sample.py and exports to a folder transformers reads
 """
 
 import copy
-import json
+import io
 import os
+from contextlib import redirect_stdout
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TINY_RUN, needs_bpe, random_idx, run_script
+from conftest import TINY_MODEL, make_hf, needs_bpe, ours_logits, random_idx, run_script, save_ckpt
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 import common
@@ -29,11 +30,22 @@ hf_logging.set_verbosity_error()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHAT_VOCAB = 50304  # GPT-2's 50257 tokens, then the chat template's (50257, 50258) and padding rows
+# LoRA's trainable weights in TINY_MODEL at rank 4, by hand: 2 blocks x rank x (in + out) of each target layer,
+# c_attn 32 -> 96, attn.c_proj 32 -> 32, c_fc 32 -> 128, mlp.c_proj 128 -> 32
+ADAPTER_WEIGHTS = 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
 
 
 def tiny_gpt(seed=0, vocab_size=CHAT_VOCAB) -> GPT:
+    """A random tiny GPT whose biases and LayerNorms are random too (not 0 and 1): an adapter that dropped
+    its layer's bias would change the outputs."""
     torch.manual_seed(seed)
-    return GPT(GPTConfig(**TINY_MODEL, vocab_size=vocab_size))
+    model = GPT(GPTConfig(**TINY_MODEL, vocab_size=vocab_size))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0)
+                        + 0.2 * torch.randn_like(p))
+    return model
 
 
 def randomize_adapters(model, seed=1):
@@ -45,11 +57,6 @@ def randomize_adapters(model, seed=1):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def logits(model, idx):
-    with torch.no_grad():
-        return model.eval()(idx)[0]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # lora.py in-process
 
@@ -58,7 +65,7 @@ def test_b_zero_gives_the_base_models_logits_exactly():
     base = tiny_gpt()
     model = lora.apply_lora(copy.deepcopy(base), rank=4, alpha=8.0)
     idx = random_idx(50259)
-    assert torch.equal(logits(model, idx), logits(base, idx))
+    assert torch.equal(ours_logits(model, idx), ours_logits(base, idx))
     y = random_idx(50259, seed=1)
     assert torch.equal(model(idx, y)[1], base(idx, y)[1])
 
@@ -66,10 +73,7 @@ def test_b_zero_gives_the_base_models_logits_exactly():
 @pytest.fixture(scope="module")
 def peft_pair():
     """transformers' GPT-2 with peft's LoRA, and our GPT with lora.py's, with the same weights and adapters."""
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300, initializer_range=0.3,
-                        bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    hf = GPT2LMHeadModel(config).eval()
+    hf = make_hf(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300, initializer_range=0.3)
     ours = GPT(GPTConfig(**TINY_MODEL, vocab_size=300))
     state = {k: v for k, v in hf.state_dict().items() if not k.endswith(".attn.bias")}
     for k, v in state.items():  # transformers' Conv1D stores (in, out): our Linear's weight is its transpose
@@ -99,7 +103,7 @@ def test_logits_match_peft(peft_pair):
     idx = random_idx(300, (2, 64))
     with torch.no_grad():
         theirs = peft_model(input_ids=idx).logits
-    assert (logits(ours, idx) - theirs).abs().max().item() < 1e-4
+    assert (ours_logits(ours, idx) - theirs).abs().max().item() < 1e-4
     with torch.no_grad(), peft_model.disable_adapter():
         base = peft_model(input_ids=idx).logits
     assert (theirs - base).abs().max().item() > 1e-2  # the adapters change the outputs: the match means something
@@ -109,31 +113,30 @@ def test_trainable_parameter_count_matches_peft(peft_pair):
     peft_model, ours = peft_pair
     trainable, _ = peft_model.get_nb_trainable_parameters()
     assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == trainable
-    # and by hand: rank x (in + out) per layer; c_attn 32 -> 96, c_proj 32 -> 32, c_fc 32 -> 128, c_proj 128 -> 32
-    assert trainable == 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    assert trainable == ADAPTER_WEIGHTS  # and by hand
 
 
 def test_merged_model_matches_peft_merge_and_unmerged_ours(peft_pair):
     peft_model, ours = peft_pair
     idx = random_idx(300, (2, 64), seed=3)
-    unmerged = logits(ours, idx)
+    unmerged = ours_logits(ours, idx)
     merged = lora.merge_lora(copy.deepcopy(ours))
     assert not any(isinstance(m, lora.LoRALinear) for m in merged.modules())
-    assert (logits(merged, idx) - unmerged).abs().max().item() < 1e-5
+    assert (ours_logits(merged, idx) - unmerged).abs().max().item() < 1e-5
     hf_merged = copy.deepcopy(peft_model).merge_and_unload()
     with torch.no_grad():
-        assert (logits(merged, idx) - hf_merged(input_ids=idx).logits).abs().max().item() < 1e-4
+        assert (ours_logits(merged, idx) - hf_merged(input_ids=idx).logits).abs().max().item() < 1e-4
 
 
 def test_merge_with_chat_token_rows_keeps_outputs_and_tying():
     model = lora.apply_lora(tiny_gpt(), rank=4, alpha=8.0)
     randomize_adapters(model)
     idx = random_idx(50259, seed=4)
-    unmerged = logits(model, idx)
+    unmerged = ours_logits(model, idx)
     lora.merge_lora(model)
     assert model.lm_head.weight is model.transformer.wte.weight  # tied again
     assert set(model.state_dict()) == set(tiny_gpt().state_dict())  # a plain GPT's keys, nothing else
-    assert (logits(model, idx) - unmerged).abs().max().item() < 1e-5
+    assert (ours_logits(model, idx) - unmerged).abs().max().item() < 1e-5
     assert all(p.requires_grad for p in model.parameters())
 
 
@@ -145,8 +148,9 @@ def test_gradients_reach_only_adapters_and_chat_token_rows():
     y[:, :3] = 50258  # <|im_end|> as a target: its row must learn
     model(idx, y)[1].backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    expected = {n for n in with_grad if n.endswith(("lora_A", "lora_B", "rows"))}
-    assert with_grad == expected and len(expected) == 2 * 4 * 2 + 1
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {n for n, _ in model.named_parameters() if n.endswith(("lora_A", "lora_B", "rows"))}
+    assert with_grad == trainable == expected and len(expected) == 2 * 4 * 2 + 1
     assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in with_grad)
 
     # A few optimizer steps (the trainers' own optimizer): every frozen weight is bit-identical afterwards,
@@ -163,8 +167,6 @@ def test_gradients_reach_only_adapters_and_chat_token_rows():
         if name in ("transformer.wte.weight", "lm_head.weight"):
             assert torch.equal(merged_state[name][: lora.FIRST_NEW_TOKEN], p[: lora.FIRST_NEW_TOKEN])
             assert not torch.equal(merged_state[name][lora.FIRST_NEW_TOKEN :], p[lora.FIRST_NEW_TOKEN :])
-        elif not name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-            assert torch.equal(merged_state[name], p), name  # biases, LayerNorms, positions: untouched
     for name, p in model.named_parameters():
         if not p.requires_grad and not name.startswith(("transformer.wte", "lm_head")):
             assert torch.equal(p, base.get_parameter(name)), name
@@ -173,8 +175,7 @@ def test_gradients_reach_only_adapters_and_chat_token_rows():
 def test_trainable_summary_names_what_trains():
     assert common.trainable_summary(tiny_gpt(vocab_size=300)) == "training every weight"
     model = lora.apply_lora(tiny_gpt(vocab_size=300), rank=4, alpha=8.0)  # no chat tokens: adapters only
-    n = 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
-    total = sum(p.numel() for p in model.parameters())
+    n, total = ADAPTER_WEIGHTS, sum(p.numel() for p in model.parameters())
     assert common.trainable_summary(model) == f"LoRA: training {n:,} weights (adapters), {n / total:.2%} of all weights"
 
 
@@ -209,40 +210,25 @@ def test_bad_settings_raise_clear_errors(kwargs, message):
 # ----------------------------------------------------------------------------------------------------------
 # A LoRA run of train_sft.py, in-process (its real top-level code through runpy)
 
-RUN = [*TINY_RUN, "--learning_rate=1e-2", "--lora_rank=4", "--lora_alpha=8"]
-
-
 def run_sft(*args):
-    run_script("train_sft.py", *RUN, *args, tiny=False)
+    run_script("train_sft.py", "--learning_rate=1e-2", "--lora_rank=4", "--lora_alpha=8", *args)
 
 
 @pytest.fixture(scope="module")
-def lora_runs(tmp_path_factory, one_thread):
+def lora_runs(sft_data, tmp_path_factory, one_thread):
     """A base checkpoint, a 6-step LoRA SFT run from it, and the same run stopped at step 3 and resumed."""
-    import prepare_alpaca
-
     d = tmp_path_factory.mktemp("lora")
-    records = [{"instruction": f"Name the colour number {i}.", "input": "", "output": f"Colour {i} is green."}
-               for i in range(28)]
-    (d / "records.json").write_text(json.dumps(records))
-    prepare_alpaca.prepare(input_path=str(d / "records.json"), out_dir=str(d / "sft"), val_size=4)
     base = tiny_gpt(seed=5)
-    base_ckpt = d / "base" / "ckpt.pt"
-    os.makedirs(base_ckpt.parent)
-    torch.save({"model": base.state_dict(), "model_args": base.config.__dict__, "config": {"init_from": "scratch"},
-                "meta": {}, "iter_num": 0, "best_val_loss": 0.0}, base_ckpt)
-    common_args = [f"--init_from={d / 'base'}", f"--data_dir={d / 'sft'}"]
-    import io
-    from contextlib import redirect_stdout
-
+    save_ckpt(d / "base" / "ckpt.pt", base, meta={})
+    common_args = [f"--init_from={d / 'base'}", f"--data_dir={sft_data}"]
     log = io.StringIO()
     with redirect_stdout(log):
         run_sft(*common_args, f"--out_dir={d / 'full'}", "--max_iters=6", "--eval_interval=3")
     run_sft(*common_args, f"--out_dir={d / 'resumed'}", "--max_iters=3", "--eval_interval=3")
-    run_sft(f"--data_dir={d / 'sft'}", f"--out_dir={d / 'resumed'}", "--max_iters=6", "--eval_interval=3",
+    run_sft(f"--data_dir={sft_data}", f"--out_dir={d / 'resumed'}", "--max_iters=6", "--eval_interval=3",
             "--init_from=resume")
     return {"dir": d, "base": base, "log": log.getvalue(), "full": str(d / "full"), "resumed": str(d / "resumed"),
-            "data": str(d / "sft")}
+            "data": sft_data}
 
 
 def load(path):
@@ -252,7 +238,7 @@ def load(path):
 @needs_bpe
 def test_start_up_line_counts_trainable_weights(lora_runs):
     # by hand: 2 blocks x rank 4 x (in + out) of c_attn, attn.c_proj, c_fc, mlp.c_proj; 47 chat/padding rows
-    n = 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32)) + (CHAT_VOCAB - 50257) * 32
+    n = ADAPTER_WEIGHTS + (CHAT_VOCAB - 50257) * 32
     assert f"LoRA: training {n:,} weights (adapters and the chat tokens' rows)" in lora_runs["log"]
 
 
@@ -289,7 +275,7 @@ def test_sample_py_loads_a_lora_checkpoint_merged(lora_runs):
     loaded = sample.load_model(lora_runs["full"], "cpu", torch.float32).model
     assert not any(isinstance(m, lora.LoRALinear) for m in loaded.modules())
     idx = random_idx(50259, seed=6)
-    assert (logits(loaded, idx) - logits(unmerged, idx)).abs().max().item() < 1e-5
+    assert (ours_logits(loaded, idx) - ours_logits(unmerged, idx)).abs().max().item() < 1e-5
 
 
 @needs_bpe
@@ -301,4 +287,4 @@ def test_export_of_a_lora_run_loads_in_transformers_with_our_logits(lora_runs, t
     idx = random_idx(50259, (2, 64), seed=7)
     with torch.no_grad():
         theirs = hf(idx).logits
-    assert (theirs - logits(unmerged, idx)[..., :50259]).abs().max().item() < 1e-4
+    assert (theirs - ours_logits(unmerged, idx)[..., :50259]).abs().max().item() < 1e-4

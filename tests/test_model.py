@@ -14,9 +14,9 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_idx
+from conftest import make_hf, ours_logits, random_idx
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from model import GPT, GPTConfig, cross_entropy, sample_next_token
@@ -34,20 +34,6 @@ ATOL_LOSS = 1e-5
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_hf(seed: int = 0, **kw) -> GPT2LMHeadModel:
-    """A random GPT2LMHeadModel whose logits are decisive (no near-tied argmax) and whose every tensor matters."""
-    torch.manual_seed(seed)
-    config = GPT2Config(initializer_range=0.5, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
-    hf = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        # HF starts biases at 0 and LayerNorm gains at 1: a bias never loaded (or a gain swapped with a bias)
-        # would go unnoticed. Make them random too.
-        for name, p in hf.named_parameters():
-            if p.dim() == 1:
-                p.copy_((1.0 if name.endswith(".weight") else 0.0) + 0.2 * torch.randn_like(p))
-    return hf.eval()
 
 
 def save_hf(hf: GPT2LMHeadModel, folder) -> str:
@@ -75,11 +61,6 @@ def small(tmp_path_factory):
 def hf_logits(hf, idx):
     with torch.no_grad():
         return hf(idx).logits
-
-
-def ours_logits(model, idx):
-    with torch.no_grad():
-        return model.eval()(idx)[0]
 
 
 def hf_greedy(hf, idx, n):
