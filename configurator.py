@@ -1,7 +1,7 @@
 """
 Settings for the training scripts, nanoGPT style: defaults in the script, then a config file, then overrides.
 
-    python train_sft.py configs/gpt2_alpaca.py --batch_size=4 --max_iters=100
+    python train_sft.py configs/gpt2_alpaca.py --batch_size=4 --max_iters 100    # --key=value or --key value
 
 A config file is plain Python assignments. Every key must already exist in the script's defaults and keep
 its type (an int may stand for a float), so a typo such as --learing_rate=1e-4 stops the run at once,
@@ -13,16 +13,20 @@ import difflib
 import os
 import types
 
-from common import UserError
+from errors import UserError
 
 
 def load_config(defaults: dict, argv: list[str]) -> dict:
     config = dict(defaults)
-    for arg in argv:
+    args = iter(argv)
+    for arg in args:
         if arg.startswith("--"):
             key, sep, raw = arg[2:].partition("=")
-            if not sep:
-                raise UserError(f"{arg}: expected --key=value")
+            if not sep:  # --key value
+                raw = next(args, None)
+                if raw is None or raw.startswith("--"):
+                    raise UserError(f"{arg}: expected --{key}=value or --{key} value")
+                arg = f"{arg}={raw}"
             try:
                 value = ast.literal_eval(raw)  # numbers, True/False, None, quoted strings, lists
             except (ValueError, SyntaxError):

@@ -31,7 +31,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import torch
@@ -39,32 +38,20 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import chat_template
-import common
+import checkpoint
+import errors
 from chat_template import ALPACA_PREAMBLE, EOT, IM_END, IM_START, SPECIAL_TOKENS
+from errors import UserError
 from hf_checkpoint import CONV1D_WEIGHTS  # the weights HF stores transposed: the list that loading transposes
 
 
-class ExportError(Exception):
-    """A bad --ckpt or --out: main() prints the message as one line and exits with code 2."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Our checkpoint
-
-
-def checkpoint_path(ckpt: str) -> str:
+def checkpoint_file(ckpt: str) -> str:
     """The ckpt.pt behind --ckpt, resolved as sample.py does (a .pt file, or a folder holding ckpt.pt)."""
-    path = common.checkpoint_path(ckpt)
+    path = checkpoint.checkpoint_path(ckpt)
     if path is None:
-        raise ExportError(f"--ckpt={ckpt}: no checkpoint there; give a training out_dir holding ckpt.pt "
-                          f"(e.g. out/tiny_alpaca) or a .pt file")
+        raise UserError(f"--ckpt={ckpt}: no checkpoint there; give a training out_dir holding ckpt.pt "
+                        f"(e.g. out/tiny_alpaca) or a .pt file")
     return path
-
-
-def load_checkpoint(ckpt: str) -> tuple[torch.nn.Module, dict]:
-    """(model, meta) of our checkpoint, read as the trainers and sample.py read it (common.py)."""
-    checkpoint = common.load_checkpoint(checkpoint_path(ckpt))
-    return common.model_from_checkpoint(checkpoint), checkpoint["meta"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,23 +293,23 @@ def write_json(path: str, obj) -> None:
 
 def check_out(out: str, force: bool) -> None:
     if os.path.exists(out) and not force and not (os.path.isdir(out) and not os.listdir(out)):
-        raise ExportError(f"--out={out} already exists and is not empty; pass --force to replace it, "
-                          f"or choose another --out")
+        raise UserError(f"--out={out} already exists and is not empty; pass --force to replace it, "
+                        f"or choose another --out")
 
 
 def export(ckpt: str, out: str, force: bool = False) -> dict:
     """Write the export of checkpoint ckpt into folder out. Returns a summary (for main's printout)."""
-    ckpt_file = os.path.realpath(checkpoint_path(ckpt))  # realpath: a symlinked --out must not slip past
+    ckpt_file = os.path.realpath(checkpoint_file(ckpt))  # realpath: a symlinked --out must not slip past
     if os.path.commonpath([ckpt_file, os.path.realpath(out)]) == os.path.realpath(out):
-        raise ExportError(f"--out={out} holds the checkpoint {ckpt_file}: --force would delete it; "
-                          f"choose another --out (e.g. {out.rstrip('/')}_hf)")
+        raise UserError(f"--out={out} holds the checkpoint {ckpt_file}: --force would delete it; "
+                        f"choose another --out (e.g. {out.rstrip('/')}_hf)")
     check_out(out, force)  # both checks before the (slow) load, and again before the rename
-    model, meta = load_checkpoint(ckpt)
+    model, meta = checkpoint.load_model(ckpt_file)
     enc = chat_template.get_tokenizer()
     n_vocab = enc.n_vocab  # 50259: GPT-2's 50257 and the two chat tokens
     if model.config.vocab_size < n_vocab:
-        raise ExportError(f"--ckpt={ckpt}: the model has {model.config.vocab_size} token rows, fewer than the "
-                          f"tokenizer's {n_vocab}; it cannot be exported with this tokenizer")
+        raise UserError(f"--ckpt={ckpt}: the model has {model.config.vocab_size} token rows, fewer than the "
+                        f"tokenizer's {n_vocab}; it cannot be exported with this tokenizer")
     template = meta.get("template", "none")
     end = SPECIAL_TOKENS[EOT] if template == "none" else chat_template.end_token(template)
     # Stop where sample.py stops: at the template's end token, and at <|endoftext|> (which it always stops at).
@@ -372,16 +359,12 @@ def export(ckpt: str, out: str, force: bool = False) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="our checkpoint: a folder with ckpt.pt, or a .pt file")
     p.add_argument("--out", required=True, help="the export folder to create (Hugging Face's layout)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
-    try:
-        summary = export(args.ckpt, args.out, args.force)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    summary = export(args.ckpt, args.out, args.force)
     print(f"wrote {args.out}/ (template {summary['template']}, vocab_size {summary['vocab_size']}, "
           f"eos_token_id {summary['eos_token_id']}"
           + (f", system prompt {summary['system_prompt']!r}" if summary["system_prompt"] else "") + ")")
@@ -390,4 +373,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from errors import UserError
+
 FIRST_NEW_TOKEN = 50257  # GPT-2's tokens are 0..50256; the chat template's special tokens follow
 LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the Linear layers of a Block
 
@@ -81,28 +83,31 @@ class NewTokenRows(nn.Module):
 
 def parse_targets(targets: str) -> list[str]:
     """'c_attn,c_proj,c_fc' -> the block layers it names. A name is a layer's (c_attn, c_fc), or its path in
-    the block (attn.c_proj, mlp.c_proj); c_proj names both projections. Unknown names raise ValueError."""
+    the block (attn.c_proj, mlp.c_proj); c_proj names both projections. Unknown names are a UserError."""
     valid = f"valid names: {', '.join(LAYERS)}, or c_attn, c_proj (both projections), c_fc"
     names = [t.strip() for t in targets.split(",") if t.strip()]
     if not names:
-        raise ValueError(f"lora_targets={targets!r} names no layer; {valid}")
+        raise UserError(f"lora_targets={targets!r} names no layer; {valid}")
     chosen = set()
     for name in names:
         matches = {layer for layer in LAYERS if layer == name or layer.endswith("." + name)}
         if not matches:
-            raise ValueError(f"lora_targets: unknown layer {name!r}; {valid}")
+            raise UserError(f"lora_targets: unknown layer {name!r}; {valid}")
         chosen |= matches
     return [layer for layer in LAYERS if layer in chosen]  # in the block's order
 
 
 def check_settings(rank: int, alpha: float, targets: str, dropout: float) -> list[str]:
-    """The target layers, once the settings are known to be usable; ValueError with the fix if not."""
+    """The target layers, once the settings are known to be usable; a UserError with the fix if not. The
+    trainers call it before a model of gigabytes loads."""
     if not (isinstance(rank, int) and rank > 0):
-        raise ValueError(f"lora_rank={rank}: give a positive rank such as 8 (or 0 for no LoRA: train every weight)")
+        raise UserError(f"lora_rank={rank}: give a positive rank such as 8 (or 0 for no LoRA: train every "
+                        f"weight)")
     if not alpha > 0:
-        raise ValueError(f"lora_alpha={alpha}: give a positive scale such as 16 (the update is alpha / rank * B A)")
+        raise UserError(f"lora_alpha={alpha}: give a positive scale such as 16 (the update is alpha / rank * "
+                        f"B A)")
     if not 0 <= dropout < 1:
-        raise ValueError(f"lora_dropout={dropout}: give a probability in [0, 1)")
+        raise UserError(f"lora_dropout={dropout}: give a probability in [0, 1)")
     return parse_targets(targets)
 
 
@@ -146,3 +151,20 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def weight_counts(model: nn.Module) -> dict:
+    """{"trainable": weights the optimizer updates, "total": all of them} (a tied matrix counts once)."""
+    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in model.parameters())}
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """What the optimizer will update: 'training every weight', or with LoRA (GPT-2 124M, rank 8) 'LoRA:
+    training 1,215,744 weights (adapters and the chat tokens' rows), 0.97% of all weights'."""
+    counts = weight_counts(model)
+    if counts["trainable"] == counts["total"]:
+        return "training every weight"
+    what = "adapters and the chat tokens' rows" if model.config.vocab_size > FIRST_NEW_TOKEN else "adapters"
+    share = counts["trainable"] / counts["total"]
+    return f"LoRA: training {counts['trainable']:,} weights ({what}), {share:.2%} of all weights"

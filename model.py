@@ -1,13 +1,14 @@
 """
-GPT-2 in one file: the model, its loss, loading the published weights, and generation with a KV cache.
+GPT-2 in one file: the model, generation with a KV cache, and the loss.
 
 Same architecture as OpenAI's GPT-2 (and Hugging Face's GPT2LMHeadModel): learned position embeddings,
 pre-LayerNorm transformer blocks, a GELU(tanh) MLP, causal self-attention, and an output layer that shares
 its weights with the token embedding (weight tying). Module names mirror Hugging Face's, so loading their
 checkpoints is a rename-free copy (hf_checkpoint.py).
 
-The one cross-entropy of the project lives here (`cross_entropy`): both training scripts call it through
-`model(idx, targets)`. Positions whose target is -100 are not learned from; that is how SFT masks prompts.
+The one cross-entropy of the project lives at the bottom (`cross_entropy`): both training scripts call it
+through `model(idx, targets)`. Positions whose target is -100 are not learned from; that is how SFT masks
+prompts.
 """
 
 import inspect
@@ -18,90 +19,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_checkpoint
-
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's convention for "no target here"
 LOSS_CHUNK = 2**28  # logits the loss holds at once, at most: 1 GB in fp32 (whole rows of vocab_size)
+PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 tokens, room for the chat tokens, rounded up to a multiple of 64
 
 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # the context window (GPT-2's n_positions)
-    vocab_size: int = 50304  # GPT-2's 50257 rounded up to a multiple of 64: room for chat tokens, faster matmuls
+    vocab_size: int = PADDED_VOCAB_SIZE  # a multiple of 64 makes the output layer's matmuls faster
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # GPT-2 has biases in its Linear and LayerNorm layers
     layer_norm_epsilon: float = 1e-5
-
-
-def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The loss of both trainers: mean next-token cross-entropy of the logits h @ weight.T (the output layer)
-    over the positions whose target is not -100.
-
-    A batch with no targets at all gives 0.0 (with zero gradients), not the NaN of 0/0: a micro-batch can
-    be fully masked in SFT, and one NaN would poison the whole update.
-    """
-    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-    has_target = targets != IGNORE_INDEX  # prompt and padding: no logits are computed for them at all
-    # Under no_grad (evaluation) only the loss is wanted: the two gradient matmuls are skipped.
-    loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target], torch.is_grad_enabled())
-    return loss_sum / has_target.sum().clamp(min=1)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of (h @ weight.T, targets), a chunk of rows at a time, so the logits of a whole
-    batch (rows x vocab_size, the largest tensor of a small model by far) never exist at once. The gradient is
-    worked out in the same pass, while each chunk's logits are at hand (softmax - one_hot), so nothing is
-    recomputed in the backward pass: the fused linear-cross-entropy of Liger-Kernel and torchtune."""
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, grad_enabled):
-        rows_per_chunk = max(1, LOSS_CHUNK // weight.size(0))
-        # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its weight.
-        needs_grad_h = grad_enabled and ctx.needs_input_grad[0]
-        needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]
-        needs_grad = needs_grad_h or needs_grad_weight
-        grad_h = torch.empty_like(h) if needs_grad_h else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
-        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no temporaries.
-        plain_fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
-        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-        for i in range(0, h.size(0), rows_per_chunk):
-            h_chunk, t_chunk = h[i : i + rows_per_chunk], targets[i : i + rows_per_chunk]
-            logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under bf16 autocast
-            # loss = logsumexp(logits) - logits[target], computed in place: no second buffer of this size
-            target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
-            row_max = logits.max(dim=-1, keepdim=True).values
-            probs = logits.sub_(row_max).exp_()
-            sum_exp = probs.sum(dim=-1, keepdim=True)
-            loss_sum += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
-            if needs_grad:
-                dlogits = probs.div_(sum_exp)  # d loss / d logits = softmax - one_hot(target)
-                dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-                if not plain_fp32:  # bf16/fp16 weights, or autocast, which then picks the matmuls' precision
-                    dlogits = dlogits.to(weight.dtype)
-                if needs_grad_h and plain_fp32:
-                    torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
-                elif needs_grad_h:
-                    grad_h[i : i + rows_per_chunk] = dlogits @ weight
-                if needs_grad_weight and plain_fp32:
-                    grad_weight.addmm_(dlogits.t(), h_chunk)
-                elif needs_grad_weight:
-                    grad_weight += dlogits.t() @ h_chunk
-        ctx.save_for_backward(grad_h, grad_weight)
-        ctx.weight_dtype = weight.dtype
-        return loss_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_weight = ctx.saved_tensors  # None where forward was not asked for it
-        if grad_h is not None:
-            grad_h = grad_h * grad_loss
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_h, grad_weight, None, None
 
 
 class CausalSelfAttention(nn.Module):
@@ -228,6 +160,8 @@ class GPT(nn.Module):
         """Load "gpt2" (-medium/-large/-xl), "distilgpt2", a hub repo "org/name", or a local directory in
         Hugging Face's layout. vocab_size larger than the checkpoint's grows the embedding (new rows at the
         mean of the pretrained ones), making room for the chat template's special tokens."""
+        import hf_checkpoint  # the checkpoint layout (and downloads): needed only here
+
         folder = hf_checkpoint.find(name_or_dir, cache_dir)
         args = hf_checkpoint.read_config(folder)
         ckpt_vocab = args["vocab_size"]
@@ -295,6 +229,78 @@ class GPT(nn.Module):
         dtype = self.transformer.wte.weight.dtype
         return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
                 for _ in range(cfg.n_layer)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of both trainers: mean next-token cross-entropy of the logits h @ weight.T (the output layer)
+    over the positions whose target is not -100.
+
+    A batch with no targets at all gives 0.0 (with zero gradients), not the NaN of 0/0: a micro-batch can
+    be fully masked in SFT, and one NaN would poison the whole update.
+    """
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    has_target = targets != IGNORE_INDEX  # prompt and padding: no logits are computed for them at all
+    # Under no_grad (evaluation) only the loss is wanted: the two gradient matmuls are skipped.
+    loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target], torch.is_grad_enabled())
+    return loss_sum / has_target.sum().clamp(min=1)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of (h @ weight.T, targets), a chunk of rows at a time, so the logits of a whole
+    batch (rows x vocab_size, the largest tensor of a small model by far) never exist at once. The gradient is
+    worked out in the same pass, while each chunk's logits are at hand (softmax - one_hot), so nothing is
+    recomputed in the backward pass: the fused linear-cross-entropy of Liger-Kernel and torchtune."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, grad_enabled):
+        rows_per_chunk = max(1, LOSS_CHUNK // weight.size(0))
+        # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its weight.
+        needs_grad_h = grad_enabled and ctx.needs_input_grad[0]
+        needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]
+        needs_grad = needs_grad_h or needs_grad_weight
+        grad_h = torch.empty_like(h) if needs_grad_h else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
+        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no temporaries.
+        plain_fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        for i in range(0, h.size(0), rows_per_chunk):
+            h_chunk, t_chunk = h[i : i + rows_per_chunk], targets[i : i + rows_per_chunk]
+            logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under bf16 autocast
+            # loss = logsumexp(logits) - logits[target], computed in place: no second buffer of this size
+            target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
+            row_max = logits.max(dim=-1, keepdim=True).values
+            probs = logits.sub_(row_max).exp_()
+            sum_exp = probs.sum(dim=-1, keepdim=True)
+            loss_sum += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
+            if needs_grad:
+                dlogits = probs.div_(sum_exp)  # d loss / d logits = softmax - one_hot(target)
+                dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
+                if not plain_fp32:  # bf16/fp16 weights, or autocast, which then picks the matmuls' precision
+                    dlogits = dlogits.to(weight.dtype)
+                if needs_grad_h and plain_fp32:
+                    torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
+                elif needs_grad_h:
+                    grad_h[i : i + rows_per_chunk] = dlogits @ weight
+                if needs_grad_weight and plain_fp32:
+                    grad_weight.addmm_(dlogits.t(), h_chunk)
+                elif needs_grad_weight:
+                    grad_weight += dlogits.t() @ h_chunk
+        ctx.save_for_backward(grad_h, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_weight = ctx.saved_tensors  # None where forward was not asked for it
+        if grad_h is not None:
+            grad_h = grad_h * grad_loss
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_h, grad_weight, None, None
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

@@ -15,7 +15,6 @@ being written (a torn last line), a run with no evaluation yet, and runs of diff
 import argparse
 import json
 import os
-import sys
 
 import matplotlib
 
@@ -23,17 +22,16 @@ matplotlib.use("Agg")  # files only, no window: works on a server without a disp
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen before pyplot is imported)
 import numpy as np  # noqa: E402
 
-
-class PlotError(Exception):
-    """A run folder that cannot be read: main() prints the message as one line and exits with code 2."""
+import errors  # noqa: E402
+from errors import UserError  # noqa: E402
 
 
 def metrics_path(run: str) -> str:
     path = run if os.path.isfile(run) else os.path.join(run, "metrics.jsonl")
     if not os.path.isdir(run) and not os.path.isfile(run):
-        raise PlotError(f"{run}: no such folder; give a training out_dir (the folder holding metrics.jsonl)")
+        raise UserError(f"{run}: no such folder; give a training out_dir (the folder holding metrics.jsonl)")
     if not os.path.isfile(path):
-        raise PlotError(f"{run}: no metrics.jsonl in this folder; is it a training out_dir? (train_pretrain.py "
+        raise UserError(f"{run}: no metrics.jsonl in this folder; is it a training out_dir? (train_pretrain.py "
                         f"and train_sft.py write it there)")
     return path
 
@@ -114,19 +112,16 @@ def plot_runs(runs: list[str], out: str):
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="training out_dirs (each holding metrics.jsonl), or metrics.jsonl files")
     p.add_argument("--out", help="the PNG to write (default: next to the runs, see above)")
     args = p.parse_args(argv)
     out = args.out or default_out(args.runs)
-    try:
-        plot_runs(args.runs, out)
-    except PlotError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    plot_runs(args.runs, out)
     print(f"wrote {out}")
     return out
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

@@ -11,32 +11,31 @@ chat_template.encode, which also says which tokens are training targets. Output,
     train_ids.bin      np.uint16  every token id of every train example, concatenated
     train_mask.bin     np.uint8   same length; 1 where the token is a training target
     train_offsets.bin  np.int64   n_train + 1 entries; example i is ids[offsets[i]:offsets[i+1]]
-    val_ids.bin, val_mask.bin, val_offsets.bin    the same for the validation split
-    meta.json          template, tokenizer, vocab_size, end_token, counts, ... (written last)
+    train_prompts.json            each example's user turn, as written (sample.py --prompts_from)
+    val_*                         the same for the validation split
+    meta.json          the command, template, tokenizer, vocab_size, end_token, counts, ... (written last)
 
-The trainer reads these with np.memmap and needs neither the tokenizer nor JSON. Examples longer than
-max_len tokens are dropped, never truncated: a truncated example would teach the model to stop mid-answer,
-or to never stop. A malformed file stops the run with one message and leaves no output files behind.
+data.py owns this format; the trainer reads it with np.memmap and needs neither the tokenizer nor JSON.
+Examples longer than max_len tokens are dropped, never truncated: a truncated example would teach the model
+to stop mid-answer, or to never stop. A malformed file stops the run with one `error:` line (exit code 2)
+and leaves no output files behind.
 Record numbers in messages count from 0, like a Python list index (jq's .[3]).
 """
 
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
 from tqdm import tqdm
 
 import chat_template
+import data
+import errors
 from download import download
+from errors import UserError
 
 DEFAULT_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
 FIELDS = ("instruction", "input", "output")  # "input" may be absent; the other two must be there
-
-
-class DataError(ValueError):
-    """The input file or an argument is unusable; the message says what and where. main() prints it."""
 
 
 def json_type(value) -> str:
@@ -57,12 +56,12 @@ def json_type(value) -> str:
 def read_records(path: str) -> list:
     """The records of a JSON list or a JSON Lines file (one object per line), parsed but not yet checked."""
     if not os.path.isfile(path):
-        raise DataError(f"input file {path!r} does not exist (or is not a file)")
+        raise UserError(f"input file {path!r} does not exist (or is not a file)")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
+        raise UserError(f"{path} is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
 
     if not path.endswith(".jsonl"):
         try:
@@ -74,7 +73,7 @@ def read_records(path: str) -> list:
                 hint = ""
                 if os.path.basename(path) == "alpaca_data.json":  # our own download cache
                     hint = f" If this is a damaged download, delete {path} and run again."
-                raise DataError(
+                raise UserError(
                     f"{path} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).{hint}"
                 ) from None
 
@@ -87,7 +86,7 @@ def read_records(path: str) -> list:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise DataError(
+            raise UserError(
                 f"{path} is not valid JSON Lines: {e.msg} (line {line_number}, column {e.colno}); "
                 "expected one JSON object per line"
             ) from None
@@ -97,24 +96,24 @@ def read_records(path: str) -> list:
 def check_records(records, source: str) -> None:
     """Stop at the first structural problem: the file must be a list of objects with string fields."""
     if not isinstance(records, list):
-        raise DataError(
+        raise UserError(
             f"{source}: the top level is a JSON {json_type(records)}, expected a list of records "
             '[{"instruction": ..., "input": ..., "output": ...}, ...] (or a .jsonl file, one record per line)'
         )
     if not records:
-        raise DataError(f"{source} contains no records")
+        raise UserError(f"{source} contains no records")
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise DataError(
+            raise UserError(
                 f"{source}: record {i} is a JSON {json_type(record)}, expected an object with "
                 f"'instruction' and 'output' strings: {record!r:.80}"
             )
         for field in ("instruction", "output"):
             if field not in record:
-                raise DataError(f"{source}: record {i} has no {field!r} field (its fields: {sorted(record)})")
+                raise UserError(f"{source}: record {i} has no {field!r} field (its fields: {sorted(record)})")
         for field in FIELDS:
             if field in record and not isinstance(record[field], str):
-                raise DataError(
+                raise UserError(
                     f"{source}: record {i}: {field!r} is a JSON {json_type(record[field])} "
                     f"({record[field]!r:.40}), expected a string"
                 )
@@ -140,43 +139,11 @@ def split_sizes(val_size: float, n_examples: int) -> tuple[int, int]:
     else:
         n_val = int(val_size)
     if n_val >= n_examples:
-        raise DataError(
+        raise UserError(
             f"--val_size {val_size} asks for {n_val} validation examples, but only {n_examples} examples "
             "were kept: nothing would be left to train on. Use a smaller --val_size."
         )
     return n_examples - n_val, n_val
-
-
-# -----------------------------------------------------------------------------
-# writing
-
-
-def write_outputs(out_dir: str, arrays: dict, meta: dict) -> None:
-    """Write each {filename: numpy array} and meta.json under temporary names, then move them all into place.
-
-    A reader that finds meta.json can trust the .bin files beside it: the old meta.json is removed before
-    any old .bin file is replaced, and the new one arrives only after all of them. (prepare_text.py too.)
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    files = {}  # final path -> temporary path
-    try:
-        for filename, array in arrays.items():
-            path = os.path.join(out_dir, filename)
-            files[path] = path + ".tmp"
-            array.tofile(files[path])
-        meta_path = os.path.join(out_dir, "meta.json")
-        files[meta_path] = meta_path + ".tmp"
-        with open(files[meta_path], "w") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
-        for path, tmp in files.items():  # dicts keep insertion order: meta.json goes last
-            os.replace(tmp, path)
-    finally:
-        for tmp in files.values():  # only left over when something above failed
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 # -----------------------------------------------------------------------------
@@ -196,25 +163,31 @@ def prepare(
     """Read, check, tokenise, split and write one dataset. Returns the meta dict that is saved as meta.json."""
     # Check the arguments before any work: a typo should not cost a download.
     if template not in chat_template.TEMPLATES:
-        raise DataError(f"unknown template {template!r}; choose one of {', '.join(chat_template.TEMPLATES)}")
+        raise UserError(f"unknown template {template!r}; choose one of {', '.join(chat_template.TEMPLATES)}")
     if val_size < 0 or (val_size >= 1 and not float(val_size).is_integer()):
-        raise DataError(f"--val_size {val_size}: give a fraction below 1 (like 0.05) or a whole count (like 500)")
+        raise UserError(f"--val_size {val_size}: give a fraction below 1 (like 0.05) or a whole count (like 500)")
     if max_len < 1:
-        raise DataError(f"--max_len {max_len} must be a positive number of tokens (GPT-2's context is 1024)")
+        raise UserError(f"--max_len {max_len} must be a positive number of tokens (GPT-2's context is 1024)")
     system_prompt = system_prompt or None  # an empty --system_prompt "" means none
 
     # 1. Read and check everything before the tokenizer is even loaded.
     if input_path is not None:
         source, path = input_path, input_path
     else:
-        source, path = url, download(url, os.path.join(out_dir, "alpaca_data.json"))
+        try:
+            source, path = url, download(url, os.path.join(out_dir, "alpaca_data.json"))
+        except (RuntimeError, FileNotFoundError) as e:  # offline, or no such file
+            raise UserError(str(e)) from None
     records = read_records(path)
     check_records(records, path)
 
     # 2. Tokenise, one record at a time (a plain loop is the fast way on few cores; see BENCHMARKS.md).
-    enc = chat_template.get_tokenizer()
+    try:
+        enc = chat_template.get_tokenizer()
+    except RuntimeError as e:  # tiktoken's files cannot be fetched
+        raise UserError(str(e)) from None
     assert enc.n_vocab <= np.iinfo(np.uint16).max + 1, "token ids must fit in uint16"
-    examples = []  # (ids, mask) of every kept record, in file order
+    examples = []  # (ids, mask, user turn) of every kept record, in file order
     skipped = {"empty_instruction": 0, "empty_output": 0}
     dropped_too_long = 0
     for record in tqdm(records, desc="tokenizing", unit="rec", leave=False):
@@ -224,13 +197,14 @@ def prepare(
         if not record["output"].strip():
             skipped["empty_output"] += 1  # nothing to learn, and it would teach the model to answer with nothing
             continue
-        ids, mask = chat_template.encode(to_messages(record, system_prompt), template, train_on_prompt)
+        messages = to_messages(record, system_prompt)
+        ids, mask = chat_template.encode(messages, template, train_on_prompt)
         if len(ids) > max_len:
             dropped_too_long += 1
             continue
-        examples.append((ids, mask))
+        examples.append((ids, mask, messages[-2]["content"]))
     if not examples:
-        raise DataError(f"{source}: no examples left after skipping empty records and dropping long ones")
+        raise UserError(f"{source}: no examples left after skipping empty records and dropping long ones")
 
     # 3. Split: one seeded permutation; val is its head, train the rest, each kept in permutation order.
     n_train, n_val = split_sizes(val_size, len(examples))
@@ -238,7 +212,7 @@ def prepare(
     split_order = {"train": order[n_val:], "val": order[:n_val]}
 
     # 4. Build each split's arrays once, from flat Python lists (fast; per-record numpy arrays are not).
-    splits = {}
+    splits, prompts = {}, {}
     for split, indices in split_order.items():
         ids, mask, sizes = [], [], [0]
         for i in indices:
@@ -246,12 +220,19 @@ def prepare(
             mask += examples[i][1]
             sizes.append(len(examples[i][0]))
         splits[split] = {
-            "ids": np.array(ids, dtype=np.uint16),
+            "ids": np.array(ids, dtype=data.TOKEN_DTYPE),
             "mask": np.array(mask, dtype=np.uint8),
             "offsets": np.cumsum(sizes, dtype=np.int64),  # starts at 0 because sizes does
         }
+        prompts[f"{split}_prompts.json"] = [examples[i][2] for i in indices]
 
+    # The command that makes this folder again (data.py names it when the folder must be prepared anew)
+    command = ["python", "prepare_alpaca.py", "--input" if input_path is not None else "--url", source,
+               "--template", template, *(["--system_prompt", system_prompt] if system_prompt else []),
+               *(["--train_on_prompt"] if train_on_prompt else []), "--val_size", f"{val_size:g}",
+               "--max_len", str(max_len), "--seed", str(seed)]
     meta = {
+        "command": command,
         "template": template,
         "template_fingerprint": chat_template.fingerprint(template),  # checked by the trainer
         "system_prompt": system_prompt,
@@ -269,11 +250,11 @@ def prepare(
         "dropped_too_long": dropped_too_long,
     }
     arrays = {f"{split}_{name}.bin": array for split, named in splits.items() for name, array in named.items()}
-    write_outputs(out_dir, arrays, meta)
+    data.write_prepared(out_dir, arrays, meta, prompts)
 
     # 5. Summary.
-    lengths = np.array([len(ids) for ids, _ in examples])
-    n_targets = sum(sum(mask) for _, mask in examples)
+    lengths = np.array([len(ids) for ids, _, _ in examples])
+    n_targets = sum(sum(mask) for _, mask, _ in examples)
     p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
     print(f"records read:      {len(records):,} from {source}")
     print(f"kept:              {len(examples):,}")
@@ -284,12 +265,13 @@ def prepare(
           f"max {lengths.max()}")
     print(f"target tokens:     {n_targets:,} of {lengths.sum():,} ({100 * n_targets / lengths.sum():.1f}%)")
     print(f"split:             {n_train:,} train, {n_val:,} val (seed {seed})")
-    print(f"wrote:             {os.path.join(out_dir, '{train,val}_{ids,mask,offsets}.bin')} and meta.json")
+    print(f"wrote:             {os.path.join(out_dir, '{train,val}_{ids,mask,offsets}.bin')}, "
+          f"{{train,val}}_prompts.json and meta.json")
     return meta
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+def main(argv=None) -> None:
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--input", help="local .json (a list) or .jsonl file with instruction/input/output")
     parser.add_argument("--url", default=DEFAULT_URL, help="where to download the JSON when --input is not given")
     parser.add_argument("--out_dir", default="data/alpaca")
@@ -299,17 +281,12 @@ def main() -> None:
     parser.add_argument("--val_size", type=float, default=0.05, help="a fraction if < 1, else a number of examples")
     parser.add_argument("--max_len", type=int, default=1024, help="drop examples longer than this many tokens")
     parser.add_argument("--seed", type=int, default=1337, help="seeds the train/val split")
-    args = parser.parse_args()
-    try:
-        prepare(
-            input_path=args.input, url=args.url, out_dir=args.out_dir, template=args.template,
+    args = parser.parse_args(argv)
+    prepare(input_path=args.input, url=args.url, out_dir=args.out_dir, template=args.template,
             system_prompt=args.system_prompt, train_on_prompt=args.train_on_prompt, val_size=args.val_size,
-            max_len=args.max_len, seed=args.seed,
-        )
-    except (ValueError, RuntimeError, OSError) as e:  # bad data, failed download, unwritable out_dir
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            max_len=args.max_len, seed=args.seed)
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

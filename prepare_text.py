@@ -10,33 +10,33 @@ turns, so there is no template and no loss mask: every token is a target. Specia
 ("<|endoftext|>") are encoded as the ordinary characters they are.
 """
 
-import argparse
 import os
-import sys
 
 import numpy as np
 
 import chat_template
+import data
+import errors
 from download import download
-from prepare_alpaca import write_outputs
+from errors import UserError
 
 DEFAULT_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 def read_text(path: str) -> str:
     if not os.path.isfile(path):
-        raise ValueError(f"input file {path!r} does not exist (or is not a file)")
+        raise UserError(f"input file {path!r} does not exist (or is not a file)")
     with open(path, "rb") as f:
         data = f.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise UserError(
             f"{path} is not UTF-8 text: byte {data[e.start]:#04x} at offset {e.start}. Convert it first, "
             f"e.g. iconv -f latin1 -t utf-8"
         ) from None
     if not text.strip():
-        raise ValueError(f"{path} is empty (or only whitespace): there is nothing to train on")
+        raise UserError(f"{path} is empty (or only whitespace): there is nothing to train on")
     return text
 
 
@@ -48,24 +48,33 @@ def prepare(
 ) -> dict:
     """Tokenise one text file into train.bin / val.bin. Returns the meta dict saved as meta.json."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"--val_fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
+        raise UserError(f"--val_fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
     if input_path is not None:
         source, path = input_path, input_path
     else:
-        source, path = url, download(url, os.path.join(out_dir, "input.txt"))
+        try:
+            source, path = url, download(url, os.path.join(out_dir, "input.txt"))
+        except (RuntimeError, FileNotFoundError) as e:  # offline, or no such file
+            raise UserError(str(e)) from None
     text = read_text(path)
 
     # Split the characters, then tokenise each part: the two files never share a token.
     split_at = int(len(text) * (1 - val_fraction))
-    enc = chat_template.get_tokenizer()
-    train_ids = np.array(enc.encode_ordinary(text[:split_at]), dtype=np.uint16)
-    val_ids = np.array(enc.encode_ordinary(text[split_at:]), dtype=np.uint16)
+    try:
+        enc = chat_template.get_tokenizer()
+    except RuntimeError as e:  # tiktoken's files cannot be fetched
+        raise UserError(str(e)) from None
+    train_ids = np.array(enc.encode_ordinary(text[:split_at]), dtype=data.TOKEN_DTYPE)
+    val_ids = np.array(enc.encode_ordinary(text[split_at:]), dtype=data.TOKEN_DTYPE)
     if len(train_ids) == 0 or len(val_ids) == 0:
-        raise ValueError(
+        raise UserError(
             f"{path} is too short ({len(text)} characters) to split into non-empty train and val parts"
         )
 
+    command = ["python", "prepare_text.py", "--input" if input_path is not None else "--url", source,
+               "--val_fraction", f"{val_fraction:g}"]
     meta = {
+        "command": command,  # what makes this folder again
         "template": "none",
         "tokenizer": enc.name,
         "vocab_size": enc.n_vocab,
@@ -74,7 +83,7 @@ def prepare(
         "n_train_tokens": len(train_ids),
         "n_val_tokens": len(val_ids),
     }
-    write_outputs(out_dir, {"train.bin": train_ids, "val.bin": val_ids}, meta)  # atomic, meta.json last
+    data.write_prepared(out_dir, {"train.bin": train_ids, "val.bin": val_ids}, meta)  # meta.json last
 
     print(f"read {len(text):,} characters from {source}")
     print(f"train: {len(train_ids):,} tokens, val: {len(val_ids):,} tokens")
@@ -82,19 +91,16 @@ def prepare(
     return meta
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+def main(argv=None) -> None:
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--input", help="a local UTF-8 text file (instead of downloading --url)")
     parser.add_argument("--url", default=DEFAULT_URL, help="where to download the text when --input is not given")
     parser.add_argument("--out_dir", default="data/shakespeare")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="the last this much of the text is val")
-    args = parser.parse_args()
-    try:
-        prepare(input_path=args.input, url=args.url, out_dir=args.out_dir, val_fraction=args.val_fraction)
-    except (ValueError, RuntimeError, OSError) as e:  # bad input, failed download, unwritable out_dir
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    args = parser.parse_args(argv)
+    prepare(input_path=args.input, url=args.url, out_dir=args.out_dir, val_fraction=args.val_fraction)
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

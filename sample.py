@@ -24,9 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import checkpoint
 import common
-from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_token, get_tokenizer, render
-from common import UserError
+import data
+import errors
+from chat_template import EOT, SPECIAL_TOKENS, TEMPLATES, encode_prompt, end_token, get_tokenizer
+from errors import UserError
 from model import GPT
 
 
@@ -37,65 +40,24 @@ class Loaded:
     label: str  # how the output names it
 
 
-def load_model(source: str, device: str, dtype: torch.dtype, role: str = "") -> Loaded:
-    """Our checkpoint (a .pt file or a folder with ckpt.pt), or a GPT-2 name / folder in HF's layout."""
-    path = common.checkpoint_path(source)
-    if path is not None:
-        checkpoint = common.load_checkpoint(path)
-        model = common.model_from_checkpoint(checkpoint)
-        meta = dict(checkpoint["meta"], init_from=checkpoint["config"]["init_from"])
-    else:
-        # GPT-2 itself: grow the vocabulary so the chat tokens exist (as untrained, average rows), letting
-        # the base model be prompted with exactly the text the fine-tuned one sees.
-        try:
-            model = GPT.from_pretrained(source, vocab_size=50304)
-        except (FileNotFoundError, RuntimeError, ValueError) as e:
-            raise UserError(str(e)) from None
-        meta = {"template": "none", "system_prompt": None}
-    # Generating one token reads every weight once: bf16 weights halve the bytes to read, and that is the
-    # speed. Training keeps fp32 weights; here nothing is learned.
-    model.eval().to(device=device, dtype=dtype)
+def load(source: str, device: str, dtype: torch.dtype, role: str = "") -> Loaded:
+    """Our checkpoint (a .pt file or a folder with ckpt.pt), or a GPT-2 name / folder in HF's layout. Weights in
+    dtype: generating a token reads every weight once, so bf16 weights (half the bytes) are the speed; nothing
+    is learned here, so nothing needs fp32."""
+    model, meta = checkpoint.load_model(source, device, dtype)
     return Loaded(model, meta, f"{role} ({source})" if role else source)
 
 
 def local_checkpoint(source: str) -> str:
     """--ckpt names a checkpoint on this machine, never a hub repo: a folder with our ckpt.pt, a .pt file, or
     a folder in Hugging Face's layout (config.json). A typo must not turn into a download."""
-    if common.checkpoint_path(source) is None and not os.path.isfile(os.path.join(source, "config.json")):
+    if checkpoint.checkpoint_path(source) is None and not os.path.isfile(os.path.join(source, "config.json")):
         what = "the file does not exist" if source.endswith(".pt") else (
             "the folder holds neither ckpt.pt nor config.json" if os.path.isdir(source) else "it does not exist")
         raise UserError(f"--ckpt={source}: no such checkpoint ({what}); --ckpt takes a folder with ckpt.pt "
                         f"(a training run's out_dir), a .pt file, or a folder with config.json and "
                         f"model.safetensors. For GPT-2 from the hub, use --init_from=gpt2")
     return source
-
-
-def held_out_instructions(data_dir, n: int | None = 20, split: str = "val") -> list[str]:
-    """The user turns of the first n examples (None: all) of a prepared split, read back from its token ids
-    with the template and system prompt in meta.json: the questions the model was not trained on."""
-    data_dir = str(data_dir)
-    try:
-        with open(os.path.join(data_dir, "meta.json")) as f:
-            meta = json.load(f)
-        ids = np.fromfile(os.path.join(data_dir, f"{split}_ids.bin"), dtype=np.uint16)
-        offsets = np.fromfile(os.path.join(data_dir, f"{split}_offsets.bin"), dtype=np.int64)
-    except FileNotFoundError as e:
-        raise UserError(f"{data_dir}: no prepared {split} split ({os.path.basename(e.filename)} is missing); "
-                        f"--prompts_from takes a prepared data folder and a split, e.g. data/alpaca/val") from None
-    # The text around the user turn, found by rendering a conversation whose user turn is a marker.
-    marker = "\x00USER\x00"
-    system = [{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []
-    before, after = render(system + [{"role": "user", "content": marker}], meta["template"],
-                           add_generation_prompt=True).split(marker)
-    enc = get_tokenizer()
-    prompts = []
-    for a, b in list(zip(offsets[:-1], offsets[1:], strict=True))[:n]:
-        text = enc.decode(ids[a:b].tolist())
-        end = text.find(after, len(before))
-        if not text.startswith(before) or end < 0:
-            raise UserError(f"{data_dir}: a {split} example does not match its template {meta['template']!r}")
-        prompts.append(text[len(before) : end])
-    return prompts
 
 
 def prompt_ids(messages: list[dict], template: str) -> list[int]:
@@ -173,7 +135,7 @@ def read_prompts(args) -> list[str]:
         if split not in ("train", "val"):
             raise UserError(f"--prompts_from={args.prompts_from}: name a prepared folder and a split, "
                             f"e.g. data/alpaca/val")
-        return held_out_instructions(data_dir, args.num_prompts, split)
+        return data.read_prompts(data_dir, split)[: args.num_prompts]
     if args.prompts_file is None:
         return []
     try:
@@ -271,7 +233,7 @@ def answer_prompts(models: list[Loaded], prompts: list[str], template: str, syst
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="our checkpoint: a folder with ckpt.pt (e.g. out/gpt2_alpaca) or a .pt file")
     p.add_argument("--init_from", help="a GPT-2 name or HF folder; with --compare, the base model")
     p.add_argument("--compare", action="store_true", help="run the base model and --ckpt side by side")
@@ -296,21 +258,21 @@ def main(argv=None):
                    help="the weights' precision; auto = bf16 where the hardware has it, else fp32")
     args = p.parse_args(argv)
     if not args.ckpt and not args.init_from:
-        p.error("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
+        raise UserError("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
     check_settings(args)
     prompts = read_prompts(args)
     if not prompts and not args.eval_text and not args.chat:
-        p.error("nothing to do: give --prompt, --prompts_file, --prompts_from, --chat or --eval_text")
+        raise UserError("nothing to do: give --prompt, --prompts_file, --prompts_from, --chat or --eval_text")
 
     device = common.pick_device(args.device)
     dtype = common.DTYPES[common.pick_dtype(args.dtype, common.device_type(device))]
     # The models: the fine-tuned one last. A checkpoint also tells us which model it was fine-tuned from.
-    models = [load_model(local_checkpoint(args.ckpt), device, dtype, "fine-tuned")] if args.ckpt else []
+    models = [load(local_checkpoint(args.ckpt), device, dtype, "fine-tuned")] if args.ckpt else []
     if args.compare or not args.ckpt:
         base = args.init_from or (models[0].meta.get("init_from") if models else None)
         if not base or base in ("scratch", "resume"):
             raise UserError("--compare needs the base model: pass --init_from=gpt2 (or a folder/checkpoint)")
-        models.insert(0, load_model(base, device, dtype, "base"))
+        models.insert(0, load(base, device, dtype, "base"))
     template = args.template or models[-1].meta["template"]
     system_prompt = args.system_prompt if args.system_prompt is not None else models[-1].meta.get("system_prompt")
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -326,4 +288,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

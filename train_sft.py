@@ -6,10 +6,10 @@ cross-entropy from model.py), the optimizer and the loop are the same lines; `di
 train_sft.py` shows it. What SFT changes is the data: whole instruction/response examples instead of
 random windows of a text, and targets of -100 on the prompt, so only the responses are learned.
 
-    python train_sft.py configs/gpt2_alpaca.py                     # GPT-2 124M on Alpaca (a GPU)
-    python train_sft.py configs/tiny_alpaca.py                     # the tiny CPU model, after tiny_shakespeare
-    python train_sft.py configs/gpt2_alpaca.py --batch_size=4      # any setting can be overridden
-    torchrun --standalone --nproc_per_node=8 train_sft.py configs/gpt2_alpaca.py --gradient_accumulation_steps=1
+    python train_sft.py configs/gpt2_alpaca.py                    # GPT-2 124M on Alpaca (a GPU)
+    python train_sft.py configs/tiny_alpaca.py                    # the tiny CPU model, after tiny_shakespeare
+    python train_sft.py configs/gpt2_alpaca.py --batch_size=4     # any setting can be overridden
+    torchrun --standalone --nproc_per_node=8 train_sft.py configs/gpt2_alpaca.py
 """
 
 import json
@@ -25,21 +25,26 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import checkpoint
 import common
+import data
+import errors
 import lora
-from common import UserError
 from configurator import load_config
-from model import GPTConfig
+from errors import UserError
+from model import PADDED_VOCAB_SIZE, GPTConfig
+
+errors.report_user_errors()  # a UserError below ends the run with one `error: ...` line and exit code 2
 
 # ----------------------------------------------------------------------------------------------------------
 # Settings: the defaults (the same in both training scripts); a run's own values live in configs/.
 out_dir = "out"
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2' (-medium/-large/-xl), an HF dir, or our ckpt
-data_dir = ""  # '' = the data loader's own default: data/shakespeare (pretraining) or data/alpaca (SFT)
+init_from = "scratch"  # 'scratch', 'resume' (out_dir), 'gpt2' (-medium/-large/-xl), an HF dir, or a ckpt
+data_dir = ""  # '' = the data loader's own default: data/shakespeare (pretraining), data/alpaca (SFT)
 eval_interval = 250  # evaluate (and checkpoint) every this many steps
 eval_iters = 20  # batches per evaluation
 log_interval = 10  # steps between metrics.jsonl lines
-always_save_checkpoint = True  # write ckpt.pt at every evaluation (best.pt follows the best val loss anyway)
+always_save_checkpoint = True  # ckpt.pt at every evaluation (best.pt follows the best val loss anyway)
 eval_only = False
 seed = 1337
 # the model, when init_from='scratch'
@@ -47,7 +52,7 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 block_size = 1024
-vocab_size = 50304  # GPT-2's 50257 plus room for chat tokens, padded to a multiple of 64
+vocab_size = PADDED_VOCAB_SIZE  # GPT-2's 50257 tokens and room for the chat tokens
 dropout = 0.0
 bias = True
 # LoRA (lora.py): freeze the model and train a low-rank update beside each target layer instead
@@ -57,7 +62,7 @@ lora_targets = "c_attn,c_proj,c_fc"  # the layers of each block that get adapter
 lora_dropout = 0.0
 # optimization
 batch_size = 8  # examples (or windows) per micro-batch, per process
-gradient_accumulation_steps = 1  # micro-batches per step and process: a step sees batch_size x this x processes
+gradient_accumulation_steps = 1  # micro-batches per step and process: a step is batch_size x this x processes
 max_iters = 1000
 learning_rate = 6e-4
 min_lr = 6e-5  # the cosine schedule ends here
@@ -76,69 +81,76 @@ config = load_config({k: v for k, v in globals().items() if not k.startswith("_"
 globals().update(config)
 
 # ----------------------------------------------------------------------------------------------------------
-# Processes and devices: one process per GPU under torchrun (DDP), else a single process. See common.py.
-proc = common.setup_processes(device, dtype, seed)
-autocast = proc.autocast()  # bf16/fp16 autocast, or nothing for fp32
-if proc.master:
-    print(f"device {proc.device}, dtype {proc.dtype}, {proc.world_size} process(es)")
+# The runtime: one process per GPU under torchrun (DDP), else a single process. See common.py.
+runtime = common.setup_runtime(device, dtype, seed)
+autocast = runtime.autocast()  # bf16/fp16 autocast, or nothing for fp32
+if runtime.master:
+    print(f"device {runtime.device}, dtype {runtime.dtype}, {runtime.world_size} process(es)")
 
 # ----------------------------------------------------------------------------------------------------------
-# The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
-# The shape below is used from scratch; a loaded model keeps its own, and takes this run's dropout and vocab_size.
+# The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours. The shape
+# below is used from scratch; a loaded model keeps its own, and takes this run's dropout and vocab_size.
 model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size, dropout=dropout, bias=bias)
 if lora_rank != 0:
-    common.check_lora(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before a model of gigabytes loads
-model, checkpoint = common.init_model(init_from, out_dir, model_config, proc)
-if init_from == "resume":  # before anything else is loaded: the run must continue in the same geometry
-    common.check_resume(checkpoint, config, proc.world_size)
+    lora.check_settings(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before gigabytes load
+model, resumed = checkpoint.init_model(init_from, out_dir, model_config, runtime)  # resumed: its ckpt
+if init_from == "resume":  # before anything else is loaded: the run must continue as it was
+    checkpoint.check_resume(resumed, config, runtime.world_size, os.path.basename(__file__))
 block_size = model.config.block_size  # a loaded model brings its own context window
 if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters
     lora.apply_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
-model.to(proc.device)
-if proc.master:
+model.to(runtime.device)
+if runtime.master:
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}; "
-          f"{common.trainable_summary(model)}")
+          f"{lora.trainable_summary(model)}")
 
 
 def to_device(array):
     tensor = torch.from_numpy(array)
-    if proc.device_type == "cuda":  # pinned memory lets the copy overlap with compute
-        return tensor.pin_memory().to(proc.device, non_blocking=True)
-    return tensor.to(proc.device)
+    if runtime.device_type == "cuda":  # pinned memory lets the copy overlap with compute
+        return tensor.pin_memory().to(runtime.device, non_blocking=True)
+    return tensor.to(runtime.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # DATA LOADER: SFT (the only section that differs from train_pretrain.py)
-# The data is a set of separate examples from prepare_alpaca.py: token ids, a loss mask (1 = a response token
-# or its end token) and per-example offsets. A batch is batch_size whole examples, padded to the longest one
-# in the batch. The targets are the next tokens, as in pretraining, but -100 wherever the next token is
-# prompt or padding, so the loss (and the gradient) comes from the responses alone.
+# The data is a set of separate examples from prepare_alpaca.py: token ids, a loss mask (1 = a response
+# token or its end token) and per-example offsets. A batch is batch_size whole examples, padded to the
+# longest one in the batch. The targets are the next tokens, as in pretraining, but -100 wherever the next
+# token is prompt or padding, so the loss (and the gradient) comes from the responses alone.
 data_dir = data_dir or os.path.join("data", "alpaca")
-meta = common.prepare_on_demand(data_dir, os.path.join("data", "alpaca"), "prepare_alpaca.py", proc)
-data = {split: common.read_examples(data_dir, split, block_size, verbose=proc.master) for split in ("train", "val")}
-step_size = batch_size * gradient_accumulation_steps * proc.world_size  # examples in one optimizer step
-if len(data["train"]["usable"]) < step_size:
-    raise UserError(f"train has {len(data['train']['usable'])} examples; one step needs {step_size}")
+meta = data.prepare_on_demand(data_dir, os.path.join("data", "alpaca"), "prepare_alpaca.py", runtime)
+examples = {split: data.read_examples(data_dir, meta, split, block_size, verbose=runtime.master)
+            for split in ("train", "val")}
+examples_per_step = batch_size * gradient_accumulation_steps * runtime.world_size
+train = examples["train"]
+if len(train["usable"]) < examples_per_step:
+    raise UserError(f"train has {len(train['usable'])} examples; one step needs {examples_per_step}")
+steps_per_epoch = len(train["usable"]) // examples_per_step
+if runtime.master:
+    print(f"data: {data_dir}, {len(train['usable']):,} train examples ({train['lengths'][train['usable']].sum():,}"
+          f" tokens), {len(examples['val']['usable']):,} val; {steps_per_epoch} steps of {examples_per_step} "
+          f"examples per epoch: max_iters {max_iters} is {max_iters / steps_per_epoch:.1f} epochs")
 
 
 def get_batch(split, i=None):
     """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set (the same every time)."""
-    d = data[split]
+    d = examples[split]
     if i is None:
-        epoch, n = divmod(data_state[split], len(d["usable"]) // step_size * gradient_accumulation_steps)
-        if d.get("epoch") != epoch:  # each epoch its own order, a function of (seed, epoch): batches of similar
-            rng = np.random.default_rng((seed, epoch))  # lengths (little padding), in shuffled steps
-            group = 256 * batch_size * proc.world_size  # sorted within 256 micro-batches: bigger, less padding
-            d["order"] = common.length_grouped_order(d["lengths"], d["usable"], step_size, group, rng)
+        epoch, n = divmod(batches_drawn[split], steps_per_epoch * gradient_accumulation_steps)
+        if d.get("epoch") != epoch:  # each epoch its own order, a function of (seed, epoch): batches of
+            rng = np.random.default_rng((seed, epoch))  # similar lengths (little padding), in shuffled steps
+            group = 256 * batch_size * runtime.world_size  # sorted within 256 micro-batches: less padding
+            d["order"] = data.length_grouped_order(d["lengths"], d["usable"], examples_per_step, group, rng)
             d["epoch"] = epoch
-        start = (n * proc.world_size + proc.rank) * batch_size  # each process takes its own slice of the step
+        start = (n * runtime.world_size + runtime.rank) * batch_size  # each process: its slice of the step
         rows = d["order"][start : start + batch_size]
-        data_state[split] += 1
+        batches_drawn[split] += 1
     else:
         rows = d["usable"][(i * batch_size + np.arange(batch_size)) % len(d["usable"])]
-    T = int(d["lengths"][rows].max()) - 1  # pad to the batch's longest example (x and y are one token shorter)
-    x = np.full((len(rows), T), meta["end_token"], dtype=np.int64)  # pad: after every real token, never a target
+    T = int(d["lengths"][rows].max()) - 1  # pad to the batch's longest example (x, y: one token shorter)
+    x = np.full((len(rows), T), meta["end_token"], dtype=np.int64)  # pad: after every real token, no target
     y = np.full((len(rows), T), -100, dtype=np.int64)
     for r, example in enumerate(rows):
         a, b = d["offsets"][example], d["offsets"][example + 1]
@@ -147,36 +159,38 @@ def get_batch(split, i=None):
     return to_device(x), to_device(y)
 
 
-data_state = {"train": 0, "val": 0}  # micro-batches drawn: with the seed, the loader's whole position
+batches_drawn = {"train": 0, "val": 0}  # micro-batches drawn: with the seed, the loader's whole position
 if meta["vocab_size"] > model.config.vocab_size:
-    raise UserError(f"the data uses {meta['vocab_size']} token ids; the model has only {model.config.vocab_size}")
+    raise UserError(f"the data uses {meta['vocab_size']} token ids; the model has {model.config.vocab_size}")
 # END OF DATA LOADER
 # ----------------------------------------------------------------------------------------------------------
 
 # The optimizer, and everything a resumed run needs back.
 iter_num, best_val_loss, tokens_before = 0, float("inf"), 0  # tokens_before: trained on before a resume
-optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), proc.device_type)
-scaler = torch.amp.GradScaler(proc.device_type, enabled=(proc.dtype == "float16"))
+optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), runtime.device_type)
+scaler = torch.amp.GradScaler(runtime.device_type, enabled=(runtime.dtype == "float16"))
 if init_from == "resume":
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    tokens_before = checkpoint.get("tokens", 0)
-    data_state.update(checkpoint["data_state"])
-    common.restore_rng_state(checkpoint["rng_state"], proc)
+    checkpoint.check_resume_data(resumed, data_dir)
+    optimizer.load_state_dict(resumed["optimizer"])
+    scaler.load_state_dict(resumed["scaler"])
+    iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
+    tokens_before = resumed.get("tokens", 0)
+    batches_drawn.update(resumed["batches_drawn"])
+    checkpoint.restore_rng_state(resumed["rng_state"], runtime)
     evaluates_again = iter_num % eval_interval == 0 or iter_num >= max_iters  # the loop's, or the final one
-    if proc.master:
-        common.truncate_metrics(out_dir, iter_num, evaluates_again)
-if proc.master:
+    if runtime.master:
+        print(f"resuming from step {iter_num}")
+        checkpoint.truncate_metrics(out_dir, iter_num, evaluates_again)
+if runtime.master:
     os.makedirs(out_dir, exist_ok=True)  # for metrics.jsonl (checkpoints make their own folder too)
-    common.remove_stale_temp_files(out_dir)
-checkpoint = None  # free the memory
+    checkpoint.remove_stale_temp_files(out_dir)
+resumed = None  # free the memory
 raw_model = model
 if compile:
     print("compiling the model (takes a minute)...")
     model = torch.compile(model)
-if proc.ddp:
-    model = DDP(model, device_ids=[proc.local_rank] if proc.device_type == "cuda" else None)
+if runtime.ddp:
+    model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)
 
 
 def get_lr(it):
@@ -204,8 +218,8 @@ def estimate_loss():
             n = int((Y != -100).sum())
             loss_sum, n_targets = loss_sum + loss.item() * n, n_targets + n
         out[split] = loss_sum / max(n_targets, 1)
-        if proc.ddp:  # every process must take the same "is this the best?" decision, to the last bit
-            loss_tensor = torch.tensor(out[split], device=proc.device)
+        if runtime.ddp:  # every process must take the same "is this the best?" decision, to the last bit
+            loss_tensor = torch.tensor(out[split], device=runtime.device)
             dist.broadcast(loss_tensor, src=0)
             out[split] = loss_tensor.item()
     model.train()
@@ -213,17 +227,18 @@ def estimate_loss():
 
 
 def save_checkpoint(path, with_optimizer=True):
-    """Everything a resumed run needs, written atomically (common.save_atomic). Call on every process."""
-    rng_states = common.rng_states(proc) if with_optimizer else None  # a collective under DDP
-    if not proc.master:
+    """Everything a resumed run needs (checkpoint.py lists it), written atomically. Call on every process."""
+    rng_states = checkpoint.rng_states(runtime) if with_optimizer else None  # a collective under DDP
+    if not runtime.master:
         return
     state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config), "config": config,
-             "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta}
+             "meta": meta, "script": os.path.basename(__file__), "data_dir": data_dir,
+             "iter_num": iter_num, "best_val_loss": best_val_loss}
     if with_optimizer:
-        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), data_state=data_state,
-                     rng_state=rng_states, tokens=tokens_before + tokens_seen)
+        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng_state=rng_states,
+                     batches_drawn=batches_drawn, tokens=tokens_before + tokens_seen)
     try:
-        common.save_atomic(state, path)
+        checkpoint.save_atomic(state, path)
     except OSError as e:
         if pbar is not None:
             pbar.close()  # the message on a line of its own, not glued to the end of the progress bar
@@ -235,7 +250,7 @@ def evaluate_and_save():
     losses = estimate_loss()  # the same fixed batches on every process, so every process agrees on "best"
     is_best = losses["val"] < best_val_loss
     best_val_loss = min(best_val_loss, losses["val"])
-    if proc.master:
+    if runtime.master:
         tqdm.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                    + (" (best)" if is_best else ""))
         log_metrics({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
@@ -259,8 +274,8 @@ pbar = None  # the progress bar, while the loop runs
 if eval_only:
     evaluate_and_save()
     sys.exit(0)
-saved_iter = iter_num if init_from == "resume" else None  # the step of the newest ckpt.pt, for Ctrl-C's message
-pbar = tqdm(total=max_iters, initial=iter_num, disable=not proc.master, unit="step", dynamic_ncols=True)
+saved_iter = iter_num if init_from == "resume" else None  # the newest ckpt.pt's step, for Ctrl-C's message
+pbar = tqdm(total=max_iters, initial=iter_num, disable=not runtime.master, unit="step", dynamic_ncols=True)
 t0, tokens_seen, targets_seen = time.time(), 0, 0
 try:
     while iter_num < max_iters:
@@ -273,21 +288,21 @@ try:
         # Draw the whole step first, to know how many target tokens it holds across micro-batches and processes.
         batches = [get_batch("train") for _ in range(gradient_accumulation_steps)]
         n_step_targets = sum((Y != -100).sum() for _, Y in batches)
-        if proc.ddp:
+        if runtime.ddp:
             dist.all_reduce(n_step_targets)
-        step_loss = torch.zeros((), device=proc.device)
+        step_loss = torch.zeros((), device=runtime.device)
         for micro_step, (X, Y) in enumerate(batches):
-            if proc.ddp:  # sync gradients across processes only once, after the last micro-batch
+            if runtime.ddp:  # sync gradients across processes only once, after the last micro-batch
                 model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
             with autocast:
                 _, loss = model(X, Y)
-            # Weight each micro-batch by its share of the step's target tokens: the step then minimises the mean
-            # over all its targets, exactly as one big batch would, however the targets fall into micro-batches.
-            # (DDP averages gradients over processes, hence * world_size.)
-            loss = loss * (Y != -100).sum() * proc.world_size / n_step_targets.clamp(min=1)
+            # Weight each micro-batch by its share of the step's target tokens: the step then minimises the
+            # mean over all its targets, exactly as one big batch would, however the targets fall into
+            # micro-batches. (DDP averages gradients over processes, hence * world_size.)
+            loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)
             scaler.scale(loss).backward()
-            step_loss += loss.detach() / proc.world_size
-            tokens_seen += X.numel() * proc.world_size
+            step_loss += loss.detach() / runtime.world_size
+            tokens_seen += X.numel() * runtime.world_size
         if grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -298,12 +313,12 @@ try:
         iter_num += 1
 
         if iter_num % log_interval == 0 or iter_num == max_iters:
-            if proc.ddp:
+            if runtime.ddp:
                 dist.all_reduce(step_loss)
             elapsed = time.time() - t0
             record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "tokens": tokens_before + tokens_seen,
                       "tokens_per_s": tokens_seen / elapsed, "targets_per_s": targets_seen / elapsed}
-            if proc.master:
+            if runtime.master:
                 log_metrics(record)
             pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
                              sup_tok_s=f"{record['targets_per_s']:.0f}")
@@ -315,9 +330,9 @@ except KeyboardInterrupt:
                     + ("; --init_from=resume continues from it" if saved_iter is not None else "")) from None
 pbar.close()
 evaluate_and_save()
-if proc.master:
+if runtime.master:
     print(f"done: {iter_num} steps, best val loss {best_val_loss:.4f}; checkpoints and metrics.jsonl in {out_dir}/")
-if proc.ddp:
+if runtime.ddp:
     # Every process reaches this line before any tears down its connections: a process that left while its
     # peer's gloo thread still used them made the peer abort ("terminate called without an active exception").
     dist.barrier()

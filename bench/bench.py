@@ -41,9 +41,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: bench/ is one level down
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from loader_section import data_loader_section  # noqa: E402  (tests/loader_section.py)
+
 import common  # noqa: E402
 import lora  # noqa: E402
-from common import DTYPES, cpu_has_native_bf16, data_loader_section, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
+from common import DTYPES, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
 from hf_checkpoint import CONV1D_WEIGHTS  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -395,11 +399,11 @@ def alpaca_ready():
 
 
 def sft_loader(data_dir, batch_size=8, block_size=1024):
-    """train_sft.py's own DATA LOADER section (common.data_loader_section): the figures are those of exactly
+    """train_sft.py's own DATA LOADER section (tests/loader_section.py): the figures are those of exactly
     the code the trainer runs."""
     model = SimpleNamespace(config=SimpleNamespace(vocab_size=50304, block_size=block_size))
     return data_loader_section("train_sft.py", data_dir=data_dir, block_size=block_size, batch_size=batch_size,
-                               gradient_accumulation_steps=1, seed=1337, eval_iters=20, model=model)
+                               gradient_accumulation_steps=1, seed=1337, eval_iters=20, max_iters=1000, model=model)
 
 
 def bench_loader(args):
@@ -412,7 +416,7 @@ def bench_loader(args):
     with tempfile.TemporaryDirectory() as tmp:
         quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
         ns = sft_loader(tmp, batch_size, block_size)
-        train = ns["data"]["train"]
+        train = ns["examples"]["train"]
         n_batches = len(train["usable"]) // batch_size  # one epoch (a step is one batch here)
         positions = targets = 0
         t0 = time.perf_counter()
@@ -513,7 +517,7 @@ def memory_probe(spec):
         optimizer.zero_grad(set_to_none=True)
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for k, t in s.items() if k != "step")
     sync(dev_type)
-    counts = common.weight_counts(model)
+    counts = lora.weight_counts(model)
     print(json.dumps({"baseline": baseline, "peak": used(), "grads": grads, "adamw": state,
                       "trainable": counts["trainable"], "params": counts["total"]}))
 
@@ -523,9 +527,9 @@ def memory_projection(shape: dict, rank: int) -> dict:
     (fp32 master weights, as the trainers keep them), counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
         model = GPT(GPTConfig(**shape))
-        n = common.weight_counts(model)["total"]
+        n = lora.weight_counts(model)["total"]
         lora.apply_lora(model, rank, alpha=16.0)
-        trainable = common.weight_counts(model)["trainable"]
+        trainable = lora.weight_counts(model)["trainable"]
     return {"params": n, "trainable": trainable, "full_bytes": 16 * n, "lora_bytes": 4 * n + 16 * trainable}
 
 

@@ -7,8 +7,8 @@ The lesson, measured: SFT teaches format, not knowledge.
 A small world with known facts (prepare_world.py); a base model pretrained on its biographies until it knows
 them (train_pretrain.py); SFT on questions about some entities (train_sft.py); exact-match accuracy on
 questions about the others, which SFT never saw (eval_qa.py, whose docstring holds the scoring rule). The
-trainers are the project's own, run unchanged as subprocesses with configs/world_*.py and --key=value
-overrides. Runs:
+trainers are the project's own, run unchanged as subprocesses with experiments/configs/world_*.py and
+--key=value overrides. The trainings are the table TRAININGS, the evaluations the table EVALUATIONS:
 
     base_completion   the base model completes "The capital of France is": does it know the facts?
     base_chat         the base model asked the question in the chat template: can it answer, and stop?
@@ -35,19 +35,61 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import common  # noqa: E402
-import eval_qa  # noqa: E402
+import checkpoint  # noqa: E402
+import eval_qa  # noqa: E402  (experiments/, beside this file)
 import lora  # noqa: E402
 import prepare_alpaca  # noqa: E402
 import prepare_text  # noqa: E402
 import prepare_world  # noqa: E402
 
-CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full set is its last point
-LORA_LR = 3e-3  # LoRA runs' learning rate (full SFT's: configs/world_sft.py), fixed before measuring: the
-#                 update starts at zero and trains far fewer weights, and a few times the full rate is usual
-
+PRETRAIN_CONFIG = "experiments/configs/world_pretrain.py"
+SFT_CONFIG = "experiments/configs/world_sft.py"
 WORLD = {"n_people": 100, "rounds": 20}  # prepare_world.prepare's arguments (40 countries: all of them)
 SFT_VAL = 16  # SFT questions kept for the trainer's val loss (never trained on); the rest is the training set
+CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full set is its last point
+# LoRA runs' learning rate (full SFT's is in SFT_CONFIG), fixed before measuring: the update starts at zero and
+# trains far fewer weights, and a few times the full rate is usual
+LORA_LR = 3e-3
+
+# The trainings, in order: (name, trainer, what it starts from, its data, extra settings, which runs have it).
+# Data: a pretraining text of the world, or an SFT set ("all" questions, the first n, or "named" answers).
+# Which: "quick" (always), "full" (not with --quick), "ablation" (neither --quick nor --no_ablation).
+TRAININGS = [
+    ("base", "pretrain", None, "bios", [], "quick"),
+    ("control_base", "pretrain", None, "bios_control", [], "quick"),
+    ("ablation_base", "pretrain", None, "bios_single", [], "ablation"),
+    ("sft", "sft", "base", "all", [], "quick"),
+    ("control_sft", "sft", "control_base", "all", [], "quick"),
+    ("ablation_sft", "sft", "ablation_base", "all", [], "ablation"),
+    *[(f"sft_{n}", "sft", "base", n, [], "full") for n in CURVE],
+    ("sft_named", "sft", "base", "named", [], "full"),
+]
+
+# The evaluations: (result, model, questions, form). Questions about the held-out entities, or about the SFT
+# entities (whose questions SFT trained on).
+EVALUATIONS = [
+    ("base_completion", "base", "heldout", "completion"),
+    ("base_chat", "base", "heldout", "chat"),
+    ("sft_chat", "sft", "heldout", "chat"),
+    ("control_chat", "control_sft", "heldout", "chat"),
+    ("base_completion_sft_entities", "base", "sft", "completion"),
+    ("base_chat_sft_entities", "base", "sft", "chat"),
+    ("sft_chat_sft_entities", "sft", "sft", "chat"),
+    ("ablation_completion", "ablation_base", "heldout", "completion"),
+    ("ablation_chat", "ablation_sft", "heldout", "chat"),
+    ("sft_named_chat", "sft_named", "heldout", "chat"),
+    *[(f"sft_{n}_chat", f"sft_{n}", "heldout", "chat") for n in CURVE],
+]
+
+LABELS = {
+    "base_completion": "base model, completion form",
+    "base_chat": "base model, chat form",
+    "sft_chat": "SFT model, chat form",
+    "control_chat": "control: SFT on a base that never saw the held-out facts",
+    "ablation_completion": "ablation base (no augmentation), completion form",
+    "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
+    "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
+}
 
 
 def run(args: list[str], log_path: str) -> float:
@@ -73,10 +115,39 @@ def write_json(path: str, content) -> None:
 
 
 def learning_curve(out_dir: str) -> list[dict]:
-    """The training loss records of a run's metrics.jsonl."""
+    """The training log records of a run's metrics.jsonl (step, loss, tokens, speed)."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [{"iter": r["iter"], "loss": r["loss"]} for r in records if "loss" in r]
+        return [r for r in map(json.loads, f) if "loss" in r]
+
+
+def finished(ckpt: str) -> bool:
+    """--reuse takes a run only if it ended, not one cut off mid-way."""
+    path = checkpoint.checkpoint_path(ckpt)
+    if path is None:
+        return False
+    state = checkpoint.load_checkpoint(path)
+    return state["iter_num"] >= state["config"]["max_iters"]
+
+
+def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool) -> tuple[dict, dict, dict]:
+    """The world and its prepared data: (world, {questions split: QA records}, {data name: prepared folder})
+    with the three pretraining texts and the SFT sets ("all", the first n questions, "named" answers)."""
+    world = prepare_world.prepare(world_dir, seed=seed, **WORLD)
+    qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
+    folders = {}
+    for name in ("bios", "bios_control", "bios_single"):
+        folders[name] = os.path.join(world_dir, f"{name}_text")
+        prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=folders[name])
+    sft_sets = {n: qa["sft"][: n + SFT_VAL] for n in sizes}  # the file is shuffled: any prefix mixes entities
+    sft_sets["all"] = qa["sft"]
+    if named:  # the same questions, answered with the canonical sentence that names the subject
+        sft_sets["named"] = [{**r, "output": r["named_output"]} for r in qa["sft"]]
+    for name, records in sft_sets.items():
+        write_json(os.path.join(world_dir, f"sft_qa_{name}.json"), records)
+        folders[name] = os.path.join(world_dir, f"sft_{name}")
+        prepare_alpaca.prepare(input_path=os.path.join(world_dir, f"sft_qa_{name}.json"),
+                               out_dir=folders[name], val_size=SFT_VAL)
+    return world, qa, folders
 
 
 def main() -> None:
@@ -84,7 +155,7 @@ def main() -> None:
     parser.add_argument("--out_dir", default="out/knowledge")
     parser.add_argument("--quick", action="store_true",
                         help="the CI test's run: only base and control, and their SFTs (same world, same recipe: "
-                             "a smaller one did not learn its facts in less time, see experiments/README.md)")
+                             "a smaller one did not learn its facts in less time, see dev/LOG.md)")
     parser.add_argument("--seed", type=int, default=1337, help="the world's seed")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of every run (0 = torch's default); 1 is faster on a machine shared with "
@@ -100,198 +171,112 @@ def main() -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
         torch.set_num_threads(args.threads)
-    # The runs beyond base and control (--quick runs only those)
-    scale = {"ablation": not (args.quick or args.no_ablation), "curve": not args.quick, "named": not args.quick}
     t0 = time.time()
     out = os.path.abspath(args.out_dir)
     world_dir, logs, answers_dir = (os.path.join(out, name) for name in ("world", "logs", "answers"))
     for folder in (out, logs, answers_dir):
         os.makedirs(folder, exist_ok=True)
 
-    def finished(ckpt: str) -> bool:
-        """--reuse takes a run only if it ended, not one cut off mid-way."""
-        path = common.checkpoint_path(ckpt)
-        if path is None:
-            return False
-        checkpoint = common.load_checkpoint(path)
-        return checkpoint["iter_num"] >= checkpoint["config"]["max_iters"]
-
-    peaks_file = os.path.join(out, "peak_memory.json")  # each run's peak memory (MiB), kept for --reuse
-    peaks = eval_qa.read_json(peaks_file) if args.reuse and os.path.exists(peaks_file) else {}
-
-    def train(name: str, command: list[str]) -> str:
-        ckpt = os.path.join(out, name)
-        if not (args.reuse and finished(ckpt)):
-            peaks[name] = run([*command, f"--out_dir={ckpt}"], os.path.join(logs, f"{name}.log"))
-            write_json(peaks_file, peaks)
-        return ckpt
-
-    def pretrain(name: str, text_dir: str) -> str:
-        return train(name, ["train_pretrain.py", "configs/world_pretrain.py", f"--data_dir={text_dir}"])
-
-    def sft(name: str, base: str, data_dir: str, *extra: str) -> str:
-        return train(name, ["train_sft.py", "configs/world_sft.py", f"--init_from={base}", f"--data_dir={data_dir}",
-                            *extra])
-
-    models, trained = {}, {}  # read once per checkpoint folder: the model to ask, and the weights its run trained
-
-    def load(ckpt: str):
-        if ckpt not in models:
-            model = common.model_from_checkpoint(common.load_checkpoint(common.checkpoint_path(ckpt)), merge=False)
-            trained[ckpt] = common.weight_counts(model)
-            models[ckpt] = lora.merge_lora(model).eval()  # LoRA's adapters folded in (nothing to do otherwise)
-        return models[ckpt]
-
-    def run_stats(name: str, ckpt: str) -> dict:
-        """What a training run cost: weights trained, seconds per step, peak memory."""
-        load(ckpt)
-        with open(os.path.join(ckpt, "metrics.jsonl")) as f:
-            last = [r for r in map(json.loads, f) if "loss" in r][-1]
-        return {**trained[ckpt], "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"],
-                "peak_mib": peaks.get(name)}
-
-    def evaluate(name: str, ckpt: str, split: str, form: str) -> dict:
-        result = eval_qa.evaluate(load(ckpt), qa[split], world["values"], form)
-        with open(os.path.join(answers_dir, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in result["rows"])
-        return result
-
-    # The plan, as a list of steps for one progress bar.
+    # The plan: the table's rows this invocation runs, then the LoRA runs asked for.
+    included = {"quick"} | ({"full"} if not args.quick else set())
+    if not (args.quick or args.no_ablation):
+        included.add("ablation")
     lora_ranks = [int(r) for r in args.lora_ranks.split(",") if r.strip()]
-    steps = ["world", "pretrain base", "pretrain control", *(["pretrain ablation"] if scale["ablation"] else []),
-             "SFT", "SFT control", *(["SFT ablation"] if scale["ablation"] else []),
-             *([f"SFT on {n}" for n in CURVE] if scale["curve"] else []),
-             *(["SFT, named answers"] if scale["named"] else []), *[f"LoRA r={r}" for r in lora_ranks], "evaluate"]
-    bar = tqdm(steps, desc="knowledge", unit="step", dynamic_ncols=True)
-    step = iter(bar)
+    trainings = [t for t in TRAININGS if t[5] in included]
+    trainings += [(f"sft_lora{r}", "sft", "base", "all", [f"--lora_rank={r}", f"--learning_rate={LORA_LR}",
+                                                             f"--min_lr={LORA_LR / 10}"], "lora") for r in lora_ranks]
+    names = {t[0] for t in trainings}
+    evaluations = [e for e in EVALUATIONS if e[1] in names]
+    evaluations += [(f"sft_lora{r}_chat", f"sft_lora{r}", "heldout", "chat") for r in lora_ranks]
+    bar = tqdm(total=1 + len(trainings) + 1, desc="knowledge", unit="step", dynamic_ncols=True)
 
-    # 1. The world and its prepared data: three pretraining texts, the SFT questions (and subsets).
-    bar.set_postfix_str(next(step))
-    texts, sft_data = {}, {}
+    # 1. The world and its prepared data.
+    bar.set_postfix_str("world")
+    sizes = [n for n in CURVE if f"sft_{n}" in names]
     with (open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log),
           contextlib.redirect_stderr(log)):
-        world = prepare_world.prepare(world_dir, seed=args.seed, **WORLD)
-        qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
-        for name in ("bios", "bios_control", "bios_single"):
-            texts[name] = os.path.join(world_dir, f"{name}_text")
-            prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=texts[name])
-        sizes = [n for n in CURVE if n < len(qa["sft"]) - SFT_VAL] if scale["curve"] else []
-        for n in [*sizes, len(qa["sft"]) - SFT_VAL]:
-            subset = os.path.join(world_dir, f"sft_qa_{n}.json")
-            write_json(subset, qa["sft"][: n + SFT_VAL])  # the file is shuffled: any prefix mixes entities
-            sft_data[n] = os.path.join(world_dir, f"sft_{n}")
-            prepare_alpaca.prepare(input_path=subset, out_dir=sft_data[n], val_size=SFT_VAL)
-        if scale["named"]:  # the same questions, answered with the canonical sentence that names the subject
-            named = [{**r, "output": r["named_output"]} for r in qa["sft"]]
-            write_json(os.path.join(world_dir, "sft_qa_named.json"), named)
-            sft_data["named"] = os.path.join(world_dir, "sft_named")
-            prepare_alpaca.prepare(input_path=os.path.join(world_dir, "sft_qa_named.json"),
-                                   out_dir=sft_data["named"], val_size=SFT_VAL)
-    n_all = len(qa["sft"]) - SFT_VAL
+        world, qa, folders = prepare_data(world_dir, args.seed, sizes, named="sft_named" in names)
+    bar.update(1)
 
-    # 2. Pretraining: the world; the world without the held-out entities; the world without augmentation.
-    bar.set_postfix_str(next(step))
-    base = pretrain("base", texts["bios"])
-    bar.set_postfix_str(next(step))
-    control_base = pretrain("control_base", texts["bios_control"])
-    if scale["ablation"]:
-        bar.set_postfix_str(next(step))
-        ablation_base = pretrain("ablation_base", texts["bios_single"])
+    # 2. The trainings, each a subprocess of the project's own trainer.
+    peaks_file = os.path.join(out, "peak_memory.json")  # each run's peak memory (MiB), kept for --reuse
+    peaks = eval_qa.read_json(peaks_file) if args.reuse and os.path.exists(peaks_file) else {}
+    for name, trainer, start, data_name, extra, _ in trainings:
+        bar.set_postfix_str(name)
+        ckpt = os.path.join(out, name)
+        if not (args.reuse and finished(ckpt)):
+            command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
+                        f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]
+                       + ([f"--init_from={os.path.join(out, start)}"] if start else []) + extra)
+            peaks[name] = run(command, os.path.join(logs, f"{name}.log"))
+            write_json(peaks_file, peaks)
+        bar.update(1)
 
-    # 3. The same SFT recipe on each base model, then the data-size curve on the main one.
-    bar.set_postfix_str(next(step))
-    sft_ckpt = sft("sft", base, sft_data[n_all])
-    bar.set_postfix_str(next(step))
-    control_sft = sft("control_sft", control_base, sft_data[n_all])
-    if scale["ablation"]:
-        bar.set_postfix_str(next(step))
-        ablation_sft = sft("ablation_sft", ablation_base, sft_data[n_all])
-    curve_ckpts = {}
-    for n in sizes:
-        bar.set_postfix_str(next(step))
-        curve_ckpts[n] = sft(f"sft_{n}", base, sft_data[n])
-    if scale["named"]:
-        bar.set_postfix_str(next(step))
-        named_sft = sft("sft_named", base, sft_data["named"])
-    lora_ckpts = {}
-    for r in lora_ranks:
-        bar.set_postfix_str(next(step))
-        lora_ckpts[r] = sft(f"sft_lora{r}", base, sft_data[n_all], f"--lora_rank={r}", f"--learning_rate={LORA_LR}",
-                            f"--min_lr={LORA_LR / 10}")
-
-    # 4. Evaluation: every held-out question, plus the SFT entities' for the main models.
-    bar.set_postfix_str(next(step))
-    runs = {
-        "base_completion": evaluate("base_completion", base, "heldout", "completion"),
-        "base_chat": evaluate("base_chat", base, "heldout", "chat"),
-        "sft_chat": evaluate("sft_chat", sft_ckpt, "heldout", "chat"),
-        "control_chat": evaluate("control_chat", control_sft, "heldout", "chat"),
-    }
-    seen = {
-        "base_completion": evaluate("base_completion_sft_entities", base, "sft", "completion"),
-        "base_chat": evaluate("base_chat_sft_entities", base, "sft", "chat"),
-        "sft_chat": evaluate("sft_chat_sft_entities", sft_ckpt, "sft", "chat"),
-    }
-    if scale["ablation"]:
-        runs["ablation_completion"] = evaluate("ablation_completion", ablation_base, "heldout", "completion")
-        runs["ablation_chat"] = evaluate("ablation_chat", ablation_sft, "heldout", "chat")
-    if scale["named"]:
-        runs["sft_named_chat"] = evaluate("sft_named_chat", named_sft, "heldout", "chat")
-    lora_rows = []  # full SFT, then each LoRA rank: what each costs and scores
-    if lora_ranks:
-        lora_rows.append({"method": "full SFT", "rank": None, **run_stats("sft", sft_ckpt),
-                          "accuracy": runs["sft_chat"]["accuracy"], "end_rate": runs["sft_chat"]["end_rate"]})
-    for r, ckpt in lora_ckpts.items():
-        result = evaluate(f"sft_lora{r}_chat", ckpt, "heldout", "chat")
-        lora_rows.append({"method": f"LoRA r={r}", "rank": r, **run_stats(f"sft_lora{r}", ckpt),
-                          "accuracy": result["accuracy"], "end_rate": result["end_rate"]})
-    curve = []
-    for n in sizes:
-        r = evaluate(f"sft_{n}_chat", curve_ckpts[n], "heldout", "chat")
-        curve.append({"n": n, "accuracy": r["accuracy"], "end_rate": r["end_rate"]})
-    curve.append({"n": n_all, "accuracy": runs["sft_chat"]["accuracy"], "end_rate": runs["sft_chat"]["end_rate"]})
-    for _ in step:
-        pass
+    # 3. The evaluations: each model loaded once, its answers kept.
+    bar.set_postfix_str("evaluate")
+    models, results = {}, {}
+    for result, model_name, split, form in evaluations:
+        if model_name not in models:
+            models[model_name] = eval_qa.load(os.path.join(out, model_name))
+        results[result] = eval_qa.evaluate(models[model_name], qa[split], world["values"], form)
+        with open(os.path.join(answers_dir, f"{result}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in results[result]["rows"])
+    bar.update(1)
     bar.close()
 
-    # 5. The results: JSON for machines, markdown and a plot for people.
-    france = {name: next(r for r in runs[name]["rows"] if r["entity"] == prepare_world.ALWAYS_HELD_OUT)["answer"]
+    # 4. The results: JSON for machines, markdown and a plot for people.
+    summary = summarize(results, world, qa, out, trainings, lora_ranks, peaks)
+    summary.update(quick=args.quick, wall_s=time.time() - t0)
+    write_json(os.path.join(out, "results.json"), summary)
+    print(write_markdown(os.path.join(out, "results.md"), summary))
+    plot(os.path.join(out, "results.png"), summary)
+    print(f"wrote {out}/results.json, results.md, results.png ({summary['wall_s']:.0f} s)")
+
+
+def summarize(results: dict, world: dict, qa: dict, out: str, trainings: list, lora_ranks: list[int],
+              peaks: dict) -> dict:
+    """results.json's content: each held-out run's accuracy and end-token rate, the SFT entities' rows, the
+    data-size curve, and full SFT against each LoRA rank."""
+    held_out = {name: r for name, r in results.items() if name in LABELS}
+    n_all = len(qa["sft"]) - SFT_VAL
+    curve = [{"n": n, "accuracy": results[f"sft_{n}_chat"]["accuracy"],
+              "end_rate": results[f"sft_{n}_chat"]["end_rate"]} for n in CURVE if f"sft_{n}_chat" in results]
+    curve.append({"n": n_all, "accuracy": results["sft_chat"]["accuracy"],
+                  "end_rate": results["sft_chat"]["end_rate"]})
+    lora_rows = []  # full SFT, then each LoRA rank: what each costs and scores
+    for method, name, result in [("full SFT", "sft", "sft_chat")] * bool(lora_ranks) + [
+            (f"LoRA r={r}", f"sft_lora{r}", f"sft_lora{r}_chat") for r in lora_ranks]:
+        ckpt = os.path.join(out, name)
+        state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(ckpt))
+        counts = lora.weight_counts(checkpoint.model_from_checkpoint(state, merge=False))  # before the merge
+        last = learning_curve(ckpt)[-1]
+        lora_rows.append({"method": method, "rank": state["config"]["lora_rank"] or None, **counts,
+                          "step_s": last["tokens"] / last["tokens_per_s"] / last["iter"],
+                          "peak_mib": peaks.get(name), "accuracy": results[result]["accuracy"],
+                          "end_rate": results[result]["end_rate"]})
+    france = {name: next(r for r in results[name]["rows"] if r["entity"] == prepare_world.ALWAYS_HELD_OUT)["answer"]
               for name in ("base_completion", "base_chat", "sft_chat")}
-    results = {
-        **{name: r["accuracy"] for name, r in runs.items()},
-        "ablation_chat": runs["ablation_chat"]["accuracy"] if "ablation_chat" in runs else None,
+    return {
+        **{name: r["accuracy"] for name, r in held_out.items()},
+        "ablation_chat": held_out["ablation_chat"]["accuracy"] if "ablation_chat" in held_out else None,
         "lora": lora_rows,
-        "end_rates": {name: r["end_rate"] for name, r in runs.items()},
-        "sft_entities": {name: {"accuracy": r["accuracy"], "end_rate": r["end_rate"]} for name, r in seen.items()},
+        "end_rates": {name: r["end_rate"] for name, r in held_out.items()},
+        "sft_entities": {name: {"accuracy": results[f"{name}_sft_entities"]["accuracy"],
+                                "end_rate": results[f"{name}_sft_entities"]["end_rate"]}
+                         for name in ("base_completion", "base_chat", "sft_chat")},
         "chance": eval_qa.chance(qa["heldout"], world),
-        "sft_end_rate": runs["sft_chat"]["end_rate"],
+        "sft_end_rate": results["sft_chat"]["end_rate"],
         "data_curve": curve,
         "n_heldout": len(qa["heldout"]),
         "n_sft_train": n_all,
         "france": france,
-        "learning_curves": {name: learning_curve(os.path.join(out, name)) for name in
-                            ("base", "control_base", "ablation_base") if os.path.exists(os.path.join(out, name))},
-        "quick": args.quick,
-        "wall_s": time.time() - t0,
-        "base_ckpt": base,
-        "sft_ckpt": sft_ckpt,
-        "heldout_qa": os.path.join(world_dir, "heldout_qa.json"),
+        "learning_curves": {name: [{"iter": r["iter"], "loss": r["loss"]}
+                                   for r in learning_curve(os.path.join(out, name))]
+                            for name, trainer, *_ in trainings if trainer == "pretrain"},
+        "base_ckpt": os.path.join(out, "base"),
+        "sft_ckpt": os.path.join(out, "sft"),
+        "heldout_qa": os.path.join(out, "world", "heldout_qa.json"),
     }
-    write_json(os.path.join(out, "results.json"), results)
-    print(write_markdown(os.path.join(out, "results.md"), results))
-    plot(os.path.join(out, "results.png"), results)
-    print(f"wrote {out}/results.json, results.md, results.png ({results['wall_s']:.0f} s)")
-
-
-LABELS = {
-    "base_completion": "base model, completion form",
-    "base_chat": "base model, chat form",
-    "sft_chat": "SFT model, chat form",
-    "control_chat": "control: SFT on a base that never saw the held-out facts",
-    "ablation_completion": "ablation base (no augmentation), completion form",
-    "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
-    "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
-}
 
 
 def write_markdown(path: str, results: dict) -> str:

@@ -14,6 +14,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "experiments"))  # the knowledge experiment's modules
 
 # tiktoken looks for its GPT-2 files in $TIKTOKEN_CACHE_DIR under sha1(url) names (see ../shared/README.md).
 _TIKTOKEN_FILES = {
@@ -72,6 +73,17 @@ def run_script(script, *args, tiny=True):
         runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
     finally:
         sys.argv = argv
+
+
+def as_script(fn, *args, **kwargs):
+    """fn(*args) as a script's top level runs it: a UserError that reaches the top ends it through errors.fail
+    (one `error:` line, SystemExit(2)), as errors.report_user_errors makes every script do."""
+    import errors
+
+    try:
+        return fn(*args, **kwargs)
+    except errors.UserError as e:
+        errors.fail(str(e))
 
 
 def random_idx(vocab, shape=(2, 24), seed=0):

@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import ALPACA_5000, ROOT, SHAKESPEARE, needs_alpaca, needs_shakespeare
 
-from sample import held_out_instructions
+from data import read_prompts
 
 pytestmark = [needs_alpaca, needs_shakespeare, pytest.mark.slow]  # ~4 minutes of CPU: `pytest -m slow`
 
@@ -59,7 +59,7 @@ def test_sft_val_loss_falls(runs):
 
 def test_sft_model_learns_to_stop_and_base_model_does_not(runs):
     prompts = runs / "held_out.json"
-    prompts.write_text(json.dumps(held_out_instructions(runs / "alpaca")))
+    prompts.write_text(json.dumps(read_prompts(str(runs / "alpaca"))[:20]))
     out = runs / "samples.jsonl"
     run(["sample.py", f"--ckpt={runs / 'sft'}", "--compare", f"--prompts_file={prompts}", f"--out={out}",
          "--max_new_tokens=64", "--device=cpu"])

@@ -20,10 +20,13 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_RUN, needs_bpe, run_script
+from conftest import ROOT, TINY_RUN, as_script, needs_bpe, run_script
 
 import chat_template
+import checkpoint
 import common
+import data
+import errors
 import sample
 from configurator import load_config
 from model import GPT, GPTConfig
@@ -61,16 +64,17 @@ def place(tmp_path, monkeypatch):
 
 
 def user_error(capsys, fn, *args, **kwargs) -> str:
-    """Call fn, which must stop with common.UserError: exit code 2 and exactly one 'error: ...' line on
-    stderr. Returns that line."""
-    with pytest.raises(common.UserError) as e:
-        fn(*args, **kwargs)
+    """Call fn as a script would (conftest.as_script): it must stop with a UserError, reported as exit code 2
+    and exactly one 'error: ...' line on stderr. Returns that line."""
+    with pytest.raises(SystemExit) as e:
+        as_script(fn, *args, **kwargs)
     assert e.value.code == 2
+    assert isinstance(e.value.__context__, errors.UserError), "only a UserError is reported as a user's mistake"
     out, err = capsys.readouterr()
     user_error.out = out  # what the command printed before it stopped
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0] == f"error: {e.value.message}"
+    assert lines[0] == f"error: {e.value.__context__}"
     return lines[0]
 
 
@@ -202,8 +206,8 @@ def test_data_prepared_by_another_version_of_the_template_is_refused(recorded, s
            "chat_template.py still renders chatml the same cannot be told" if recorded is None else
            f"was prepared by another version of chat_template.py (its chatml fingerprint is {recorded}, now "
            f"{chat_template.fingerprint('chatml')})")
-    command = (f"python prepare_alpaca.py --out_dir {stale} --template chatml --input {meta['source']} "
-               f"--val_size 4 --max_len 1024 --seed 1337")
+    command = (f"python prepare_alpaca.py --input {meta['source']} --template chatml --val_size 4 --max_len 1024 "
+               f"--seed 1337 --out_dir {stale}")
     assert line == f"error: data_dir={stale} {why}: prepare it again: `{command}`"
     assert not (tmp_path / "run").exists()
     subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT, check=True, capture_output=True)
@@ -249,10 +253,85 @@ def test_sample_says_when_the_context_window_fills():
 @needs_bpe
 def test_offline_hub_download_names_both_files(place, capsys):
     """No network (HF_ENDPOINT on a closed port): the message names every file to place, at once."""
-    proc = common.Processes(False, 0, 0, 1, "cpu", "cpu", "float32")
-    line = user_error(capsys, common.init_model, "gpt2", "run", GPTConfig(), proc)
+    line = user_error(capsys, checkpoint.init_model, "gpt2", "run", GPTConfig(), common.single_process())
     assert "place both files" in line and "config.json and model.safetensors" in line
     assert os.path.join(str(place / "cache"), "openai-community", "gpt2") in line
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1b. a run refuses what it cannot continue: another trainer, context window or data folder on resume, and a
+# prepared folder with a file missing or cut off
+
+
+@pytest.fixture(scope="module")
+def finished_sft_run(sft_data, tmp_path_factory):
+    """One step of train_sft.py, its out_dir and data, and a copy of the data in another folder."""
+    tmp = tmp_path_factory.mktemp("finished")
+    run_script("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={tmp / 'run'}", "--max_iters=1")
+    shutil.copytree(sft_data, tmp / "other_data")
+    return tmp / "run", sft_data, tmp / "other_data"
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_resume_refuses_another_trainer_context_window_or_data(finished_sft_run, capsys):
+    run, data_dir, other = finished_sft_run
+    before = tree(run.parent)
+    args = [f"--out_dir={run}", "--init_from=resume", "--max_iters=2"]
+    line = user_error(capsys, run_script, "train_pretrain.py", *args)
+    assert line == (f"error: resume: {run}/ckpt.pt was written by train_sft.py, not train_pretrain.py: continue "
+                    f"it with `python train_sft.py ... --init_from=resume`, or start a new run from it with "
+                    f"--init_from={run} and another --out_dir")
+    line = user_error(capsys, run_script, "train_sft.py", *args, f"--data_dir={data_dir}", "--block_size=32")
+    assert line == f"error: resume: {run}/ckpt.pt was trained with block_size=64, not 32; resume it with the same"
+    line = user_error(capsys, run_script, "train_sft.py", *args, f"--data_dir={other}")
+    assert line == (f"error: resume: the run trained on data_dir={data_dir}, not {other}; resume it with "
+                    f"--data_dir={data_dir}, or start a new run from its checkpoint (--init_from=<its out_dir>) "
+                    f"with another out_dir")
+    assert tree(run.parent) == before, "nothing written, the checkpoint untouched"
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_prepared_folder_with_a_file_missing_or_cut_off_is_one_line(damage, sft_data, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(sft_data, broken)
+    size = (broken / "val_mask.bin").stat().st_size
+    if damage == "missing":
+        (broken / "val_mask.bin").unlink()
+    else:
+        (broken / "val_mask.bin").write_bytes(b"\1" * (size - 3))
+    before = tree(tmp_path)
+    line = user_error(capsys, run_script, "train_sft.py", f"--data_dir={broken}", f"--out_dir={tmp_path / 'run'}")
+    what = "is missing" if damage == "missing" else f"has {size - 3:,} bytes, not the {size:,} meta.json promises"
+    command = data.prepare_command(json.loads((broken / "meta.json").read_text()), str(broken))
+    assert line == f"error: data_dir={broken}: val_mask.bin {what}; prepare the folder again: `{command}`"
+    assert command.startswith("python prepare_alpaca.py --input ") and command.endswith(f"--out_dir {broken}")
+    assert tree(tmp_path) == before
+
+
+@needs_bpe  # prepares a text with the GPT-2 tokenizer
+def test_a_pretraining_folder_with_a_cut_off_file_is_one_line(tmp_path, capsys):
+    import prepare_text
+
+    (tmp_path / "t.txt").write_text("To be or not to be, that is the question. " * 40)
+    prepare_text.prepare(input_path=str(tmp_path / "t.txt"), out_dir=str(tmp_path / "text"))
+    train = tmp_path / "text" / "train.bin"
+    train.write_bytes(train.read_bytes()[:-2])
+    line = user_error(capsys, run_script, "train_pretrain.py", f"--data_dir={tmp_path / 'text'}",
+                      f"--out_dir={tmp_path / 'run'}")
+    assert f"data_dir={tmp_path / 'text'}: train.bin has " in line and "prepare the folder again: `python " \
+        "prepare_text.py --input " in line
+    assert not (tmp_path / "run").exists()
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_trainers_take_key_value_and_key_space_value_alike(sft_data, tmp_path):
+    run_script("train_sft.py", "--data_dir", sft_data, "--out_dir", str(tmp_path / "run"), "--max_iters", "1")
+    state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert state["iter_num"] == 1 and state["config"]["data_dir"] == sft_data
+    config = load_config({"max_iters": 1, "dropout": 0.0, "out_dir": ""}, ["--max_iters", "3", "--dropout=0.1",
+                                                                           "--out_dir", "out/x"])
+    assert config == {"max_iters": 3, "dropout": 0.1, "out_dir": "out/x"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,9 +353,10 @@ def test_prompts_from_a_prepared_split(template, system_prompt, tmp_path):
     args = types.SimpleNamespace(prompt=None, prompts_from=str(tmp_path / "d" / "val"), num_prompts=20)
     val = sample.read_prompts(args)
     assert len(val) == 4 and set(val) <= users
-    train = sample.held_out_instructions(tmp_path / "d", n=None, split="train")
+    train = data.read_prompts(str(tmp_path / "d"), split="train")
     assert len(train) == 6 and set(train) | set(val) == users, "every user turn, exactly, and no other"
-    assert sample.held_out_instructions(tmp_path / "d", n=2) == val[:2]
+    args.num_prompts = 2
+    assert sample.read_prompts(args) == val[:2]
 
 
 def test_prompts_from_errors(tmp_path, capsys):
@@ -310,9 +390,15 @@ def processes(sft_data, tmp_path_factory):
     ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    # sample.py's mistakes are the same UserError in-process (section 1); one trainer suffices end to end
-    wrong = [start([os.path.join(ROOT, "train_sft.py"), *TINY_RUN, "--init_from=out/shakespear", "--out_dir=out/run"],
-                   mistakes)]
+    # Every kind of script, each with one mistake (the README's promise): a trainer, the two prepare scripts,
+    # the export, the plot, sample.py (with a bad flag: argparse's own errors are one line too)
+    (mistakes / "bad.json").write_text('[{"instruction": "a", "output": "b"},]')
+    (mistakes / "empty.txt").write_text("")
+    commands = [["train_sft.py", *TINY_RUN, "--init_from=out/shakespear", "--out_dir=out/run"],
+                ["prepare_alpaca.py", "--input", "bad.json"], ["prepare_text.py", "--input=empty.txt"],
+                ["export_hf.py", "--ckpt=missing", "--out=out/hf"], ["plot.py", "missing"],
+                ["sample.py", "--ckpt=out", "--temperature=hot"]]
+    wrong = [start([os.path.join(ROOT, c[0]), *c[1:]], mistakes) for c in commands]
     cut = tmp / "cut"
     # Far more steps than the wait below needs, so the signal always lands mid-run (at 40 steps a fast machine
     # could finish first); the schedule is fixed by lr_decay_iters, so the resumed run's shorter max_iters
@@ -340,10 +426,13 @@ def processes(sft_data, tmp_path_factory):
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 def test_real_processes_exit_2_with_one_line(processes):
     mistakes, results = processes["mistakes"]
-    for (code, err), expected in zip(results, ["out/shakespear does not exist"], strict=True):
+    expected = ["out/shakespear does not exist", "bad.json is not valid JSON", "empty.txt is empty",
+                "--ckpt=missing: no checkpoint there", "missing: no such folder",
+                "argument --temperature: invalid float value: 'hot' (see sample.py --help)"]
+    for (code, err), what in zip(results, expected, strict=True):
         assert code == 2, err
-        assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
-    assert tree(mistakes) == {"out"}, "no out_dir, no cache folder"
+        assert err.startswith("error: ") and err.count("\n") == 1 and what in err, err
+    assert tree(mistakes) == {"out", "bad.json", "empty.txt"}, "no out_dir, no data folder, no cache folder"
 
 
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
@@ -384,8 +473,8 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(sft_data, tmp_pat
     (run / "ckpt.pt.tmp").write_bytes(good[: len(good) // 2])  # torn: the kill came mid-write
     assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 2, "the previous checkpoint loads"
     seen = []  # the folder as each save finds it: the torn file must be gone before the first one
-    real_save = common.save_atomic
-    monkeypatch.setattr(common, "save_atomic", lambda state, path: (seen.append(os.listdir(run)),
+    real_save = checkpoint.save_atomic
+    monkeypatch.setattr(checkpoint, "save_atomic", lambda state, path: (seen.append(os.listdir(run)),
                                                                     real_save(state, path)))
     run_script("train_sft.py", *args, "--max_iters=4", "--init_from=resume")
     assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 4

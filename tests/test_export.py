@@ -16,11 +16,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import ALPACA_5000, SHARED, TINY_MODEL, needs_alpaca, needs_bpe, save_ckpt
+from conftest import ALPACA_5000, SHARED, TINY_MODEL, as_script, needs_alpaca, needs_bpe, save_ckpt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 import chat_template
+import checkpoint
 import export_hf
 import prepare_alpaca
 import sample
@@ -256,7 +257,7 @@ def test_pretrain_checkpoint_and_bias_free_model(tmp_path):
     model, tokenizer, problems = load_hf(str(tmp_path / "hf"))
     assert problems == []
     assert tokenizer.chat_template is None and model.generation_config.eos_token_id == 50256
-    ours, _ = export_hf.load_checkpoint(ckpt)
+    ours, _ = checkpoint.load_model(ckpt)
     idx = torch.randint(0, 50259, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (model(idx).logits - ours(idx)[0][..., :50259]).abs().max().item() < 1e-4
@@ -268,7 +269,7 @@ def test_pretrain_checkpoint_and_bias_free_model(tmp_path):
 
 def run_main(argv, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as e:
-        export_hf.main(argv)
+        as_script(export_hf.main, argv)
     return e.value.code, capsys.readouterr().err
 
 

@@ -20,10 +20,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-import common
+import checkpoint
 import export_hf
 import lora
-import sample
+from errors import UserError
 from model import GPT, GPTConfig
 
 hf_logging.set_verbosity_error()
@@ -173,10 +173,10 @@ def test_gradients_reach_only_adapters_and_chat_token_rows():
 
 
 def test_trainable_summary_names_what_trains():
-    assert common.trainable_summary(tiny_gpt(vocab_size=300)) == "training every weight"
+    assert lora.trainable_summary(tiny_gpt(vocab_size=300)) == "training every weight"
     model = lora.apply_lora(tiny_gpt(vocab_size=300), rank=4, alpha=8.0)  # no chat tokens: adapters only
     n, total = ADAPTER_WEIGHTS, sum(p.numel() for p in model.parameters())
-    assert common.trainable_summary(model) == f"LoRA: training {n:,} weights (adapters), {n / total:.2%} of all weights"
+    assert lora.trainable_summary(model) == f"LoRA: training {n:,} weights (adapters), {n / total:.2%} of all weights"
 
 
 def test_applying_lora_twice_is_refused():
@@ -203,7 +203,7 @@ def test_targets_pick_layers():
     (dict(dropout=1.0), "lora_dropout=1.0"),
 ])
 def test_bad_settings_raise_clear_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
         lora.apply_lora(tiny_gpt(vocab_size=300), **(dict(rank=4, alpha=8.0) | kwargs))
 
 
@@ -232,7 +232,7 @@ def lora_runs(sft_data, tmp_path_factory, one_thread):
 
 
 def load(path):
-    return common.load_checkpoint(os.path.join(path, "ckpt.pt"))
+    return checkpoint.load_checkpoint(os.path.join(path, "ckpt.pt"))
 
 
 @needs_bpe
@@ -271,8 +271,8 @@ def test_lora_run_resumes_exactly(lora_runs):
 @needs_bpe
 def test_sample_py_loads_a_lora_checkpoint_merged(lora_runs):
     ckpt = load(lora_runs["full"])
-    unmerged = common.model_from_checkpoint(ckpt, merge=False)
-    loaded = sample.load_model(lora_runs["full"], "cpu", torch.float32).model
+    unmerged = checkpoint.model_from_checkpoint(ckpt, merge=False)
+    loaded, _ = checkpoint.load_model(lora_runs["full"], "cpu", torch.float32)  # what sample.py opens models with
     assert not any(isinstance(m, lora.LoRALinear) for m in loaded.modules())
     idx = random_idx(50259, seed=6)
     assert (ours_logits(loaded, idx) - ours_logits(unmerged, idx)).abs().max().item() < 1e-5
@@ -283,7 +283,7 @@ def test_export_of_a_lora_run_loads_in_transformers_with_our_logits(lora_runs, t
     out = str(tmp_path / "hf")
     export_hf.main([f"--ckpt={lora_runs['full']}", f"--out={out}"])
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    unmerged = common.model_from_checkpoint(load(lora_runs["full"]), merge=False)
+    unmerged = checkpoint.model_from_checkpoint(load(lora_runs["full"]), merge=False)
     idx = random_idx(50259, (2, 64), seed=7)
     with torch.no_grad():
         theirs = hf(idx).logits

@@ -9,6 +9,7 @@ import os
 
 import matplotlib.image
 import pytest
+from conftest import as_script
 
 import plot
 
@@ -81,11 +82,11 @@ def test_cli_default_output_beside_the_runs(tmp_path, capsys):
 
 def test_missing_folder_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        plot.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")])
+        as_script(plot.main, [str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and str(tmp_path / "nope") in err
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
-        plot.main([str(tmp_path / "empty")])
+        as_script(plot.main, [str(tmp_path / "empty")])
     assert "no metrics.jsonl" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["empty"]

@@ -16,8 +16,10 @@ from conftest import ALPACA_5000, ROOT, SHAKESPEARE, needs_alpaca, needs_bpe, ne
 import chat_template
 import prepare_alpaca
 import prepare_text
+from errors import UserError
 
 BIN_FILES = [f"{split}_{name}.bin" for split in ("train", "val") for name in ("ids", "mask", "offsets")]
+PROMPT_FILES = ["train_prompts.json", "val_prompts.json"]
 
 
 def load_split(out_dir, split):
@@ -104,10 +106,10 @@ def test_alpaca_every_example_decodes_to_its_record(alpaca_runs):
 def test_alpaca_split_is_deterministic(alpaca_runs):
     dirs, metas = alpaca_runs
     assert metas[0] == metas[1]
-    for name in [*BIN_FILES, "meta.json"]:
+    for name in [*BIN_FILES, *PROMPT_FILES, "meta.json"]:
         with open(os.path.join(dirs[0], name), "rb") as a, open(os.path.join(dirs[1], name), "rb") as b:
             assert a.read() == b.read(), f"{name} differs between two runs with the same seed"
-    assert sorted(os.listdir(dirs[0])) == sorted([*BIN_FILES, "meta.json"])  # no temp files left over
+    assert sorted(os.listdir(dirs[0])) == sorted([*BIN_FILES, *PROMPT_FILES, "meta.json"])  # no temp files left
 
 
 @needs_alpaca
@@ -158,7 +160,7 @@ def test_alpaca_missing_input_file(tmp_path):
 def test_alpaca_bad_jsonl_line_is_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
-    with pytest.raises(ValueError, match="line 2, column"):
+    with pytest.raises(UserError, match="line 2, column"):
         prepare_alpaca.prepare(input_path=str(bad), out_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -188,7 +190,7 @@ def test_alpaca_val_size_count_and_fraction(tmp_path):
     assert len(load_split(str(tmp_path / "a"), "val")) == 2 and len(load_split(str(tmp_path / "a"), "train")) == 8
     meta = prepare_alpaca.prepare(input_path=path, out_dir=str(tmp_path / "b"), val_size=0.3)
     assert (meta["n_train"], meta["n_val"]) == (7, 3)
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(UserError, match="val_size"):
         prepare_alpaca.prepare(input_path=path, out_dir=str(tmp_path / "c"), val_size=10)
     assert not (tmp_path / "c").exists()
 
@@ -220,7 +222,7 @@ def test_alpaca_empty_instruction_and_output_are_skipped(tmp_path):
 @needs_bpe
 def test_alpaca_all_skipped_is_an_error(tmp_path):
     records = [{"instruction": "", "output": "x"}, {"instruction": "y", "output": ""}]
-    with pytest.raises(ValueError, match="no examples left"):
+    with pytest.raises(UserError, match="no examples left"):
         prepare_alpaca.prepare(input_path=write_json(tmp_path / "d.json", records), out_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 

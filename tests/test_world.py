@@ -8,6 +8,7 @@ from conftest import needs_bpe
 
 import eval_qa
 import prepare_world
+from errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,8 @@ def test_values_of_an_attribute_never_contain_one_another():
 
 
 def test_a_smaller_world_keeps_only_the_asked_attributes(tmp_path):
-    """experiments/small_world.py's worlds: fewer countries and people, and people with fewer attributes."""
+    """Smaller worlds (prepare_world.py --n_countries, --person_attributes): fewer countries and people, and
+    people with fewer attributes."""
     world = prepare_world.prepare(str(tmp_path), n_people=10, n_countries=4, person_attributes=("birth_city",),
                                   rounds=2, seed=3)
     people = [e for e in world["entities"] if e["kind"] != "country"]
@@ -116,7 +118,7 @@ def test_a_smaller_world_keeps_only_the_asked_attributes(tmp_path):
 
 @pytest.mark.parametrize("attributes", [(), ("birth_city", "age")])
 def test_unknown_or_no_person_attributes_are_refused(attributes):
-    with pytest.raises(ValueError, match="give one or more of birth_city,birth_year,profession,employer"):
+    with pytest.raises(UserError, match="give one or more of birth_city,birth_year,profession,employer"):
         prepare_world.make_world(10, 0.25, seed=1, person_attributes=attributes)
 
 

@@ -1,7 +1,7 @@
 """
 Exact-match question answering on the world of prepare_world.py: does a model know a fact, and does it stop?
 
-    python eval_qa.py --world_dir data/world --base out/knowledge/base --sft out/knowledge/sft
+    python experiments/eval_qa.py --world_dir out/knowledge/world --base out/knowledge/base --sft out/knowledge/sft
 
 prints, for held-out and SFT entities separately, the exact-match accuracy and the end-token rate of the base
 model in completion form ("The capital of France is") and in chat form (the question in the ChatML template),
@@ -19,14 +19,18 @@ The scoring rule, written down before anything was measured, and never loosened 
   4. The end-token rate is the share of answers that emitted the end token within the 32 tokens.
 """
 
-import argparse
 import json
 import os
 import re
+import sys
 
 import torch
 
-import chat_template
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's root
+
+import chat_template  # noqa: E402
+import checkpoint  # noqa: E402
+import errors  # noqa: E402
 
 MAX_NEW_TOKENS = 32
 NEWLINE = 198  # GPT-2's id of "\n": the end of a biography, so the end of a completion
@@ -40,9 +44,7 @@ def is_correct(answer: str, value: str, values: list[str]) -> bool:
 
 def load(source: str, device: str = "cpu"):
     """A checkpoint folder (or .pt) -> the model, in fp32 so that answers are the same on every machine."""
-    from sample import load_model  # the one call of sample.load_model in this experiment
-
-    return load_model(source, device, torch.float32).model
+    return checkpoint.load_model(source, device, torch.float32)[0]
 
 
 def prompt_ids(record: dict, form: str) -> list[int]:
@@ -105,14 +107,14 @@ def read_json(path: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("--world_dir", default="data/world", help="prepare_world.py's output folder")
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--world_dir", default="out/knowledge/world", help="prepare_world.py's output folder")
     parser.add_argument("--base", help="the pretrained model (a folder with ckpt.pt): completion and chat form")
     parser.add_argument("--sft", help="the SFT model: chat form")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if not args.base and not args.sft:
-        parser.error("give --base and/or --sft")
+        raise errors.UserError("give --base and/or --sft")
     world = read_json(os.path.join(args.world_dir, "world.json"))
     qa = {split: read_json(os.path.join(args.world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
     runs = ([(f"base {args.base}", args.base, ("completion", "chat"))] if args.base else []) + (
@@ -129,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

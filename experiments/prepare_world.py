@@ -1,7 +1,7 @@
 """
 A small world whose facts are known: the data of the knowledge experiment (experiments/knowledge.py).
 
-    python prepare_world.py                                   # -> data/world/
+    python experiments/prepare_world.py                       # -> data/world/
     python prepare_text.py --input data/world/bios.txt --out_dir data/world/text
     python prepare_alpaca.py --input data/world/sft_qa.json --out_dir data/world/sft --val_size 16
 
@@ -30,10 +30,15 @@ canonical sentence itself). The answer is a pretraining phrasing with a pronoun 
 capital of France?" -> "Its capital is Paris." Generation is deterministic for a seed.
 """
 
-import argparse
 import json
 import os
 import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's root
+
+import errors  # noqa: E402
+from errors import UserError  # noqa: E402
 
 # Real countries and their capitals (no capital's name contains another's, so a scorer can tell them apart).
 COUNTRIES = {
@@ -125,11 +130,11 @@ def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: i
     """The entities (the first n_countries countries, France first, then people with person_attributes) with
     attributes and split."""
     if n_people > len(SURNAMES) or not 1 <= n_countries <= len(COUNTRIES):
-        raise ValueError(f"n_people {n_people}, n_countries {n_countries}: at most {len(SURNAMES)} people (one "
-                         f"surname each) and 1 to {len(COUNTRIES)} countries")
+        raise UserError(f"n_people {n_people}, n_countries {n_countries}: at most {len(SURNAMES)} people (one "
+                        f"surname each) and 1 to {len(COUNTRIES)} countries")
     if not person_attributes or not set(person_attributes) <= set(PERSON_VALUES):
-        raise ValueError(f"person_attributes {','.join(person_attributes) or '(none)'}: give one or more of "
-                         f"{','.join(PERSON_VALUES)}")
+        raise UserError(f"person_attributes {','.join(person_attributes) or '(none)'}: give one or more of "
+                        f"{','.join(PERSON_VALUES)}")
     rng = random.Random(seed)
     entities = [{"name": country, "kind": "country", "attributes": {"capital": capital}}
                 for country, capital in list(COUNTRIES.items())[:n_countries]]
@@ -236,7 +241,7 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--out_dir", default="data/world")
     parser.add_argument("--n_people", type=int, default=100)
     parser.add_argument("--n_countries", type=int, default=len(COUNTRIES), help="the first this many (France first)")
@@ -246,12 +251,10 @@ def main() -> None:
                         help="the people's attributes, comma-separated (a smaller world has fewer)")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
-    try:
-        prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed, args.n_countries,
-                tuple(a.strip() for a in args.person_attributes.split(",") if a.strip()))
-    except ValueError as e:
-        parser.error(str(e))
+    prepare(args.out_dir, args.n_people, args.heldout_fraction, args.rounds, args.seed, args.n_countries,
+            tuple(a.strip() for a in args.person_attributes.split(",") if a.strip()))
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

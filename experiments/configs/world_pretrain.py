@@ -1,7 +1,7 @@
 # Pretrain a small GPT on the biographies of prepare_world.py's world, until it knows their facts (the base
 # model of experiments/knowledge.py, which runs this with --data_dir/--out_dir overrides).
-#   python prepare_world.py && python prepare_text.py --input data/world/bios.txt --out_dir data/world/text
-#   python train_pretrain.py configs/world_pretrain.py
+#   python experiments/prepare_world.py && python prepare_text.py --input data/world/bios.txt --out_dir data/world/text
+#   python train_pretrain.py experiments/configs/world_pretrain.py
 # GPT-2's tokenizer makes the output layer (50304 x n_embd) most of the compute of a model this small, so the
 # model is narrow, and the context only a little longer than a biography (45 tokens at most). Steps and
 # learning rate were chosen by measurement on a 2-core CPU: see experiments/README.md.

@@ -1,7 +1,7 @@
 # SFT of the world's base model on questions about the SFT entities (experiments/knowledge.py runs this with
 # --init_from/--data_dir/--out_dir overrides).
 #   python prepare_alpaca.py --input data/world/sft_qa.json --out_dir data/world/sft --val_size 16
-#   python train_sft.py configs/world_sft.py
+#   python train_sft.py experiments/configs/world_sft.py
 # The answers are single sentences in a pretraining phrasing, the subject a pronoun ("Its capital is Paris."):
 # SFT teaches the format (answer after the assistant header, one sentence, then <|im_end|>) and to look the
 # asked-about entity's fact up, which takes a few hundred examples (experiments/README.md, data-size curve).

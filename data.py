@@ -1,0 +1,190 @@
+"""
+The prepared data on disk: its formats, written by the prepare scripts and read by the trainers and sample.py.
+
+A prepared folder holds meta.json (written last: a folder with meta.json is complete) and token files:
+
+    pretraining (prepare_text.py)   train.bin, val.bin          np.uint16 token ids, one stream per split
+    SFT (prepare_alpaca.py)         {split}_ids.bin             np.uint16 every token of every example, concatenated
+                                    {split}_mask.bin            np.uint8 the same length; 1 where a token is a target
+                                    {split}_offsets.bin         np.int64 n + 1 entries: example i is ids[o[i]:o[i+1]]
+                                    {split}_prompts.json        each example's user turn, as written in the source
+
+meta.json says what made the folder: "command" (the prepare command, without --out_dir), "template" ('none' for
+text), "template_fingerprint", "vocab_size", "end_token", and the counts the files must match. Nothing here needs
+the tokenizer: the trainers read ids with np.memmap.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+import chat_template
+from errors import UserError
+
+if TYPE_CHECKING:  # the type only: data.py runs without torch, so the prepare scripts start fast
+    from common import Runtime
+
+TOKEN_DTYPE = np.uint16  # GPT-2's ids (and our chat tokens) are below 2**16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_prepared(out_dir: str, arrays: dict, meta: dict, prompts: dict | None = None) -> None:
+    """Write each {filename: numpy array}, each {filename: JSON-able prompts} and meta.json under temporary
+    names, then move them all into place.
+
+    A reader that finds meta.json can trust the files beside it: the old meta.json is removed before any old
+    file is replaced, and the new one arrives only after all of them.
+    """
+    files = {}  # final path -> temporary path
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for filename, array in arrays.items():
+            path = os.path.join(out_dir, filename)
+            files[path] = path + ".tmp"
+            array.tofile(files[path])
+        for filename, content in {**(prompts or {}), "meta.json": meta}.items():  # meta.json last
+            path = os.path.join(out_dir, filename)
+            files[path] = path + ".tmp"
+            with open(files[path], "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2 if filename == "meta.json" else None, ensure_ascii=False)
+                f.write("\n")
+        meta_path = os.path.join(out_dir, "meta.json")
+        if os.path.exists(meta_path):
+            os.remove(meta_path)
+        for path, tmp in files.items():  # dicts keep insertion order: meta.json goes last
+            os.replace(tmp, path)
+    except OSError as e:  # a read-only folder, a full disk
+        raise UserError(f"could not write {out_dir}: {e.strerror or e}") from None
+    finally:
+        for tmp in files.values():  # only left over when something above failed
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding and checking a prepared folder
+
+
+def read_meta(data_dir: str) -> dict:
+    with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def prepare_command(meta: dict, data_dir: str) -> str:
+    """The command that prepares data_dir again, as its prepare script recorded it."""
+    return shlex.join([*meta["command"], "--out_dir", data_dir])
+
+
+def prepare_on_demand(data_dir: str, default_dir: str, script: str, runtime: "Runtime") -> dict:
+    """The prepared data's meta.json. The default data folder is prepared on first use, so the main command
+    works on a fresh clone; any other folder must exist (a typo must not become a download)."""
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        if os.path.normpath(data_dir) != os.path.normpath(default_dir):
+            raise UserError(f"data_dir={data_dir} holds no prepared data (meta.json): prepare it with "
+                            f"`python {script} --out_dir {data_dir}`, or leave data_dir at its default")
+        if runtime.local_rank == 0:  # once per machine: nodes need not share a filesystem
+            print(f"prepared data not found; running: python {script} --out_dir {data_dir}")
+            here = os.path.dirname(os.path.abspath(__file__))
+            subprocess.run([sys.executable, os.path.join(here, script), "--out_dir", data_dir])  # says why itself
+        runtime.barrier()  # reached on failure too, or the other processes would wait here forever
+        if not os.path.exists(os.path.join(data_dir, "meta.json")):
+            raise UserError(f"python {script} --out_dir {data_dir} failed (its message is above); fix that and "
+                            f"run again")
+    meta = read_meta(data_dir)
+    check_template_fingerprint(meta, data_dir)
+    return meta
+
+
+def check_template_fingerprint(meta: dict, data_dir: str) -> None:
+    """SFT data must have been rendered the way chat_template.py renders its template now: sample.py and the
+    export render prompts with today's code. Pretraining text (template 'none') passes."""
+    template = meta["template"]
+    if template not in chat_template.TEMPLATES:
+        return
+    found, current = meta.get("template_fingerprint"), chat_template.fingerprint(template)
+    if found == current:
+        return
+    why = (f"records no template fingerprint (it was prepared before nanoSFT recorded one), so whether "
+           f"chat_template.py still renders {template} the same cannot be told" if found is None else
+           f"was prepared by another version of chat_template.py (its {template} fingerprint is {found}, "
+           f"now {current})")
+    again = (f"`{prepare_command(meta, data_dir)}`" if "command" in meta else
+             f"with the command that made it, and --out_dir {data_dir}")
+    raise UserError(f"data_dir={data_dir} {why}: prepare it again: {again}")
+
+
+def _check_size(data_dir: str, meta: dict, name: str, expected_bytes: int) -> None:
+    """A file of the folder is there, whole: a missing or cut-off file is a clear line, not a traceback."""
+    path = os.path.join(data_dir, name)
+    if not os.path.isfile(path):
+        what = "is missing"
+    elif os.path.getsize(path) != expected_bytes:
+        what = f"has {os.path.getsize(path):,} bytes, not the {expected_bytes:,} meta.json promises"
+    else:
+        return
+    again = f"`{prepare_command(meta, data_dir)}`" if "command" in meta else "with its prepare script"
+    raise UserError(f"data_dir={data_dir}: {name} {what}; prepare the folder again: {again}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_tokens(data_dir: str, meta: dict, split: str) -> np.ndarray:
+    """One split of prepare_text.py's token stream."""
+    name, n = f"{split}.bin", meta[f"n_{split}_tokens"]
+    _check_size(data_dir, meta, name, n * np.dtype(TOKEN_DTYPE).itemsize)
+    return np.memmap(os.path.join(data_dir, name), dtype=TOKEN_DTYPE, mode="r")
+
+
+def read_examples(data_dir: str, meta: dict, split: str, block_size: int, verbose: bool = True) -> dict:
+    """One split of prepare_alpaca.py's examples: token ids, loss mask, offsets, lengths, and which examples
+    fit the context window (the others are left out, never truncated: that would cut off the end token; said
+    if verbose)."""
+    n = meta[f"n_{split}"]
+    if n == 0:
+        raise UserError(f"{data_dir}: the {split} split is empty (prepare it with --val_size above 0)")
+    _check_size(data_dir, meta, f"{split}_offsets.bin", (n + 1) * 8)
+    offsets = np.fromfile(os.path.join(data_dir, f"{split}_offsets.bin"), dtype=np.int64)
+    _check_size(data_dir, meta, f"{split}_ids.bin", int(offsets[-1]) * np.dtype(TOKEN_DTYPE).itemsize)
+    _check_size(data_dir, meta, f"{split}_mask.bin", int(offsets[-1]))
+    lengths = np.diff(offsets)
+    usable = np.flatnonzero(lengths - 1 <= block_size)
+    if verbose and len(usable) < len(lengths):
+        print(f"{split}: leaving out {len(lengths) - len(usable)} examples longer than block_size {block_size}")
+    return {"ids": np.memmap(os.path.join(data_dir, f"{split}_ids.bin"), dtype=TOKEN_DTYPE, mode="r"),
+            "mask": np.memmap(os.path.join(data_dir, f"{split}_mask.bin"), dtype=np.uint8, mode="r"),
+            "offsets": offsets, "lengths": lengths, "usable": usable}
+
+
+def read_prompts(data_dir: str, split: str = "val") -> list[str]:
+    """The user turn of every example of a prepared SFT split, as its source wrote it."""
+    path = os.path.join(data_dir, f"{split}_prompts.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        missing = "meta.json" if not os.path.exists(os.path.join(data_dir, "meta.json")) else f"{split}_prompts.json"
+        raise UserError(f"{data_dir}: no prepared {split} split ({missing} is missing); --prompts_from takes a "
+                        f"folder prepared by prepare_alpaca.py and a split, e.g. data/alpaca/val") from None
+
+
+def length_grouped_order(lengths: np.ndarray, usable: np.ndarray, examples_per_step: int, group_size: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """One epoch of example indices, cut into steps of examples_per_step: shuffled, then sorted by length
+    within groups of group_size (so a batch holds examples of similar length and little padding), then the
+    steps shuffled (so the loss curve does not trace the lengths)."""
+    order = rng.permutation(usable)[: len(usable) // examples_per_step * examples_per_step]
+    for start in range(0, len(order), group_size):
+        group = order[start : start + group_size]
+        order[start : start + group_size] = group[np.argsort(lengths[group], kind="stable")]
+    steps = order.reshape(-1, examples_per_step)
+    return steps[rng.permutation(len(steps))].reshape(-1)
