@@ -177,14 +177,71 @@ def read_prompts(data_dir: str, split: str = "val") -> list[str]:
                         f"folder prepared by prepare_alpaca.py and a split, e.g. data/alpaca/val") from None
 
 
-def length_grouped_order(lengths: np.ndarray, usable: np.ndarray, examples_per_step: int, group_size: int,
-                         rng: np.random.Generator) -> np.ndarray:
-    """One epoch of example indices, cut into steps of examples_per_step: shuffled, then sorted by length
-    within groups of group_size (so a batch holds examples of similar length and little padding), then the
-    steps shuffled (so the loss curve does not trace the lengths)."""
-    order = rng.permutation(usable)[: len(usable) // examples_per_step * examples_per_step]
-    for start in range(0, len(order), group_size):
-        group = order[start : start + group_size]
-        order[start : start + group_size] = group[np.argsort(lengths[group], kind="stable")]
-    steps = order.reshape(-1, examples_per_step)
-    return steps[rng.permutation(len(steps))].reshape(-1)
+def pack(split: dict, row_len: int, seed: int) -> dict:
+    """Every usable example of a split (read_examples), whole and once, in rows of row_len positions. An
+    example of n tokens takes n - 1 positions (each input token with the next one as its target).
+
+    Best-fit decreasing: the longest example first, each into the row it fills best (the one with the least
+    room left that still holds it), or a new row. Short examples end up in the gaps long ones leave, so
+    rows come out nearly full. Examples of the same length are taken in a seeded random order. Returns
+    {"examples": example indices, row after row; "starts": n_rows + 1 offsets into it, row r holding
+    examples[starts[r]:starts[r + 1]]; "fill": the share of positions that hold an example}.
+    """
+    sizes = split["lengths"] - 1
+    order = np.random.default_rng(seed).permutation(split["usable"])
+    order = order[np.argsort(-sizes[order], kind="stable")]  # longest first
+    rows = []  # the examples of each row
+    rows_with_room = [[] for _ in range(row_len + 1)]  # rows_with_room[r]: the rows with exactly r free
+    n_with_room = np.zeros(row_len + 1, dtype=np.int64)  # how many rows have exactly r positions free
+    for example in order:
+        size = sizes[example]
+        fitting = np.flatnonzero(n_with_room[size:])  # the rows it fits in, by how much room they have
+        if len(fitting):
+            room = size + fitting[0]  # the least room that still holds it
+            row = rows_with_room[room].pop()
+            n_with_room[room] -= 1
+        else:
+            room, row = row_len, len(rows)
+            rows.append([])
+        rows[row].append(example)
+        rows_with_room[room - size].append(row)
+        n_with_room[room - size] += 1
+    examples = np.array([e for row in rows for e in row], dtype=np.int64)
+    starts = np.cumsum([0] + [len(row) for row in rows], dtype=np.int64)
+    return {"examples": examples, "starts": starts, "fill": sizes[order].sum() / max(len(rows) * row_len, 1)}
+
+
+def packed_batch(split: dict, packed: dict, rows: np.ndarray, row_len: int,
+                 pad_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inputs x, targets y and positions of the given packed rows, each (len(rows), row_len) int64.
+
+    Each example puts its tokens but the last in x, the tokens after them in y (-100 where the loss
+    mask says the token is not a target), and its own positions 0, 1, ... Padding fills the end of a
+    row: x the pad token, y -100, and positions that start again at 0, so padding is an example of its
+    own that no real token attends to. Built with index arithmetic, without a loop over examples.
+    """
+    first, last = packed["starts"][rows], packed["starts"][rows + 1]
+    n_examples = last - first  # of each row
+    before = np.cumsum(n_examples) - n_examples  # examples of the rows before each row, in this batch
+    # Each example of the batch, row after row, and the batch row it sits in
+    slot = np.repeat(first - before, n_examples) + np.arange(n_examples.sum())
+    examples = packed["examples"][slot]
+    row_of = np.repeat(np.arange(len(rows)), n_examples)
+    sizes = split["lengths"][examples] - 1
+    ends = np.cumsum(sizes)
+    column = (ends - sizes) - np.repeat((ends - sizes)[before], n_examples)  # where it starts in its row
+    # Each token of the batch: its example, its position in that example, where it comes from and goes
+    token_of = np.repeat(np.arange(len(examples)), sizes)
+    position = np.arange(ends[-1]) - np.repeat(ends - sizes, sizes)
+    source = split["offsets"][examples][token_of] + position
+    target = row_of[token_of] * row_len + column[token_of] + position
+    filled = np.bincount(row_of, weights=sizes, minlength=len(rows)).astype(np.int64)  # per row
+    x = np.full(len(rows) * row_len, pad_token, dtype=np.int64)
+    y = np.full(len(rows) * row_len, -100, dtype=np.int64)
+    positions = (np.arange(row_len)[None, :] - filled[:, None]).reshape(-1)  # the padding's own
+    x[target] = split["ids"][source]
+    next_ids = split["ids"][source + 1].astype(np.int64)  # (uint16 on disk: -100 would wrap around)
+    y[target] = np.where(split["mask"][source + 1] == 1, next_ids, -100)
+    positions[target] = position
+    shape = (len(rows), row_len)
+    return x.reshape(shape), y.reshape(shape), positions.reshape(shape)

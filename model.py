@@ -1,14 +1,19 @@
 """
 GPT-2 in one file: the model, generation with a KV cache, and the loss.
 
-Same architecture as OpenAI's GPT-2 (and Hugging Face's GPT2LMHeadModel): learned position embeddings,
-pre-LayerNorm transformer blocks, a GELU(tanh) MLP, causal self-attention, and an output layer that shares
-its weights with the token embedding (weight tying). Module names mirror Hugging Face's, so loading their
-checkpoints is a rename-free copy (hf_checkpoint.py).
+Same architecture as OpenAI's GPT-2 (and Hugging Face's GPT2LMHeadModel): learned position
+embeddings, pre-LayerNorm transformer blocks, a GELU(tanh) MLP, causal self-attention, and an output
+layer that shares its weights with the token embedding (weight tying). Module names mirror Hugging
+Face's, so loading their checkpoints is a rename-free copy (hf_checkpoint.py).
 
-The one cross-entropy of the project lives at the bottom (`cross_entropy`): both training scripts call it
-through `model(idx, targets)`. Positions whose target is -100 are not learned from; that is how SFT masks
-prompts.
+A row of input may hold several examples packed one after another (SFT does this, so that no
+position is wasted on padding). `positions` then says where each example starts: positions restart
+at 0 for every example, exactly as if it were alone, and attention never crosses from one example
+into another.
+
+The one cross-entropy of the project lives at the bottom (`cross_entropy`): both training scripts
+call it through `model(idx, targets, positions)`. Positions whose target is -100 are not learned
+from; that is how SFT masks prompts.
 """
 
 import inspect
@@ -18,10 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's convention for "no target here"
-LOSS_CHUNK = 2**28  # logits the loss holds at once, at most: 1 GB in fp32 (whole rows of vocab_size)
-PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 tokens, room for the chat tokens, rounded up to a multiple of 64
+LOSS_CHUNK = 2**27  # logits the loss holds at once, at most: 512 MB in fp32 (whole rows of vocab)
+LOSS_ROWS_MULTIPLE = 256  # the loss's matmuls see rows in multiples of this: few distinct shapes
+PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 tokens, room for the chat tokens, a multiple of 64
 
 
 @dataclass
@@ -36,6 +43,28 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
 
+def document_mask(positions: torch.Tensor, dropout: bool) -> torch.Tensor | BlockMask:
+    """Who may attend to whom in rows of packed examples: query q sees key k when k is at or before
+    q and in q's own example, which starts at q - positions[q]. Padding restarts its positions too,
+    so it forms examples of its own and no row of the mask is empty (an empty one would make softmax
+    0/0 = NaN).
+
+    The mask as booleans (B, 1, T, T), for scaled_dot_product_attention: the reference, on every
+    device. Inside torch.compile on a GPU, the same rule as a FlexAttention BlockMask instead: its
+    kernel skips the blocks no query may see, and compiles to one fused kernel (it has no dropout).
+    """
+    B, T = positions.shape
+    q = torch.arange(T, device=positions.device)
+    first = q - positions  # (B, T): the position in the row where each token's example starts
+    if positions.is_cuda and torch.compiler.is_compiling() and not dropout:
+        def same_example_causal(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & (kv_idx >= first[b, q_idx])
+
+        return create_block_mask(same_example_causal, B, None, T, T, device=positions.device)
+    key, query = q[None, None, :], q[None, :, None]
+    return ((key <= query) & (key >= first[:, :, None]))[:, None]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -43,28 +72,33 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k and v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None, pos=0):
+    def forward(self, x, kv_cache=None, pos=0, mask=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if kv_cache is not None:
-            # Generation: keep every key/value computed so far, so each new token costs one position, not T.
+            # Generation: keep every key/value computed so far: each new token costs one position,
+            # not T.
             k_cache, v_cache = kv_cache
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
             k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
-        # A single new token may attend to everything before it, so it needs no mask. Several tokens need the
-        # causal mask, and SDPA's is_causal is only right when they start at position 0 (the prefill).
+        # A single new token may attend to everything before it, so it needs no mask. Several tokens
+        # need the causal mask, and SDPA's is_causal is only right when they start at position 0
+        # (the prefill).
         assert T == 1 or pos == 0, "multi-token steps with a KV cache must start at position 0"
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
-        )
+        if isinstance(mask, BlockMask):  # packed examples, compiled on a GPU: FlexAttention
+            y = flex_attention(q, k, v, block_mask=mask)
+        else:  # one sequence per row (mask None: causal), or packed examples (a boolean mask)
+            dropout = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=mask is None and T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -89,8 +123,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, pos=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, pos)
+    def forward(self, x, kv_cache=None, pos=0, mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, pos, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -109,11 +143,12 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: reading a token and writing a token use the same vectors (GPT-2 does this; it also
-        # saves vocab_size * n_embd parameters). One Parameter, two uses.
+        # Weight tying: reading a token and writing a token use the same vectors (GPT-2 does this;
+        # it also saves vocab_size * n_embd parameters). One Parameter, two uses.
         self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch adds to the stream, so shrink the projections into it.
+        # GPT-2's scaled init: each residual branch adds to the stream, so shrink the projections
+        # into it.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -132,59 +167,74 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def hidden(self, idx, kv_cache=None, pos=0):
-        """The final hidden states (B, T, n_embd) of tokens idx sitting at positions pos .. pos+T-1."""
+    def hidden(self, idx, kv_cache=None, pos=0, positions=None):
+        """The final hidden states (B, T, n_embd) of tokens idx. positions (B, T), for rows of
+        packed examples, gives each token's position within its own example; without it the tokens
+        sit at pos .. pos+T-1 (a single sequence, or generation with a KV cache)."""
         B, T = idx.size()
         if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of length {pos + T} is longer than block_size={self.config.block_size}")
-        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
+            raise ValueError(f"sequence of length {pos + T} is longer than "
+                             f"block_size={self.config.block_size}")
+        mask = None
+        if positions is None:
+            positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
+        else:
+            mask = document_mask(positions, dropout=self.training and self.config.dropout > 0)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_cache is None else kv_cache[i], pos)
+            x = block(x, None if kv_cache is None else kv_cache[i], pos, mask)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, positions=None):
         """Without targets: (logits (B, T, vocab_size), None). With targets: (None, loss), the mean
-        cross-entropy over the positions whose target is not -100 (their logits are never materialised)."""
-        h = self.hidden(idx)
+        cross-entropy over the positions whose target is not -100. positions: see hidden()."""
+        h = self.hidden(idx, positions=positions)
         if targets is None:
             return self.lm_head(h), None
         return None, cross_entropy(h, self.lm_head.weight, targets)
 
-    # ------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------
     # Loading GPT-2 (or any GPT-2-architecture checkpoint in Hugging Face's layout)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, vocab_size: int | None = None, dropout: float = 0.0,
                         cache_dir: str | None = None) -> "GPT":
-        """Load "gpt2" (-medium/-large/-xl), "distilgpt2", a hub repo "org/name", or a local directory in
-        Hugging Face's layout. vocab_size larger than the checkpoint's grows the embedding (new rows at the
-        mean of the pretrained ones), making room for the chat template's special tokens."""
+        """Load "gpt2" (-medium/-large/-xl), "distilgpt2", a hub repo "org/name", or a local
+        directory in Hugging Face's layout. vocab_size larger than the checkpoint's grows the
+        embedding (new rows at the mean of the pretrained ones), making room for the chat template's
+        special tokens."""
         import hf_checkpoint  # the checkpoint layout (and downloads): needed only here
 
         folder = hf_checkpoint.find(name_or_dir, cache_dir)
         args = hf_checkpoint.read_config(folder)
         ckpt_vocab = args["vocab_size"]
         if vocab_size is not None and vocab_size < ckpt_vocab:
-            raise ValueError(f"vocab_size={vocab_size} is smaller than the checkpoint's {ckpt_vocab}")
-        model = cls(GPTConfig(**(args | {"vocab_size": vocab_size or ckpt_vocab, "dropout": dropout})))
-        hf_checkpoint.load_weights(model, hf_checkpoint.read_state_dict(folder), ckpt_vocab, source=folder)
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the checkpoint's "
+                             f"{ckpt_vocab}")
+        model = cls(GPTConfig(**(args | {"vocab_size": vocab_size or ckpt_vocab,
+                                         "dropout": dropout})))
+        state = hf_checkpoint.read_state_dict(folder)
+        hf_checkpoint.load_weights(model, state, ckpt_vocab, source=folder)
         return model
 
-    # ------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------
     # Training helpers
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices (matmul weights, embeddings) only, never on biases or LayerNorms."""
+        """AdamW, with weight decay on matrices (matmul weights, embeddings) only, never on biases
+        or LayerNorms."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # The fused kernel does the whole update in one pass instead of a dozen, over every parameter.
-        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cpu", "cuda", "mps")
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        # The fused kernel does the whole update in one pass instead of a dozen, over every
+        # parameter.
+        fused = ("fused" in inspect.signature(torch.optim.AdamW).parameters
+                 and device_type in ("cpu", "cuda", "mps"))
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
-    # ------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------
     # Generation
 
     @torch.no_grad()
@@ -192,23 +242,24 @@ class GPT(nn.Module):
                  vocab_size=None, generator=None, on_token=None):
         """Continue each row of idx (B, T) by up to max_new_tokens tokens and return (B, T + n).
 
-        temperature 0 is greedy. A row stops after it emits any of stop_tokens; afterwards it repeats that
-        token while the other rows go on, and generation ends when every row has stopped, or when the context
-        window (block_size) is full. vocab_size limits sampling to the tokenizer's ids, so rows of a padded
-        embedding are never produced. on_token(next_ids) is called with each new (B,) column, for streaming.
+        temperature 0 is greedy. A row stops after it emits any of stop_tokens; afterwards it
+        repeats that token while the other rows go on, and generation ends when every row has
+        stopped, or when the context window (block_size) is full. vocab_size limits sampling to the
+        tokenizer's ids, so rows of a padded embedding are never produced. on_token(next_ids) is
+        called with each new (B,) column, for streaming.
         """
         was_training = self.training
         self.eval()
         max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        # The KV cache keeps every key and value computed so far: the prompt is run once (the prefill), then
-        # each new token costs one position instead of the whole sequence.
+        # The KV cache keeps every key and value computed so far: the prompt is run once (the
+        # prefill), then each new token costs one position instead of the whole sequence.
         end = idx.size(1) + max_new_tokens
         kv_cache = self._new_kv_cache(idx.size(0), end, idx.device)
         h = self.hidden(idx, kv_cache, 0)
         while idx.size(1) < end:
-            logits = self.lm_head(h[:, -1, :]).float()  # only the last position: no (B, T, vocab) tensor
+            logits = self.lm_head(h[:, -1, :]).float()  # the last position only: no (B, T, vocab)
             if vocab_size is not None:
                 logits = logits[:, :vocab_size]
             next_ids = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -227,59 +278,102 @@ class GPT(nn.Module):
         cfg = self.config
         shape = (batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
         dtype = self.transformer.wte.weight.dtype
-        return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-                for _ in range(cfg.n_layer)]
+        return [(torch.empty(shape, dtype=dtype, device=device),
+                 torch.empty(shape, dtype=dtype, device=device)) for _ in range(cfg.n_layer)]
 
 
-# ----------------------------------------------------------------------------------------------------------
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token id per row of logits (B, V): greedy at temperature 0, else sampled after top-k and
+    top-p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose probabilities add up to top_p (nucleus).
+        sorted_logits, sorted_ids = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # (the most likely token always stays: the mass before it is 0)
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_ids, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------
 # The loss
 
 
 def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The loss of both trainers: mean next-token cross-entropy of the logits h @ weight.T (the output layer)
-    over the positions whose target is not -100.
+    """The loss of both trainers: mean next-token cross-entropy of the logits h @ weight.T (the
+    output layer) over the positions whose target is not -100. It is exactly
 
-    A batch with no targets at all gives 0.0 (with zero gradients), not the NaN of 0/0: a micro-batch can
-    be fully masked in SFT, and one NaN would poison the whole update.
+        F.cross_entropy((h @ weight.T).float().flatten(0, -2), targets.flatten(), ignore_index=-100)
+
+    computed so that the logits of a whole batch (rows x vocab_size, a small model's largest tensor
+    by far) never exist at once, and not at all for prompt and padding. Inside torch.compile that
+    one line is what runs: its shapes are the batch's, known when compiling (one graph), and the
+    compiler fuses the softmax into the loss. A batch with no targets gives 0.0 (zero gradients),
+    not the NaN of 0/0: a micro-batch can be all prompt in SFT, and one NaN would poison the whole
+    update.
     """
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-    has_target = targets != IGNORE_INDEX  # prompt and padding: no logits are computed for them at all
-    # Under no_grad (evaluation) only the loss is wanted: the two gradient matmuls are skipped.
-    loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target], torch.is_grad_enabled())
+    has_target = targets != IGNORE_INDEX
+    if torch.compiler.is_compiling():
+        logits = (h @ weight.t()).float()
+        loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    else:  # (under no_grad, evaluation, only the loss is wanted: the gradient matmuls are skipped)
+        loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target],
+                                              torch.is_grad_enabled())
     return loss_sum / has_target.sum().clamp(min=1)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of (h @ weight.T, targets), a chunk of rows at a time, so the logits of a whole
-    batch (rows x vocab_size, the largest tensor of a small model by far) never exist at once. The gradient is
-    worked out in the same pass, while each chunk's logits are at hand (softmax - one_hot), so nothing is
-    recomputed in the backward pass: the fused linear-cross-entropy of Liger-Kernel and torchtune."""
+    """Summed cross-entropy of (h @ weight.T, targets), a chunk of rows at a time. The gradient is
+    worked out in the same pass, while each chunk's logits are at hand (softmax - one_hot), so
+    nothing is recomputed in the backward pass: the fused linear-cross-entropy of Liger-Kernel and
+    torchtune."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, grad_enabled):
-        rows_per_chunk = max(1, LOSS_CHUNK // weight.size(0))
-        # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its weight.
+        # Zero rows up to a multiple of LOSS_ROWS_MULTIPLE, so that the matmuls below see few
+        # distinct shapes however many targets a batch has: a CPU's bf16 matmul kernels are
+        # prepared, and kept, one shape at a time (memory grew all run without this). A zero row
+        # adds nothing to the weight's gradient; its loss and its gradient are left out.
+        n_rows, n_pad = h.size(0), -h.size(0) % LOSS_ROWS_MULTIPLE
+        h, targets = F.pad(h, (0, 0, 0, n_pad)), F.pad(targets, (0, n_pad))
+        rows_per_chunk = LOSS_CHUNK // weight.size(0) // LOSS_ROWS_MULTIPLE * LOSS_ROWS_MULTIPLE
+        rows_per_chunk = max(LOSS_ROWS_MULTIPLE, rows_per_chunk)  # whole multiples
+        # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its
+        # weight.
         needs_grad_h = grad_enabled and ctx.needs_input_grad[0]
         needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]
         needs_grad = needs_grad_h or needs_grad_weight
         grad_h = torch.empty_like(h) if needs_grad_h else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
-        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no temporaries.
-        plain_fp32 = not torch.is_autocast_enabled(h.device.type) and h.dtype == weight.dtype == torch.float32
+        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no
+        # temporaries.
+        plain_fp32 = (not torch.is_autocast_enabled(h.device.type)
+                      and h.dtype == weight.dtype == torch.float32)
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, h.size(0), rows_per_chunk):
             h_chunk, t_chunk = h[i : i + rows_per_chunk], targets[i : i + rows_per_chunk]
-            logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under bf16 autocast
-            # loss = logsumexp(logits) - logits[target], computed in place: no second buffer of this size
+            logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under autocast
+            # loss = logsumexp(logits) - logits[target], computed in place: no second buffer this
+            # size
             target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
             row_max = logits.max(dim=-1, keepdim=True).values
             probs = logits.sub_(row_max).exp_()
             sum_exp = probs.sum(dim=-1, keepdim=True)
-            loss_sum += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
+            row_loss = row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit
+            loss_sum += row_loss[: max(0, n_rows - i)].sum()  # the real rows only
             if needs_grad:
                 dlogits = probs.div_(sum_exp)  # d loss / d logits = softmax - one_hot(target)
                 dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-                if not plain_fp32:  # bf16/fp16 weights, or autocast, which then picks the matmuls' precision
+                if not plain_fp32:  # bf16/fp16 weights, or autocast, which picks the precision
                     dlogits = dlogits.to(weight.dtype)
                 if needs_grad_h and plain_fp32:
                     torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
@@ -289,7 +383,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(dlogits.t(), h_chunk)
                 elif needs_grad_weight:
                     grad_weight += dlogits.t() @ h_chunk
-        ctx.save_for_backward(grad_h, grad_weight)
+        ctx.save_for_backward(None if grad_h is None else grad_h[:n_rows], grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss_sum
 
@@ -301,22 +395,3 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
         return grad_h, grad_weight, None, None
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token id per row of logits (B, V): greedy at temperature 0, else sampled after top-k/top-p."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose probabilities add up to top_p (nucleus sampling).
-        sorted_logits, sorted_ids = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the top token always stays
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_ids, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

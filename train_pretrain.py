@@ -2,11 +2,11 @@
 Pretraining: teach a GPT language itself by predicting the next token of a text.
 
 This is the heartbeat of every GPT: next-token cross-entropy (from model.py), gradient accumulation,
-clipping, AdamW, warmup + cosine. train_sft.py is this file with one section changed, the data loader;
-`diff train_pretrain.py train_sft.py` shows it.
+clipping, AdamW, warmup + cosine. train_sft.py is this file with one section changed, the data
+loader; `diff train_pretrain.py train_sft.py` shows it.
 
-    python train_pretrain.py configs/tiny_shakespeare.py           # a small GPT from scratch, on a CPU
-    python train_pretrain.py configs/tiny_shakespeare.py --max_iters=100   # any setting can be overridden
+    python train_pretrain.py configs/tiny_shakespeare.py      # a small GPT from scratch, on a CPU
+    python train_pretrain.py configs/tiny_shakespeare.py --max_iters=100    # override any setting
     torchrun --standalone --nproc_per_node=8 train_pretrain.py ...          # several GPUs (DDP)
 """
 
@@ -32,17 +32,17 @@ from configurator import load_config
 from errors import UserError
 from model import PADDED_VOCAB_SIZE, GPTConfig
 
-errors.report_user_errors()  # a UserError below ends the run with one `error: ...` line and exit code 2
+errors.report_user_errors()  # from here on, a UserError ends the run with one `error: ...` line
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Settings: the defaults (the same in both training scripts); a run's own values live in configs/.
 out_dir = "out"
-init_from = "scratch"  # 'scratch', 'resume' (out_dir), 'gpt2' (-medium/-large/-xl), an HF dir, or a ckpt
-data_dir = ""  # '' = the data loader's own default: data/shakespeare (pretraining), data/alpaca (SFT)
+init_from = "scratch"  # 'scratch', 'resume' (out_dir), 'gpt2' (-medium/-large/-xl), HF dir or ckpt
+data_dir = ""  # '' = the loader's own default: data/shakespeare (pretraining), data/alpaca (SFT)
 eval_interval = 250  # evaluate (and checkpoint) every this many steps
 eval_iters = 20  # batches per evaluation
 log_interval = 10  # steps between metrics.jsonl lines
-always_save_checkpoint = True  # ckpt.pt at every evaluation (best.pt follows the best val loss anyway)
+always_save_checkpoint = True  # ckpt.pt at every evaluation (best.pt follows the best val loss)
 eval_only = False
 seed = 1337
 # the model, when init_from='scratch'
@@ -56,11 +56,11 @@ bias = True
 # LoRA (lora.py): freeze the model and train a low-rank update beside each target layer instead
 lora_rank = 0  # 0 = off: train every weight
 lora_alpha = 16.0  # the update is scaled by lora_alpha / lora_rank
-lora_targets = "c_attn,c_proj,c_fc"  # the layers of each block that get adapters: attention and MLP
+lora_targets = "c_attn,c_proj,c_fc"  # the layers of each block that get adapters: attention, MLP
 lora_dropout = 0.0
 # optimization
-batch_size = 8  # examples (or windows) per micro-batch, per process
-gradient_accumulation_steps = 1  # micro-batches per step and process: a step is batch_size x this x processes
+batch_size = 8  # rows of block_size tokens per micro-batch, per process
+gradient_accumulation_steps = 1  # micro-batches per step and process
 max_iters = 1000
 learning_rate = 6e-4
 min_lr = 6e-5  # the cosine schedule ends here
@@ -78,22 +78,23 @@ config = load_config({k: v for k, v in globals().items() if not k.startswith("_"
                       isinstance(v, (int, float, bool, str))}, sys.argv[1:])
 globals().update(config)
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The runtime: one process per GPU under torchrun (DDP), else a single process. See common.py.
 runtime = common.setup_runtime(device, dtype, seed)
 autocast = runtime.autocast()  # bf16/fp16 autocast, or nothing for fp32
 if runtime.master:
     print(f"device {runtime.device}, dtype {runtime.dtype}, {runtime.world_size} process(es)")
 
-# ----------------------------------------------------------------------------------------------------------
-# The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours. The shape
-# below is used from scratch; a loaded model keeps its own, and takes this run's dropout and vocab_size.
+# --------------------------------------------------------------------------------------------------
+# The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
+# The shape below is used from scratch; a loaded model keeps its own, and takes this run's dropout
+# and vocab_size.
 model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size, dropout=dropout, bias=bias)
 if lora_rank != 0:
     lora.check_settings(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before gigabytes load
-model, resumed = checkpoint.init_model(init_from, out_dir, model_config, runtime)  # resumed: its ckpt
-if init_from == "resume":  # before anything else is loaded: the run must continue as it was
+model, resumed = checkpoint.init_model(init_from, out_dir, model_config, runtime)
+if init_from == "resume":  # resumed: its checkpoint. It must go on as it was, before anything loads
     checkpoint.check_resume(resumed, config, runtime.world_size, os.path.basename(__file__))
 block_size = model.config.block_size  # a loaded model brings its own context window
 if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters
@@ -106,33 +107,34 @@ if runtime.master:
 
 def to_device(array):
     tensor = torch.from_numpy(array)
-    if runtime.device_type == "cuda":  # pinned memory lets the copy overlap with compute
-        return tensor.pin_memory().to(runtime.device, non_blocking=True)
+    if runtime.device_type == "cuda":  # from page-locked memory, the copy overlaps with compute
+        return tensor.pin_memory().to(runtime.device, non_blocking=True)  # (torch reuses buffers)
     return tensor.to(runtime.device)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # DATA LOADER: pretraining (the only section that differs from train_sft.py)
-# The data is one long stream of token ids from prepare_text.py. A batch is batch_size random windows of
-# block_size tokens, and the target of every token is simply the next one: every position is learned from.
-data_dir = data_dir or os.path.join("data", "shakespeare")
-meta = data.prepare_on_demand(data_dir, os.path.join("data", "shakespeare"), "prepare_text.py", runtime)
+# The data is one long stream of token ids from prepare_text.py. A batch is batch_size random
+# windows of block_size tokens, and the target of every token is simply the next one: every position
+# is learned from. A window is one stretch of text, at positions 0 .. block_size-1.
+default_dir, script = os.path.join("data", "shakespeare"), "prepare_text.py"
+data_dir = data_dir or default_dir
+meta = data.prepare_on_demand(data_dir, default_dir, script, runtime)
 tokens = {split: data.read_tokens(data_dir, meta, split) for split in ("train", "val")}
 for split in ("train", "val"):
     if len(tokens[split]) <= block_size:
-        raise UserError(f"{split}.bin has {len(tokens[split])} tokens; one window needs block_size + 1 = "
-                        f"{block_size + 1}")
-tokens_per_step = batch_size * block_size * gradient_accumulation_steps * runtime.world_size
+        raise UserError(f"{split}.bin has {len(tokens[split])} tokens; one window needs "
+                        f"block_size + 1 = {block_size + 1}")
+step_tokens = batch_size * block_size * gradient_accumulation_steps * runtime.world_size
 if runtime.master:
-    print(f"data: {data_dir}, {len(tokens['train']):,} train tokens, {len(tokens['val']):,} val; "
-          f"{tokens_per_step:,} tokens per step: max_iters {max_iters} is "
-          f"{max_iters * tokens_per_step / len(tokens['train']):.1f} epochs")
+    epochs = max_iters * step_tokens / len(tokens["train"])
+    print(f"data: {data_dir}, {len(tokens['train']):,} train tokens; {step_tokens:,} tokens per "
+          f"step: max_iters {max_iters} is {epochs:.1f} epochs")
 
 
 def get_batch(split, i=None):
-    """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set (the same every time)."""
-    stream = tokens[split]
-    n_starts = len(stream) - block_size  # a window and its next-token targets must fit
+    """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set."""
+    n_starts = len(tokens[split]) - block_size  # a window and its next-token targets must fit
     if i is None:  # random windows, from a seed that depends only on (seed, process, batch number)
         rng = np.random.default_rng((seed, runtime.rank, batches_drawn[split]))
         starts = rng.integers(0, n_starts, size=batch_size)
@@ -140,20 +142,21 @@ def get_batch(split, i=None):
     else:  # windows spread evenly over the split
         stride = max(1, n_starts // (eval_iters * batch_size))
         starts = ((i * batch_size + np.arange(batch_size)) * stride) % n_starts
-    x = np.stack([stream[s : s + block_size] for s in starts]).astype(np.int64)
-    y = np.stack([stream[s + 1 : s + 1 + block_size] for s in starts]).astype(np.int64)
-    return to_device(x), to_device(y)
+    x = np.stack([tokens[split][s : s + block_size] for s in starts]).astype(np.int64)
+    y = np.stack([tokens[split][s + 1 : s + 1 + block_size] for s in starts]).astype(np.int64)
+    return to_device(x), to_device(y), None  # positions None: each row is one window of text
 
-
-batches_drawn = {"train": 0, "val": 0}  # micro-batches drawn: with the seed, the loader's whole position
+batches_drawn = {"train": 0, "val": 0}  # micro-batches drawn: with the seed, the loader's position
 if meta["vocab_size"] > model.config.vocab_size:
-    raise UserError(f"the data uses {meta['vocab_size']} token ids; the model has {model.config.vocab_size}")
+    raise UserError(f"the data uses {meta['vocab_size']} token ids; the model has "
+                    f"{model.config.vocab_size}")
 # END OF DATA LOADER
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 # The optimizer, and everything a resumed run needs back.
-iter_num, best_val_loss, tokens_before = 0, float("inf"), 0  # tokens_before: trained on before a resume
-optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), runtime.device_type)
+iter_num, best_val_loss, tokens_before = 0, float("inf"), 0  # tokens_before: before a resume
+optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2),
+                                      runtime.device_type)
 scaler = torch.amp.GradScaler(runtime.device_type, enabled=(runtime.dtype == "float16"))
 if init_from == "resume":
     checkpoint.check_resume_data(resumed, data_dir)
@@ -163,7 +166,7 @@ if init_from == "resume":
     tokens_before = resumed.get("tokens", 0)
     batches_drawn.update(resumed["batches_drawn"])
     checkpoint.restore_rng_state(resumed["rng_state"], runtime)
-    evaluates_again = iter_num % eval_interval == 0 or iter_num >= max_iters  # the loop's, or the final one
+    evaluates_again = iter_num % eval_interval == 0 or iter_num >= max_iters  # loop's, or last
     if runtime.master:
         print(f"resuming from step {iter_num}")
         checkpoint.truncate_metrics(out_dir, iter_num, evaluates_again)
@@ -172,7 +175,7 @@ if runtime.master:
     checkpoint.remove_stale_temp_files(out_dir)
 resumed = None  # free the memory
 raw_model = model
-if compile:
+if compile:  # every batch has one shape: one graph for training, and one for evaluation
     print("compiling the model (takes a minute)...")
     model = torch.compile(model)
 if runtime.ddp:
@@ -198,13 +201,13 @@ def estimate_loss():
     for split in ("train", "val"):
         loss_sum, n_targets = 0.0, 0
         for k in range(eval_iters):
-            X, Y = get_batch(split, k)
+            X, Y, P = get_batch(split, k)
             with autocast:
-                _, loss = model(X, Y)
+                _, loss = model(X, Y, P)
             n = int((Y != -100).sum())
             loss_sum, n_targets = loss_sum + loss.item() * n, n_targets + n
         out[split] = loss_sum / max(n_targets, 1)
-        if runtime.ddp:  # every process must take the same "is this the best?" decision, to the last bit
+        if runtime.ddp:  # every process must take the same "is this the best?" decision, to the bit
             loss_tensor = torch.tensor(out[split], device=runtime.device)
             dist.broadcast(loss_tensor, src=0)
             out[split] = loss_tensor.item()
@@ -213,37 +216,40 @@ def estimate_loss():
 
 
 def save_checkpoint(path, with_optimizer=True):
-    """Everything a resumed run needs (checkpoint.py lists it), written atomically. Call on every process."""
-    rng_states = checkpoint.rng_states(runtime) if with_optimizer else None  # a collective under DDP
+    """Everything a resumed run needs (checkpoint.py lists it), written atomically. Call on every
+    process."""
+    rng_states = checkpoint.rng_states(runtime) if with_optimizer else None  # a DDP collective
     if not runtime.master:
         return
-    state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config), "config": config,
-             "meta": meta, "script": os.path.basename(__file__), "data_dir": data_dir,
-             "iter_num": iter_num, "best_val_loss": best_val_loss}
+    state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config),
+             "config": config, "meta": meta, "script": os.path.basename(__file__),
+             "data_dir": data_dir, "iter_num": iter_num, "best_val_loss": best_val_loss}
     if with_optimizer:
-        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng_state=rng_states,
-                     batches_drawn=batches_drawn, tokens=tokens_before + tokens_seen)
+        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                     rng_state=rng_states, batches_drawn=batches_drawn,
+                     tokens=tokens_before + tokens_seen)
     try:
         checkpoint.save_atomic(state, path)
     except OSError as e:
         if pbar is not None:
-            pbar.close()  # the message on a line of its own, not glued to the end of the progress bar
-        raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint is intact") from None
+            pbar.close()  # the message on a line of its own, not glued to the progress bar
+        raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint is "
+                        f"intact") from None
 
 
 def evaluate_and_save():
     global best_val_loss, saved_iter
-    losses = estimate_loss()  # the same fixed batches on every process, so every process agrees on "best"
+    losses = estimate_loss()  # the same fixed batches on every process: all agree on "best"
     is_best = losses["val"] < best_val_loss
     best_val_loss = min(best_val_loss, losses["val"])
     if runtime.master:
-        tqdm.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                   + (" (best)" if is_best else ""))
+        tqdm.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss "
+                   f"{losses['val']:.4f}" + (" (best)" if is_best else ""))
         log_metrics({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
     if eval_only:
         return  # measuring must never overwrite the run's checkpoint
     if (always_save_checkpoint and iter_num > 0) or iter_num == max_iters:
-        save_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # the latest state: what init_from=resume continues
+        save_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # the latest state: what resume continues
         saved_iter = iter_num
     if is_best and iter_num > 0:
         save_checkpoint(os.path.join(out_dir, "best.pt"), with_optimizer=False)
@@ -254,15 +260,18 @@ def log_metrics(record):
         f.write(json.dumps(record) + "\n")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training loop: the heartbeat. Next-token cross-entropy, gradient accumulation, clipping, AdamW.
+# --------------------------------------------------------------------------------------------------
+# The training loop: the heartbeat. Next-token cross-entropy, gradient accumulation, clipping,
+# AdamW.
 pbar = None  # the progress bar, while the loop runs
 if eval_only:
     evaluate_and_save()
     sys.exit(0)
-saved_iter = iter_num if init_from == "resume" else None  # the newest ckpt.pt's step, for Ctrl-C's message
-pbar = tqdm(total=max_iters, initial=iter_num, disable=not runtime.master, unit="step", dynamic_ncols=True)
-t0, tokens_seen, targets_seen = time.time(), 0, 0
+saved_iter = iter_num if init_from == "resume" else None  # the newest ckpt.pt's step, for Ctrl-C
+pbar = tqdm(total=max_iters, initial=iter_num, disable=not runtime.master, unit="step",
+            dynamic_ncols=True)
+t0, tokens_seen = time.time(), 0
+targets_seen = torch.zeros((), dtype=torch.long, device=runtime.device)  # read only when logging
 try:
     while iter_num < max_iters:
         lr = get_lr(iter_num)
@@ -271,20 +280,22 @@ try:
         if iter_num % eval_interval == 0:
             evaluate_and_save()
 
-        # Draw the whole step first, to know how many target tokens it holds across micro-batches and processes.
+        # Draw the whole step first, to know how many target tokens it holds across micro-batches
+        # and processes.
         batches = [get_batch("train") for _ in range(gradient_accumulation_steps)]
-        n_step_targets = sum((Y != -100).sum() for _, Y in batches)
+        n_step_targets = sum((Y != -100).sum() for _, Y, _ in batches)
         if runtime.ddp:
             dist.all_reduce(n_step_targets)
         step_loss = torch.zeros((), device=runtime.device)
-        for micro_step, (X, Y) in enumerate(batches):
+        for micro_step, (X, Y, P) in enumerate(batches):
             if runtime.ddp:  # sync gradients across processes only once, after the last micro-batch
                 model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
             with autocast:
-                _, loss = model(X, Y)
-            # Weight each micro-batch by its share of the step's target tokens: the step then minimises the
-            # mean over all its targets, exactly as one big batch would, however the targets fall into
-            # micro-batches. (DDP averages gradients over processes, hence * world_size.)
+                _, loss = model(X, Y, P)
+            # Weight each micro-batch by its share of the step's target tokens: the step then
+            # minimises the mean over all its targets, exactly as one big batch would, however the
+            # targets fall into micro-batches. (DDP averages gradients over processes: *
+            # world_size.)
             loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)
             scaler.scale(loss).backward()
             step_loss += loss.detach() / runtime.world_size
@@ -295,31 +306,41 @@ try:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        targets_seen += int(n_step_targets)
+        targets_seen += n_step_targets  # kept on the device: no wait for the GPU at every step
         iter_num += 1
 
         if iter_num % log_interval == 0 or iter_num == max_iters:
             if runtime.ddp:
                 dist.all_reduce(step_loss)
             elapsed = time.time() - t0
-            record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "tokens": tokens_before + tokens_seen,
-                      "tokens_per_s": tokens_seen / elapsed, "targets_per_s": targets_seen / elapsed}
+            record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "time_s": elapsed,
+                      "tokens": tokens_before + tokens_seen, "tokens_per_s": tokens_seen / elapsed,
+                      "targets_per_s": targets_seen.item() / elapsed}
             if runtime.master:
                 log_metrics(record)
-            pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+            pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                             tok_s=f"{record['tokens_per_s']:.0f}",
                              sup_tok_s=f"{record['targets_per_s']:.0f}")
         pbar.update(1)
 except KeyboardInterrupt:
     pbar.close()
-    last = f"the last checkpoint is step {saved_iter}" if saved_iter is not None else "no checkpoint was written"
-    raise UserError(f"stopped at step {iter_num}; {last}"
-                    + ("; --init_from=resume continues from it" if saved_iter is not None else "")) from None
+    last = (f"the last checkpoint is step {saved_iter}; --init_from=resume continues from it"
+            if saved_iter is not None else "no checkpoint was written")
+    raise UserError(f"stopped at step {iter_num}; {last}") from None
 pbar.close()
 evaluate_and_save()
 if runtime.master:
-    print(f"done: {iter_num} steps, best val loss {best_val_loss:.4f}; checkpoints and metrics.jsonl in {out_dir}/")
+    print(f"done: {iter_num} steps, best val loss {best_val_loss:.4f}; checkpoints and "
+          f"metrics.jsonl in {out_dir}/")
+    if runtime.device_type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    if compile:  # each graph break or recompile costs speed: say whether compiling paid
+        counters = torch._dynamo.utils.counters
+        print(f"torch.compile: {counters['stats']['unique_graphs']} graphs, "
+              f"{sum(counters['graph_break'].values())} graph breaks")
 if runtime.ddp:
-    # Every process reaches this line before any tears down its connections: a process that left while its
-    # peer's gloo thread still used them made the peer abort ("terminate called without an active exception").
+    # Every process reaches this line before any tears down its connections: a process that left
+    # while its peer's gloo thread still used them made the peer abort ("terminate called without an
+    # active exception").
     dist.barrier()
     dist.destroy_process_group()

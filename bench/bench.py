@@ -10,7 +10,8 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (e) peak memory of SFT train steps (fresh subprocess): full fine-tuning vs LoRA r=8; GPT-2 XL projected
     (f) AdamW: default vs foreach vs fused
     (g) allocator: glibc's default vs tune_cpu_allocator()
-    (h) CUDA only: GPT-2 124M SFT step with bf16 autocast + torch.compile, tokens/s and MFU
+    (h) GPU only: the main job (train_sft.py configs/gpt2_alpaca.py, random GPT-2 124M, Alpaca sample),
+        compiled and eager: tokens/s, MFU, start-up, peak memory, the full recipe's projected time
 
     python bench/bench.py                    # everything (a few minutes on 2 CPU cores)
     python bench/bench.py --quick            # tiny shapes, 2 reps: a smoke test (seconds)
@@ -412,36 +413,37 @@ def bench_loader(args):
         return skipped(why_not)
     import prepare_alpaca
 
-    batch_size, block_size = 8, 1024
+    batch_size, block_size = 12, 1024  # configs/gpt2_alpaca.py's micro-batch
     with tempfile.TemporaryDirectory() as tmp:
         quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
-        ns = sft_loader(tmp, batch_size, block_size)
-        train = ns["examples"]["train"]
-        n_batches = len(train["usable"]) // batch_size  # one epoch (a step is one batch here)
+        ns = quietly(sft_loader, tmp, batch_size, block_size)
+        train, n_batches = ns["examples"]["train"], ns["steps_per_epoch"]  # one epoch (a step is one batch)
         positions = targets = 0
         t0 = time.perf_counter()
         for _ in range(n_batches):
-            X, Y = ns["get_batch"]("train")
+            X, Y, _ = ns["get_batch"]("train")
             positions += X.numel()
             targets += int((Y != -100).sum())
         loader_s = time.perf_counter() - t0
-        order, lengths = train["order"], train["lengths"]  # every example the epoch drew, in order
-    real = int((lengths[order] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
-    # The two simple alternatives, from the same examples: pad everything to the context window, or pad each
-    # random batch of 8 (no grouping by length) to its longest example.
-    random_batches = np.random.default_rng(1337).permutation(order).reshape(-1, batch_size)
-    random_positions = int(batch_size * (lengths[random_batches] - 1).max(axis=1).sum())
-    strategies = {"pad every example to 1024": len(order) * block_size,
-                  "pad to the longest of a random batch of 8": random_positions,
-                  "train_sft.py loader (length-grouped)": positions}
-    rows = [[name, f"{p:,}", f"{100 * real / p:.1f}%"] for name, p in strategies.items()]
-    notes = [f"{len(order):,} train examples, {n_batches} batches of {batch_size}, {real:,} real tokens; "
-             f"target tokens: {100 * targets / real:.1f}% of real tokens",
-             f"one epoch of get_batch('train') took {loader_s:.2f} s ({1000 * loader_s / n_batches:.2f} ms/batch)"]
-    show("SFT batches over one epoch of Alpaca (5,000 records, ChatML)", ["batching", "positions", "non-pad share"],
-         rows, notes)
-    return {"examples": len(order), "batches": n_batches, "real_tokens": real, "target_share": targets / real,
-            "non_pad_share": {name: real / p for name, p in strategies.items()}, "loader_s_per_epoch": loader_s}
+        usable, lengths = train["usable"], train["lengths"]
+        n_rows = ns["n_rows"]["train"]
+    real = int((lengths[usable] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
+    # The simple alternatives, from the same examples: pad every example to the context window, or pad each
+    # random batch of 8 examples to its longest one.
+    order = np.random.default_rng(1337).permutation(usable)
+    random_batches = order[: len(order) // 8 * 8].reshape(-1, 8)
+    random_share = (lengths[random_batches] - 1).sum() / (8 * (lengths[random_batches] - 1).max(axis=1).sum())
+    shares = {f"pad every example to {block_size}": real / (len(usable) * block_size),
+              "pad to the longest of a random batch of 8": float(random_share),
+              "train_sft.py: packed rows (best-fit decreasing)": real / (n_rows * block_size)}
+    rows = [[name, f"{100 * share:.1f}%"] for name, share in shares.items()]
+    notes = [f"{len(usable):,} train examples, {real:,} real token positions, packed into {n_rows} rows of "
+             f"{block_size}; target tokens: {100 * targets / positions:.1f}% of a batch's positions",
+             f"one epoch of get_batch('train'), {n_batches} batches of {batch_size} rows: {loader_s:.2f} s "
+             f"({1000 * loader_s / n_batches:.2f} ms a batch)"]
+    show("SFT batches over one epoch of Alpaca (5,000 records, ChatML)", ["batching", "non-pad share"], rows, notes)
+    return {"examples": len(usable), "rows": n_rows, "batches": n_batches, "real_tokens": real,
+            "target_share": targets / positions, "non_pad_share": shares, "loader_s_per_epoch": loader_s}
 
 
 def bench_prepare(args):
@@ -659,45 +661,90 @@ def bench_allocator(args):
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]  # dense TFLOP/s
 
 
+ALPACA_FULL_TRAIN = 52002 * 0.95  # training examples of the full recipe (prepare_alpaca.py's 5% val split)
+
+
+def run_main_job(data_dir, out_dir, steps, compile, quick):
+    """train_sft.py configs/gpt2_alpaca.py, as a user runs it, on a random GPT-2 124M (init_from=scratch: the
+    weights' values do not change the speed) for `steps` steps: its output and its metrics.jsonl records."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_sft.py"), os.path.join(ROOT, "configs", "gpt2_alpaca.py"),
+           "--init_from=scratch", f"--data_dir={data_dir}", f"--out_dir={out_dir}", f"--max_iters={steps}",
+           f"--eval_interval={steps}", "--eval_iters=2", "--log_interval=5", f"--compile={compile}",
+           "--always_save_checkpoint=False"]
+    if quick:  # a tiny model, for the smoke test of this code on a GPU
+        cmd += ["--n_layer=2", "--n_head=2", "--n_embd=64", "--batch_size=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        records = [r for r in map(json.loads, f) if "time_s" in r]
+    return proc.stdout, records
+
+
 def bench_cuda(args):
+    """(h) The main job on a GPU: the real train_sft.py with configs/gpt2_alpaca.py, compiled and eager."""
     if not torch.cuda.is_available():
         return skipped("no CUDA device")
-    reps = reps_for(args, 5)
     name = torch.cuda.get_device_name()
-    shape, batch, seq = (TINY, 2, 64) if args.quick else (GPT2_124M, 16, 512)
     peak = next((flops for key, flops in PEAK_BF16 if all(w in name for w in key.split())), None)
-    source = "spec sheet"
+    source = "datasheet, dense bf16"
     if peak is None:
-        peak, source = matmul_peak(["bfloat16"], 8192, 10, "cuda")["bfloat16"], "measured 8192^3 matmul"
-    torch.manual_seed(1337)
-    model = GPT(GPTConfig(**shape)).to("cuda")
-    optimizer = model.configure_optimizer(WEIGHT_DECAY, LR, BETAS, "cuda")
-    compiled = model if args.quick else torch.compile(model)  # compiling takes a minute: not in --quick
-    X, Y = random_batch(model.config.vocab_size, batch, seq, "cuda", SFT_TARGET_SHARE)
+        peak, source = matmul_peak(["bfloat16"], 8192, 10, "cuda")["bfloat16"], "measured 8192^3 bf16 matmul"
+    steps = 20 if args.quick else args.steps
+    tmp = tempfile.mkdtemp(prefix="bench-h-")
+    atexit.register(shutil.rmtree, tmp, True)
+    data_dir = args.data_dir
+    if data_dir is None:
+        why_not = alpaca_ready()
+        if why_not:
+            return skipped(why_not)
+        import prepare_alpaca
 
-    def ten_steps():
-        for _ in range(10):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                _, loss = compiled(X, Y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        data_dir = os.path.join(tmp, "alpaca")
+        quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=data_dir)
+    import data
 
-    t0 = time.perf_counter()
-    ten_steps()  # includes the compilation
-    sync("cuda")
-    first_s = time.perf_counter() - t0
-    times, _ = interleaved({"10 steps": ten_steps}, reps, dev_type="cuda")
-    t = med(times["10 steps"]) / 10
-    tokens_per_s = batch * seq / t
-    mfu = step_flops(model, Y) / t / peak  # the FLOPs it really does (no output layer where no target)
-    show(f"{name}: {shape['n_layer']}L/{shape['n_embd']}d, batch {batch}, seq {seq}, bf16 autocast"
-         f"{'' if args.quick else ' + torch.compile'}: median of {reps}x10 steps",
-         ["tokens/s", "ms/step", "TFLOP/s", "MFU"],
-         [[f"{tokens_per_s:,.0f}", f"{1000 * t:.1f}", f"{mfu * peak / 1e12:.0f}", f"{100 * mfu:.1f}%"]],
-         [f"bf16 peak {peak / 1e12:.0f} TFLOP/s ({source}); first 10 steps (with compilation) {first_s:.1f} s"])
-    return {"device": name, "tokens_per_s": tokens_per_s, "step_s": t, "mfu": mfu, "peak_flops": peak,
-            "compiled": not args.quick}
+    meta = data.read_meta(data_dir)
+    train = data.read_examples(data_dir, meta, "train", 1024, verbose=False)
+    epoch_positions = int((train["lengths"][train["usable"]] - 1).sum())
+    shape = dict(n_layer=2, n_head=2, n_embd=64) if args.quick else GPT2_124M
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**shape))
+    cfg = model.config
+    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    rows, out = [], {"device": name, "peak_flops": peak, "peak_source": source, "steps": steps,
+                     "flops_per_token": flops_per_token, "data_dir": data_dir}
+    for compile in (True, False):
+        stdout, records = run_main_job(data_dir, os.path.join(tmp, f"compile_{compile}"), steps, compile, args.quick)
+        first, last = records[len(records) // 3], records[-1]  # steady: the last two thirds of the run
+        tokens_per_s = (last["tokens"] - first["tokens"]) / (last["time_s"] - first["time_s"])
+        targets = [r["targets_per_s"] * r["time_s"] for r in (first, last)]
+        targets_per_s = (targets[1] - targets[0]) / (last["time_s"] - first["time_s"])
+        step_s = (last["time_s"] - first["time_s"]) / (last["iter"] - first["iter"])
+        start_s = records[0]["time_s"] - records[0]["iter"] * step_s  # to the first step: compiling, evaluation
+        mfu = tokens_per_s * flops_per_token / peak
+        peak_gib = float(stdout.split("peak GPU memory: ")[1].split(" GiB")[0]) if "peak GPU" in stdout else 0.0
+        graphs = stdout.split("torch.compile: ")[1].split("\n")[0] if compile else "not compiled"
+        full_s = 3 * epoch_positions * ALPACA_FULL_TRAIN / len(train["usable"]) / tokens_per_s + start_s
+        key = "compiled" if compile else "eager"
+        out[key] = {"tokens_per_s": tokens_per_s, "targets_per_s": targets_per_s, "step_s": step_s, "mfu": mfu,
+                    "start_s": start_s, "peak_gib": peak_gib, "graphs": graphs, "full_recipe_s": full_s}
+        rows.append([key, f"{tokens_per_s:,.0f}", f"{targets_per_s:,.0f}", f"{1000 * step_s:.1f}",
+                     f"{100 * mfu:.1f}%", f"{start_s:.0f}", f"{peak_gib:.1f}", graphs, f"{full_s / 60:.1f}"])
+    out["compiled_over_eager"] = out["compiled"]["tokens_per_s"] / out["eager"]["tokens_per_s"]
+    notes = [f"MFU = tokens/s x (6N + 12 L d T) / peak: N = {model.num_params() / 1e6:.1f}M weights (all but the "
+             f"position embedding), L = {cfg.n_layer}, d = {cfg.n_embd}, T = {cfg.block_size}; peak "
+             f"{peak / 1e12:.0f} TFLOP/s ({source})",
+             f"steady = the last two thirds of {steps} steps; start = the seconds before the first step "
+             f"(torch.compile's compiling and the step-0 evaluation included)",
+             f"full recipe: 3 epochs of the 52K records' ~{ALPACA_FULL_TRAIN:,.0f} training examples at this "
+             f"data's {epoch_positions / len(train['usable']):.1f} positions each, at the steady rate, plus start",
+             f"compiled / eager: {out['compiled_over_eager']:.2f}x"]
+    show(f"{name}: train_sft.py configs/gpt2_alpaca.py (12 rows x 1024, bf16 autocast), random GPT-2 "
+         f"{'124M' if not args.quick else 'tiny'}, {steps} steps",
+         ["run", "tokens/s", "target tokens/s", "ms/step", "MFU", "start s", "peak GiB", "torch.compile",
+          "full recipe min"], rows, notes)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -710,7 +757,7 @@ SECTIONS = {
     "e": ("peak memory of SFT train steps, full vs LoRA", bench_memory),
     "f": ("AdamW: default vs foreach vs fused", bench_adamw),
     "g": ("allocator: glibc default vs tune_cpu_allocator()", bench_allocator),
-    "h": ("CUDA: GPT-2 124M SFT step, bf16 + torch.compile", bench_cuda),
+    "h": ("GPU: the main job, train_sft.py configs/gpt2_alpaca.py, compiled and eager", bench_cuda),
 }
 
 
@@ -739,6 +786,8 @@ def main():
     parser.add_argument("--reps", type=int, default=0, help="timed repetitions (default: per section)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--steps", type=int, default=100, help="(h): steps of each main-job run")
+    parser.add_argument("--data_dir", help="(h): prepared SFT data (default: the 5,000-record Alpaca sample)")
     parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)  # internal: section (e)'s fresh process
     parser.add_argument("--_alloc_probe", help=argparse.SUPPRESS)  # internal: section (g)'s fresh processes
     args = parser.parse_args()

@@ -1,27 +1,27 @@
 # Instruction-tune GPT-2 124M on the full Stanford Alpaca set (52K records) in ChatML. Made for one GPU.
 #   python train_sft.py configs/gpt2_alpaca.py
-#   torchrun --standalone --nproc_per_node=8 train_sft.py configs/gpt2_alpaca.py --gradient_accumulation_steps=1
-# Recipe: Stanford Alpaca's (3 epochs, cosine schedule, 3% warmup, no weight decay, global batch 128) with
-# the learning rate raised from their 2e-5 (for 7B parameters) to 5e-5, the value used for GPT-2 124M in
-# "Build a Large Language Model (From Scratch)", ch. 7; smaller models want larger learning rates.
-# 3 epochs of ~49.4K training examples at 128 per step = 1,158 steps, ~13.1M token positions (4.4M per
-# epoch, 67% of them targets). Not yet measured on a GPU (see BENCHMARKS.md); estimates: the FLOPs
-# (6 x 124M x 13.1M = 1e16) are under a minute of an H100, but micro-batches of 16 short examples leave a
-# GPU mostly waiting on kernel launches, so expect ~5-10 minutes with dtype='auto' (bf16) and compile=True.
-# Memory: the loss computes the logits a chunk at a time (model.LOSS_CHUNK), so activations and AdamW's state
-# set the peak, not the 50304-wide output layer; not yet measured on a GPU.
-# For a better model: --init_from=gpt2-medium (355M) --batch_size=8 --gradient_accumulation_steps=16.
+#   torchrun --standalone --nproc_per_node=4 train_sft.py configs/gpt2_alpaca.py --batch_size=3
+# Recipe: Stanford Alpaca's (3 epochs, cosine schedule, 3% warmup, no weight decay, ~128 examples per step)
+# with the learning rate raised from their 2e-5 (for 7B parameters) to 5e-5, the value used for GPT-2 124M
+# in "Build a Large Language Model (From Scratch)", ch. 7; smaller models want larger learning rates.
+# A step is one micro-batch of 12 rows of 1,024 token positions, the examples packed in whole (data.pack):
+# ~141 Alpaca examples, ~8,400 target tokens, about Alpaca's 128 examples. 3 epochs of the ~49.4K
+# training examples (4.3M positions, ~4,190 rows an epoch) are ~1,050 steps; the run prints the exact
+# count for the data it finds (on the 5,000-record sample, 33 steps make an epoch).
+# Speed and memory on one GPU: BENCHMARKS.md ("GPU"), measured with `python bench/bench.py --only h`.
+# For a better model: --init_from=gpt2-medium (355M), and if memory runs out --batch_size=6
+# --gradient_accumulation_steps=2 (the same 12 rows a step).
 out_dir = "out/gpt2_alpaca"
 init_from = "gpt2"
 data_dir = "data/alpaca"
-batch_size = 16
-gradient_accumulation_steps = 8  # 16 x 8 = 128 examples per step on one GPU
-max_iters = 1158
+batch_size = 12  # rows of 1,024 positions
+gradient_accumulation_steps = 1  # 12 rows (~141 examples) per step on one GPU
+max_iters = 1050
 eval_interval = 100
-eval_iters = 40
+eval_iters = 20
 learning_rate = 5e-5
 min_lr = 5e-6
-warmup_iters = 35  # 3% of the steps
+warmup_iters = 32  # 3% of the steps
 weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.999

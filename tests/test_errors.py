@@ -174,9 +174,9 @@ def test_resuming_a_lora_run_without_its_settings_and_the_reverse(sft_data, tmp_
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path, capsys):
-    if script == "train_sft.py":  # 24 examples; a step of 8 x 4 needs 32
-        args, expected = [f"--data_dir={sft_data}", "--gradient_accumulation_steps=8"], "train has 24 examples; "\
-            "one step needs 32"
+    if script == "train_sft.py":  # 24 examples of 24 tokens pack into 12 rows of 64; a step of 8 x 4 needs 32
+        args, expected = [f"--data_dir={sft_data}", "--gradient_accumulation_steps=8"], "train packs into 12 "\
+            "rows of 64 tokens; a step needs 32 (batch_size x gradient_accumulation_steps x processes)"
     else:  # a text of fewer tokens than one window
         import prepare_text
 

@@ -421,16 +421,18 @@ def test_loss_ignores_masked_positions():
     assert cross_entropy(scrambled, weight, targets).item() == cross_entropy(h, weight, targets).item()
 
 
-@pytest.mark.parametrize("rows_per_chunk", [1, 7, 1000])
+@pytest.mark.parametrize("rows_per_chunk, rows_multiple", [(1, 1), (7, 1), (1000, 1), (8, 8), (1000, 256)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, dtype, monkeypatch):
+def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, rows_multiple, dtype, monkeypatch):
     """The loss works a few rows of logits at a time and forms the gradient itself: loss, d/dh and d/dweight
     must be those of PyTorch's F.cross_entropy over the whole logits, whatever the chunking (a last chunk
-    shorter than the others included), in fp32 and under bf16 autocast."""
+    shorter than the others included, and the zero rows that pad the rows to a multiple: 29 targets become
+    32 or 256 rows), in fp32 and under bf16 autocast."""
     import model as model_module
 
     V, C = 37, 16
     monkeypatch.setattr(model_module, "LOSS_CHUNK", rows_per_chunk * V)
+    monkeypatch.setattr(model_module, "LOSS_ROWS_MULTIPLE", rows_multiple)
     torch.manual_seed(1)
     h = torch.randn(4, 9, C, requires_grad=True)
     weight = torch.randn(V, C, requires_grad=True)

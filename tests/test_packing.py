@@ -1,0 +1,262 @@
+"""Packed SFT batches (data.pack, data.packed_batch, model.py's document mask) against independent references:
+each example in a packed row must compute exactly what it computes alone in Hugging Face's GPT2LMHeadModel,
+and the packed batch must give the loss and gradients of the same examples padded one to a row."""
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_hf, needs_bpe, run_script
+
+import data
+from model import GPT, document_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+IGNORE = -100
+PAD = 299  # the pad token of these tests (the vocabulary is 300)
+
+
+def split_of(examples: list[tuple[list[int], list[int]]], row_len: int) -> dict:
+    """A split as data.read_examples returns it, from (ids, loss mask) pairs written here."""
+    ids = np.array([t for tokens, _ in examples for t in tokens], dtype=np.uint16)
+    mask = np.array([m for _, masks in examples for m in masks], dtype=np.uint8)
+    offsets = np.cumsum([0] + [len(tokens) for tokens, _ in examples], dtype=np.int64)
+    lengths = np.diff(offsets)
+    return {"ids": ids, "mask": mask, "offsets": offsets, "lengths": lengths,
+            "usable": np.flatnonzero(lengths - 1 <= row_len)}
+
+
+def random_examples(lengths, seed=0) -> list[tuple[list[int], list[int]]]:
+    """Examples of these lengths: random tokens, a prompt of a third of them (mask 0), then the answer."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        tokens = torch.randint(0, PAD, (n,), generator=g).tolist()
+        out.append((tokens, [0] * (n // 3) + [1] * (n - n // 3)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """transformers' GPT2LMHeadModel (random weights, a 1024-token context) and our GPT loaded from it."""
+    hf = make_hf(seed=3, initializer_range=0.1, n_layer=2, n_head=2, n_embd=32, n_positions=1024, vocab_size=300)
+    folder = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(str(folder))
+    return hf, GPT.from_pretrained(str(folder)).eval()
+
+
+def where_packed(split: dict, packed: dict, n_rows: int, row_len: int) -> dict:
+    """example index -> (row, first column) in the batch of rows 0..n_rows-1, found by walking each row."""
+    found = {}
+    for r in range(n_rows):
+        column = 0
+        for e in packed["examples"][packed["starts"][r] : packed["starts"][r + 1]]:
+            found[int(e)] = (r, column)
+            column += int(split["lengths"][e]) - 1
+    return found
+
+
+def test_the_document_mask_by_hand():
+    """Positions 0 1 2 | 0 1 | 0: three examples in a row of 6. Query q sees key k iff k <= q, same example."""
+    mask = document_mask(torch.tensor([[0, 1, 2, 0, 1, 0]]), dropout=False)
+    expected = [[1, 0, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0, 0],
+                [1, 1, 1, 0, 0, 0],
+                [0, 0, 0, 1, 0, 0],
+                [0, 0, 0, 1, 1, 0],
+                [0, 0, 0, 0, 0, 1]]
+    assert mask.shape == (1, 1, 6, 6) and mask[0, 0].int().tolist() == expected
+
+
+def test_pack_is_best_fit_decreasing():
+    """Sizes 5 4 3 3 2 1 1 1 (examples of one token more) into rows of 6, worked out by hand: 5 opens a row
+    (1 left), 4 another (2 left), 3 another (3 left); the second 3 fits that row exactly, 2 the row of 4,
+    the first 1 the row of 5; the last two 1s open a fourth row. Equal sizes come in a seeded order."""
+    sizes = [3, 1, 5, 1, 2, 3, 4, 1]  # example i has sizes[i] + 1 tokens
+    split = split_of([([7] * (n + 1), [1] * (n + 1)) for n in sizes], row_len=6)
+    packed = data.pack(split, 6, seed=0)
+    rows = [packed["examples"][a:b].tolist() for a, b in itertools.pairwise(packed["starts"])]
+    by_size = [[sizes[e] for e in row] for row in rows]
+    assert by_size == [[5, 1], [4, 2], [3, 3], [1, 1]], by_size
+    assert rows[0] == [2, rows[0][1]] and rows[1] == [6, 4] and sorted(rows[2]) == [0, 5]
+    assert sorted(rows[0][1:] + rows[3]) == [1, 3, 7], "the three 1s: one with the 5, two in a row of their own"
+    assert packed["fill"] == pytest.approx(20 / 24)
+    assert sorted(packed["examples"]) == list(range(8)), "every example once"
+    other = data.pack(split, 6, seed=1)
+    assert [[sizes[e] for e in other["examples"][a:b]] for a, b in itertools.pairwise(other["starts"])] \
+        == by_size, "another seed changes the order of equal sizes only"
+
+
+def test_a_packed_row_gives_every_example_its_logits_alone_in_transformers(models):
+    hf, ours = models
+    examples = random_examples([7, 30, 3, 61, 17, 12, 40])
+    split = split_of(examples, row_len=64)
+    packed = data.pack(split, 64, seed=0)
+    n_rows = len(packed["starts"]) - 1
+    X, Y, P = (torch.from_numpy(a) for a in data.packed_batch(split, packed, np.arange(n_rows), 64, PAD))
+    assert n_rows < len(examples), "several examples share a row"
+    with torch.no_grad():
+        logits = ours(X, positions=P)[0]
+        for e, (r, c) in where_packed(split, packed, n_rows, 64).items():
+            tokens = examples[e][0]
+            alone = hf(torch.tensor([tokens[:-1]])).logits[0]
+            assert (logits[r, c : c + len(tokens) - 1] - alone).abs().max().item() <= 1e-5, e
+
+
+def test_packed_loss_and_gradients_equal_the_examples_padded_one_to_a_row(models):
+    """The same examples, packed (data.packed_batch) or each alone in its own padded row (built here): the
+    same summed loss and the same gradient of every weight."""
+    _, model = models
+    examples = random_examples([9, 25, 4, 50, 13, 33], seed=1)
+    split = split_of(examples, row_len=64)
+    packed = data.pack(split, 64, seed=0)
+    X, Y, P = (torch.from_numpy(a) for a in data.packed_batch(split, packed, np.arange(len(packed["starts"]) - 1),
+                                                               64, PAD))
+    width = max(len(t) for t, _ in examples) - 1
+    Xu = torch.full((len(examples), width), PAD)
+    Yu = torch.full((len(examples), width), IGNORE)
+    for i, (tokens, masks) in enumerate(examples):
+        Xu[i, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+        Yu[i, : len(tokens) - 1] = torch.tensor([t if m else IGNORE
+                                                 for t, m in zip(tokens[1:], masks[1:], strict=True)])
+    assert int((Y != IGNORE).sum()) == int((Yu != IGNORE).sum()) > 0
+
+    def summed_loss_and_grads(*batch):
+        model.zero_grad(set_to_none=True)
+        _, loss = model(*batch)
+        total = loss * (batch[1] != IGNORE).sum()
+        total.backward()
+        return total.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss_packed, grads_packed = summed_loss_and_grads(X, Y, P)
+    loss_alone, grads_alone = summed_loss_and_grads(Xu, Yu)
+    assert loss_packed == pytest.approx(loss_alone, rel=1e-6)
+    for name, g in grads_alone.items():
+        assert (grads_packed[name] - g).norm() <= 1e-5 * g.norm() + 1e-8, name
+
+
+def test_no_example_sees_another(models):
+    """Changing every token of one example leaves the logits of the others in its row exactly as they were."""
+    _, model = models
+    examples = random_examples([20, 20, 20], seed=2)
+    split = split_of(examples, row_len=64)
+    packed = data.pack(split, 64, seed=0)
+    assert len(packed["starts"]) == 2, "all three in one row"
+    batch = [torch.from_numpy(a) for a in data.packed_batch(split, packed, np.arange(1), 64, PAD)]
+    where = where_packed(split, packed, 1, 64)
+    changed = [list(e) for e in examples]
+    changed[1] = ([(t + 1) % PAD for t in examples[1][0]], examples[1][1])
+    split2 = split_of([tuple(e) for e in changed], row_len=64)
+    batch2 = [torch.from_numpy(a) for a in data.packed_batch(split2, packed, np.arange(1), 64, PAD)]
+    with torch.no_grad():
+        before, after = model(batch[0], positions=batch[2])[0], model(batch2[0], positions=batch2[2])[0]
+    for e in (0, 2):
+        _, c = where[e]
+        assert torch.equal(before[0, c : c + 19], after[0, c : c + 19]), e
+    _, c = where[1]
+    assert not torch.allclose(before[0, c : c + 19], after[0, c : c + 19]), "the changed example did change"
+
+
+def test_an_example_at_offset_500_has_its_logits_at_offset_0(models):
+    """Positions restart: after a 500-position example, the next one computes what it computes alone."""
+    _, model = models
+    long, short = random_examples([501, 40], seed=3)
+    split = split_of([long, short], row_len=1024)
+    packed = {"examples": np.array([0, 1]), "starts": np.array([0, 2])}  # this order: the short one at 500
+    X, Y, P = (torch.from_numpy(a) for a in data.packed_batch(split, packed, np.arange(1), 1024, PAD))
+    assert P[0, 500].item() == 0 and X[0, 500].item() == short[0][0]
+    with torch.no_grad():
+        at_500 = model(X, positions=P)[0][0, 500:539]
+        at_0 = model(torch.tensor([short[0][:-1]]))[0][0]
+    assert (at_500 - at_0).abs().max().item() <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------------------
+# torch.compile: one shape, no graph break, the losses of eager
+
+
+def losses_of(out_dir) -> dict:
+    import json
+
+    with open(f"{out_dir}/metrics.jsonl") as f:
+        return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_a_compiled_run_has_no_graph_break_two_graphs_and_the_losses_of_eager(sft_data, tmp_path, monkeypatch):
+    """train_sft.py with compile=True, 20 steps with evaluations every 5: dynamo's own counters must show no
+    graph break and two graphs (training, and evaluation under no_grad: one recompile), and the step losses
+    must be eager's. Dynamo traces the same whatever backend compiles the graphs, so this fast check uses
+    aot_eager (the backward graphs traced too, no code generated); the slow suite runs inductor itself."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    args = [f"--data_dir={sft_data}", "--max_iters=20", "--eval_interval=5", "--dropout=0.0"]
+    run_script("train_sft.py", *args, f"--out_dir={tmp_path / 'compiled'}", "--compile=True")
+    graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
+    torch._dynamo.reset()
+    run_script("train_sft.py", *args, f"--out_dir={tmp_path / 'eager'}")
+    assert breaks == {}, breaks
+    assert graphs == 2, f"{graphs} graphs: one for training, one for evaluation, no more"
+    compiled, eager = losses_of(tmp_path / "compiled"), losses_of(tmp_path / "eager")
+    assert sorted(compiled) == sorted(eager) == list(range(1, 21))
+    for step, loss in eager.items():
+        assert math.isclose(compiled[step], loss, rel_tol=1e-5), (step, compiled[step], loss)
+
+
+@pytest.mark.slow
+@needs_bpe
+def test_an_inductor_compiled_run_matches_eager(sft_data, tmp_path):
+    """The same with the default backend (inductor: generated C++ on a CPU), as a user's run compiles."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY_RUN
+
+    args = [*TINY_RUN, f"--data_dir={sft_data}", "--max_iters=20", "--eval_interval=5"]
+    outs = []
+    for name, extra in (("compiled", ["--compile=True"]), ("eager", [])):
+        proc = subprocess.run([sys.executable, "train_sft.py", *args, f"--out_dir={tmp_path / name}", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(proc.stdout)
+    assert "torch.compile: 2 graphs, 0 graph breaks" in outs[0], outs[0][-2000:]
+    compiled, eager = losses_of(tmp_path / "compiled"), losses_of(tmp_path / "eager")
+    for step, loss in eager.items():
+        assert math.isclose(compiled[step], loss, rel_tol=1e-4), (step, compiled[step], loss)
+
+
+# --------------------------------------------------------------------------------------------------------
+# On a GPU: FlexAttention (what a compiled run uses there) against the boolean-mask reference
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention runs compiled on a GPU only")
+def test_flex_attention_on_a_gpu_matches_the_boolean_mask(models):
+    """Compiled on CUDA, model.py builds a FlexAttention BlockMask instead of the boolean mask: the logits
+    and every gradient must match the eager run's (fp32)."""
+    _, cpu_model = models
+    examples = random_examples([300, 120, 511, 64, 2, 30], seed=4)
+    split = split_of(examples, row_len=1024)
+    packed = data.pack(split, 1024, seed=0)
+    batch = [torch.from_numpy(a).cuda() for a in data.packed_batch(split, packed, np.arange(len(packed["starts"]) - 1),
+                                                                    1024, PAD)]
+    model = GPT(cpu_model.config).cuda()
+    model.load_state_dict(cpu_model.state_dict())
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        _, loss = fn(*batch)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss_ref, grads_ref = loss_and_grads(model)
+    loss_flex, grads_flex = loss_and_grads(torch.compile(model))
+    # (the compiled kernels may do fp32 matmuls in TF32, ~3e-4 relative: hence not fp32's 1e-6)
+    assert loss_flex == pytest.approx(loss_ref, rel=2e-3)
+    for name, g in grads_ref.items():
+        assert (grads_flex[name] - g).norm() <= 1e-2 * g.norm() + 1e-6, name
