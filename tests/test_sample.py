@@ -38,7 +38,7 @@ def ckpts(tmp_path_factory):
     run(["train_pretrain.py", *TINY, f"--data_dir={d / 'text'}", f"--out_dir={d / 'base'}", "--max_iters=5",
          "--batch_size=4", "--eval_interval=100"])
     run(["train_sft.py", *TINY, f"--data_dir={d / 'sft_data'}", f"--out_dir={d / 'sft'}",
-         f"--init_from={d / 'base'}", "--max_iters=150", "--batch_size=4", "--learning_rate=3e-3",
+         f"--init_from={d / 'base'}", "--max_iters=150", "--batch_size=2", "--learning_rate=3e-3",
          "--eval_interval=1000"])
     return d
 

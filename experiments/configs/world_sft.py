@@ -8,7 +8,7 @@
 out_dir = "out/knowledge/sft"
 init_from = "out/knowledge/base"
 data_dir = "data/world/sft"
-batch_size = 16
+batch_size = 8  # rows of 64 positions, two questions each: 16 questions a step
 gradient_accumulation_steps = 1
 max_iters = 120
 eval_interval = 1000
