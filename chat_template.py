@@ -1,20 +1,21 @@
 """
-Chat templates: how a conversation becomes token ids, and which of those ids the model learns to predict.
+Chat templates: how a conversation becomes token ids, and which of those ids the model learns to
+predict.
 
-A template wraps each turn in markers so the model can tell who is speaking and, above all, where its own
-answer ends. ChatML (the default) looks like this:
+A template wraps each turn in markers so the model can tell who is speaking and, above all, where
+its own answer ends. ChatML (the default) looks like this:
 
     <|im_start|>user
     What is the capital of France?<|im_end|>
     <|im_start|>assistant
     Paris.<|im_end|>
 
-`encode` returns the ids and a loss mask: mask[i] == 1 exactly where ids[i] is a training target. Targets are
-the assistant's content and its closing end token (so the model learns to stop); the system and user turns,
-the role headers and the newlines between turns are context only. The markers are special tokens added to
-GPT-2's vocabulary (<|im_start|> = 50257, <|im_end|> = 50258) and are inserted by id. Message content is
-encoded as plain text, so a literal "<|im_end|>" typed by a user is just ordinary characters: data can never
-close a turn or forge one.
+`encode` returns the ids and a loss mask: mask[i] == 1 exactly where ids[i] is a training target.
+Targets are the assistant's content and its closing end token (so the model learns to stop); the
+system and user turns, the role headers and the newlines between turns are context only. The markers
+are special tokens added to GPT-2's vocabulary (<|im_start|> = 50257, <|im_end|> = 50258) and are
+inserted by id. Message content is encoded as plain text, so a literal "<|im_end|>" typed by a user
+is just ordinary characters: data can never close a turn or forge one.
 
 Run `python chat_template.py` to see an example with its targets coloured.
 """
@@ -34,9 +35,8 @@ TEMPLATES = ("chatml", "alpaca", "llama2")
 ROLES = ("system", "user", "assistant")
 
 # Stanford Alpaca's preamble (their no-input prompt); a system message replaces it.
-ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")
 
 
 @functools.cache
@@ -44,10 +44,10 @@ def get_tokenizer() -> tiktoken.Encoding:
     """GPT-2's BPE plus the chat special tokens, extended the way tiktoken's README documents."""
     try:
         gpt2 = tiktoken.get_encoding("gpt2")
-    except Exception as e:  # tiktoken downloads its files on first use; offline that fails deep in requests
+    except Exception as e:  # tiktoken downloads its files on first use: offline that fails
         raise RuntimeError(
-            f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Offline, pre-fill its cache: "
-            "see 'Offline use' in README.md (TIKTOKEN_CACHE_DIR)."
+            f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Offline, pre-fill "
+            "its cache: see 'The no-GPU path' in README.md (TIKTOKEN_CACHE_DIR)."
         ) from e
     return tiktoken.Encoding(
         name="gpt2_chat",
@@ -70,16 +70,21 @@ def _check_template(template: str) -> None:
 
 def _check_messages(messages) -> None:
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}")
+        raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, "
+                         f"got {messages!r:.80}")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
+        well_formed = (isinstance(m, dict) and m.get("role") in ROLES
+                       and isinstance(m.get("content"), str))
+        if not well_formed:
+            raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, "
+                             f"got {m!r:.80}")
         if m["role"] == "system" and i != 0:
             raise ValueError(f"message {i}: a system message may only come first")
 
 
 def _segments(messages, template, add_generation_prompt=False):
-    """The conversation as a list of (piece, is_target): piece is plain text or a special token's id."""
+    """The conversation as a list of (piece, is_target): piece is plain text or a special token's
+    id."""
     _check_template(template)
     _check_messages(messages)
     eot, im_start, im_end = SPECIAL_TOKENS[EOT], SPECIAL_TOKENS[IM_START], SPECIAL_TOKENS[IM_END]
@@ -92,7 +97,8 @@ def _segments(messages, template, add_generation_prompt=False):
         if add_generation_prompt:
             out += [(im_start, False), ("assistant\n", False)]
     elif template == "alpaca":
-        # Below is an instruction...\n\n### Instruction:\n{user}\n\n### Response:\n{assistant}<|endoftext|>
+        # Below is an instruction...\n\n### Instruction:\n{user}\n\n###
+        # Response:\n{assistant}<|endoftext|>
         system = messages[0]["content"] if messages[0]["role"] == "system" else ALPACA_PREAMBLE
         out.append((system, False))
         for m in messages:
@@ -107,21 +113,23 @@ def _segments(messages, template, add_generation_prompt=False):
         first_user = True
         for m in messages:
             if m["role"] == "user":
-                sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system is not None and first_user else ""
+                sys_block = (f"<<SYS>>\n{system}\n<</SYS>>\n\n"
+                             if system is not None and first_user else "")
                 out.append((f"[INST] {sys_block}{m['content']} [/INST]", False))
                 first_user = False
             elif m["role"] == "assistant":
-                # The space after [/INST] opens the answer, the way GPT-2's BPE writes a word (" Paris", one
-                # token), rather than a lone " " at the end of the prompt and "Paris" after it.
+                # The space after [/INST] opens the answer, the way GPT-2's BPE writes a word ("
+                # Paris", one token), rather than a lone " " at the end of the prompt and "Paris"
+                # after it.
                 out += [(" " + m["content"], True), (eot, True)]
     return out
 
 
 def fingerprint(template: str) -> str:
-    """A short hash of how this file renders a fixed two-turn conversation in template (with and without its
-    system message, and as a prompt): its pieces, and which are targets. prepare_alpaca.py records it in
-    meta.json and the trainer compares it, so data that an older version of a template rendered differently
-    is never trained on as if it were the current one."""
+    """A short hash of how this file renders a fixed two-turn conversation in template (with and
+    without its system message, and as a prompt): its pieces, and which are targets.
+    prepare_alpaca.py records it in meta.json and the trainer compares it, so data that an older
+    version of a template rendered differently is never trained on as if it were the current one."""
     probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
              {"role": "assistant", "content": "A2"}]
@@ -138,26 +146,31 @@ def render(messages, template: str = "chatml", add_generation_prompt: bool = Fal
     return "".join(id_to_special[p] if isinstance(p, int) else p for p, _ in segs)
 
 
-def encode(messages, template: str = "chatml", train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """ids and loss mask (1 where ids[i] is a training target). train_on_prompt=True makes every token a target."""
-    segments = _segments(messages, template)  # validates first: a bad call never needs the tokenizer files
+def encode(messages, template: str = "chatml",
+           train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """ids and loss mask (1 where ids[i] is a training target). train_on_prompt=True makes every
+    token a target."""
+    segments = _segments(messages, template)  # validates first: a bad call needs no tokenizer files
     enc = get_tokenizer()
     ids, mask = [], []
     for piece, is_target in segments:
-        piece_ids = [piece] if isinstance(piece, int) else enc.encode_ordinary(piece)  # data stays plain text
+        # (data stays plain text: a "<|im_end|>" typed in a message is just characters)
+        piece_ids = [piece] if isinstance(piece, int) else enc.encode_ordinary(piece)
         ids += piece_ids
         mask += [1 if (is_target or train_on_prompt) else 0] * len(piece_ids)
     return ids, mask
 
 
 def encode_prompt(messages, template: str = "chatml") -> list[int]:
-    """Everything up to and including the assistant header: what the model continues at inference time.
+    """Everything up to and including the assistant header: what the model continues at
+    inference time.
 
     Built from the same pieces as encode, so it is exactly the prefix the model saw in training.
     """
     if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-        raise ValueError("encode_prompt: the last message is the assistant's; the prompt should end with the user")
-    segments = _segments(messages, template, add_generation_prompt=True)  # validates first, as in encode
+        raise ValueError("encode_prompt: the last message is the assistant's; the prompt should "
+                         "end with the user")
+    segments = _segments(messages, template, add_generation_prompt=True)  # validates first
     enc = get_tokenizer()
     ids = []
     for piece, _ in segments:
@@ -190,7 +203,7 @@ if __name__ == "__main__":
     print(render(example, template))
     print("--- token ids ---")
     print(ids)
-    print("--- loss mask: dim = context (label -100), green = target the model learns to predict ---")
+    print("--- loss mask: dim = context (label -100), green = a target the model learns ---")
     print(show_mask(ids, mask, color=sys.stdout.isatty()))
     print(f"\n{sum(mask)} of {len(ids)} tokens are targets: the answer and its end token "
           f"{get_tokenizer().decode([end_token(template)])!r}, nothing else.")

@@ -97,3 +97,13 @@ def test_the_checks_have_teeth():
     assert layering_violations(script_to_script) == ["prepare_text (scripts) imports prepare_alpaca (scripts)"]
     cyclic = {**graph, "lora": graph["lora"] | {"model"}, "model": graph["model"] | {"lora"}}
     assert find_cycle(cyclic) in (["lora", "model", "lora"], ["model", "lora", "model"])
+
+
+LEARNERS_READ_FIRST = ["train_pretrain.py", "train_sft.py", "model.py", "chat_template.py"]
+
+
+def test_the_files_learners_read_first_fit_100_columns():
+    for name in LEARNERS_READ_FIRST:
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            wide = [f"{name}:{i}: {len(line.rstrip())}" for i, line in enumerate(f, 1) if len(line.rstrip()) > 100]
+        assert not wide, wide
