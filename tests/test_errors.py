@@ -291,6 +291,34 @@ def test_resume_refuses_another_trainer_context_window_or_data(finished_sft_run,
 
 
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_a_run_says_what_it_will_do_and_where_it_resumes(sft_data, tmp_path, capsys):
+    """The summary line, worked out by hand: the 24 examples have 22 to 26 positions (tokens - 1), so two fit
+    a row of 64 and three never do: 12 rows, their fill the examples' positions over 12 x 64; a step is
+    batch_size 4 rows, so an epoch is 3 steps."""
+    run_script("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=3")
+    out = capsys.readouterr().out
+    positions = np.diff(np.fromfile(os.path.join(sft_data, "train_offsets.bin"), dtype=np.int64)) - 1
+    assert len(positions) == 24 and 2 * positions.max() <= 64 < 3 * positions.min()
+    assert f"data: {sft_data}, 24 train examples in 12 rows ({positions.sum() / (12 * 64):.1%} filled); 3 steps " \
+           f"per epoch: max_iters 3 is 1.0 epochs\n" in out, out
+    run_script("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=6",
+               "--init_from=resume")
+    out = capsys.readouterr().out
+    assert "max_iters 6 is 2.0 epochs\nresuming from step 3\n" in out, out
+
+    import prepare_text
+
+    (tmp_path / "t.txt").write_text("To be or not to be, that is the question. " * 80)
+    meta = prepare_text.prepare(input_path=str(tmp_path / "t.txt"), out_dir=str(tmp_path / "text"))
+    capsys.readouterr()
+    run_script("train_pretrain.py", f"--data_dir={tmp_path / 'text'}", f"--out_dir={tmp_path / 'pre'}",
+               "--max_iters=2")
+    n = meta["n_train_tokens"]
+    assert f"data: {tmp_path / 'text'}, {n:,} train tokens; 256 tokens per step: max_iters 2 is " \
+           f"{2 * 256 / n:.1f} epochs\n" in capsys.readouterr().out
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_a_prepared_folder_with_a_file_missing_or_cut_off_is_one_line(damage, sft_data, tmp_path, capsys):
     broken = tmp_path / "broken"
