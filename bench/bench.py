@@ -50,7 +50,7 @@ import common  # noqa: E402
 import lora  # noqa: E402
 from common import DTYPES, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
 from hf_checkpoint import CONV1D_WEIGHTS  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the same place tests/conftest.py looks
 ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
@@ -402,7 +402,7 @@ def alpaca_ready():
 def sft_loader(data_dir, batch_size=8, block_size=1024):
     """train_sft.py's own DATA LOADER section (tests/loader_section.py): the figures are those of exactly
     the code the trainer runs."""
-    model = SimpleNamespace(config=SimpleNamespace(vocab_size=50304, block_size=block_size))
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=PADDED_VOCAB_SIZE, block_size=block_size))
     return data_loader_section("train_sft.py", data_dir=data_dir, block_size=block_size, batch_size=batch_size,
                                gradient_accumulation_steps=1, seed=1337, eval_iters=20, max_iters=1000, model=model)
 

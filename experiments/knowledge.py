@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the checkpoints already in out_dir (a run interrupted, or new evaluations only); "
                              "wall_s then counts only this invocation")
+    parser.add_argument("--dtype", default="auto",
+                        help="every training's dtype (auto: bf16 where the CPU has it); float32 measures, on a CPU "
+                             "with native bf16, what one without it does")
     parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
     parser.add_argument("--lora_ranks", default="",
                         help="also SFT the main base model with LoRA at these ranks (e.g. 1,4,16), at learning rate "
@@ -207,7 +210,8 @@ def main() -> None:
         if not (args.reuse and finished(ckpt)):
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]
-                       + ([f"--init_from={os.path.join(out, start)}"] if start else []) + extra)
+                       + ([f"--init_from={os.path.join(out, start)}"] if start else []) + [f"--dtype={args.dtype}"]
+                       + extra)
             peaks[name] = run(command, os.path.join(logs, f"{name}.log"))
             write_json(peaks_file, peaks)
         bar.update(1)
