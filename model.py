@@ -27,7 +27,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's convention for "no target here"
 LOSS_CHUNK = 2**27  # logits the loss holds at once, at most: 512 MB in fp32 (whole rows of vocab)
-LOSS_ROWS_MULTIPLE = 256  # the loss's matmuls see rows in multiples of this: few distinct shapes
+LOSS_ROWS_MULTIPLE = 256  # in bf16 on a CPU, the loss's matmuls see rows in multiples of this
 PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 tokens, room for the chat tokens, a multiple of 64
 
 
@@ -339,14 +339,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, targets, grad_enabled):
-        # Zero rows up to a multiple of LOSS_ROWS_MULTIPLE, so that the matmuls below see few
-        # distinct shapes however many targets a batch has: a CPU's bf16 matmul kernels are
-        # prepared, and kept, one shape at a time (memory grew all run without this). A zero row
-        # adds nothing to the weight's gradient; its loss and its gradient are left out.
-        n_rows, n_pad = h.size(0), -h.size(0) % LOSS_ROWS_MULTIPLE
+        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no
+        # temporaries.
+        plain_fp32 = (not torch.is_autocast_enabled(h.device.type)
+                      and h.dtype == weight.dtype == torch.float32)
+        # A CPU's bf16 matmul kernels are prepared, and kept, one shape at a time (memory grew all
+        # run), so there zero rows pad h to a multiple of LOSS_ROWS_MULTIPLE: the matmuls below see
+        # few distinct shapes however many targets a batch has. (fp32 keeps nothing per shape, and
+        # would only pay for the extra rows.) A zero row adds nothing to the weight's gradient; its
+        # loss and its gradient are left out.
+        multiple = LOSS_ROWS_MULTIPLE if h.device.type == "cpu" and not plain_fp32 else 1
+        n_rows, n_pad = h.size(0), -h.size(0) % multiple
         h, targets = F.pad(h, (0, 0, 0, n_pad)), F.pad(targets, (0, n_pad))
-        rows_per_chunk = LOSS_CHUNK // weight.size(0) // LOSS_ROWS_MULTIPLE * LOSS_ROWS_MULTIPLE
-        rows_per_chunk = max(LOSS_ROWS_MULTIPLE, rows_per_chunk)  # whole multiples
+        rows_per_chunk = max(multiple, LOSS_CHUNK // weight.size(0) // multiple * multiple)
         # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its
         # weight.
         needs_grad_h = grad_enabled and ctx.needs_input_grad[0]
@@ -354,10 +359,6 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         needs_grad = needs_grad_h or needs_grad_weight
         grad_h = torch.empty_like(h) if needs_grad_h else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
-        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no
-        # temporaries.
-        plain_fp32 = (not torch.is_autocast_enabled(h.device.type)
-                      and h.dtype == weight.dtype == torch.float32)
         loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, h.size(0), rows_per_chunk):
             h_chunk, t_chunk = h[i : i + rows_per_chunk], targets[i : i + rows_per_chunk]

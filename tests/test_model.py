@@ -426,8 +426,8 @@ def test_loss_ignores_masked_positions():
 def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, rows_multiple, dtype, monkeypatch):
     """The loss works a few rows of logits at a time and forms the gradient itself: loss, d/dh and d/dweight
     must be those of PyTorch's F.cross_entropy over the whole logits, whatever the chunking (a last chunk
-    shorter than the others included, and the zero rows that pad the rows to a multiple: 29 targets become
-    32 or 256 rows), in fp32 and under bf16 autocast."""
+    shorter than the others included, and the zero rows that pad the rows to a multiple under bf16 autocast:
+    29 targets become 32 or 256 rows), in fp32 and under bf16 autocast."""
     import model as model_module
 
     V, C = 37, 16
