@@ -27,6 +27,8 @@ import sys
 
 import tiktoken
 
+from errors import UserError
+
 EOT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -45,7 +47,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     try:
         gpt2 = tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken downloads its files on first use: offline that fails
-        raise RuntimeError(
+        raise UserError(
             f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Offline, pre-fill "
             "its cache: see 'The no-GPU path' in README.md (TIKTOKEN_CACHE_DIR)."
         ) from e

@@ -158,6 +158,9 @@ def read_examples(data_dir: str, meta: dict, split: str, block_size: int, verbos
     _check_size(data_dir, meta, f"{split}_mask.bin", int(offsets[-1]))
     lengths = np.diff(offsets)
     usable = np.flatnonzero(lengths - 1 <= block_size)
+    if len(usable) == 0:
+        raise UserError(f"data_dir={data_dir}: none of the {n:,} {split} examples fits block_size {block_size}; "
+                        f"prepare the data with shorter examples (--max_len), or use a model with a longer context")
     if verbose and len(usable) < len(lengths):
         print(f"{split}: leaving out {len(lengths) - len(usable)} examples longer than block_size {block_size}")
     return {"ids": np.memmap(os.path.join(data_dir, f"{split}_ids.bin"), dtype=TOKEN_DTYPE, mode="r"),

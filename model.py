@@ -313,12 +313,12 @@ def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) 
 
         F.cross_entropy((h @ weight.T).float().flatten(0, -2), targets.flatten(), ignore_index=-100)
 
-    computed so that the logits of a whole batch (rows x vocab_size, a small model's largest tensor
-    by far) never exist at once, and not at all for prompt and padding. Inside torch.compile that
-    one line is what runs: its shapes are the batch's, known when compiling (one graph), and the
-    compiler fuses the softmax into the loss. A batch with no targets gives 0.0 (zero gradients),
-    not the NaN of 0/0: a micro-batch can be all prompt in SFT, and one NaN would poison the whole
-    update.
+    Eager (a CPU's default), it is computed so that the logits of a whole batch (rows x vocab_size,
+    a small model's largest tensor by far) never exist at once, and not at all for prompt and
+    padding. Inside torch.compile that one line is what runs, over every position: its shapes are
+    the batch's, known when compiling (one graph), and the compiler fuses the softmax into the loss.
+    A batch with no targets gives 0.0 (zero gradients), not the NaN of 0/0: a micro-batch can be all
+    prompt in SFT, and one NaN would poison the whole update.
     """
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     has_target = targets != IGNORE_INDEX

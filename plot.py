@@ -2,8 +2,7 @@
 Loss curves of one or more training runs, from the metrics.jsonl each run writes into its out_dir:
 
     python plot.py out/tiny_alpaca                                  # -> out/tiny_alpaca/loss.png
-    python plot.py out/world_pretrain out/world_sft                 # -> out/loss_world_pretrain_world_sft.png
-    python plot.py out/world_pretrain out/world_sft --out curves.png
+    python plot.py out/knowledge/base out/knowledge/sft --out curves.png
 
 By default the PNG goes next to the runs: inside the run's folder for one run, in the folder that holds them
 for several. Each run has one colour: its training loss (the log lines' "loss") as a thin line, its validation

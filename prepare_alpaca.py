@@ -182,10 +182,7 @@ def prepare(
     check_records(records, path)
 
     # 2. Tokenise, one record at a time (a plain loop is the fast way on few cores; see BENCHMARKS.md).
-    try:
-        enc = chat_template.get_tokenizer()
-    except RuntimeError as e:  # tiktoken's files cannot be fetched
-        raise UserError(str(e)) from None
+    enc = chat_template.get_tokenizer()  # offline without tiktoken's files: a UserError
     assert enc.n_vocab <= np.iinfo(np.uint16).max + 1, "token ids must fit in uint16"
     examples = []  # (ids, mask, user turn) of every kept record, in file order
     skipped = {"empty_instruction": 0, "empty_output": 0}

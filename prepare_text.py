@@ -60,10 +60,7 @@ def prepare(
 
     # Split the characters, then tokenise each part: the two files never share a token.
     split_at = int(len(text) * (1 - val_fraction))
-    try:
-        enc = chat_template.get_tokenizer()
-    except RuntimeError as e:  # tiktoken's files cannot be fetched
-        raise UserError(str(e)) from None
+    enc = chat_template.get_tokenizer()  # offline without tiktoken's files: a UserError
     train_ids = np.array(enc.encode_ordinary(text[:split_at]), dtype=data.TOKEN_DTYPE)
     val_ids = np.array(enc.encode_ordinary(text[split_at:]), dtype=data.TOKEN_DTYPE)
     if len(train_ids) == 0 or len(val_ids) == 0:

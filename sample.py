@@ -111,9 +111,9 @@ def respond(model, ids: list[int], template: str, args, device: str, stream: boo
 
 @torch.no_grad()
 def text_loss(model, path: str, device: str, max_tokens: int) -> tuple[float, int]:
-    """Mean next-token loss on a plain-text corpus (.bin of uint16 ids from prepare_text.py, or a text file)."""
+    """Mean next-token loss on a plain-text corpus (.bin of token ids from prepare_text.py, or a text file)."""
     if path.endswith(".bin"):
-        tokens = np.memmap(path, dtype=np.uint16, mode="r")[: max_tokens + 1].astype(np.int64)
+        tokens = np.memmap(path, dtype=data.TOKEN_DTYPE, mode="r")[: max_tokens + 1].astype(np.int64)
     else:
         with open(path, encoding="utf-8") as f:
             tokens = np.array(get_tokenizer().encode_ordinary(f.read())[: max_tokens + 1], dtype=np.int64)

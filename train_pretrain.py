@@ -87,8 +87,8 @@ if runtime.master:
 
 # --------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
-# The shape below is used from scratch; a loaded model keeps its own, and takes this run's dropout
-# and vocab_size.
+# The shape below is used from scratch. A loaded model keeps its own (a resumed one comes back as
+# saved); a checkpoint of ours takes this run's dropout, GPT-2 its dropout and vocab_size.
 model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size, dropout=dropout, bias=bias)
 if lora_rank != 0:
@@ -145,6 +145,7 @@ def get_batch(split, i=None):
     x = np.stack([tokens[split][s : s + block_size] for s in starts]).astype(np.int64)
     y = np.stack([tokens[split][s + 1 : s + 1 + block_size] for s in starts]).astype(np.int64)
     return to_device(x), to_device(y), None  # positions None: each row is one window of text
+
 
 batches_drawn = {"train": 0, "val": 0}  # micro-batches drawn: with the seed, the loader's position
 if meta["vocab_size"] > model.config.vocab_size:

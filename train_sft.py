@@ -87,8 +87,8 @@ if runtime.master:
 
 # --------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
-# The shape below is used from scratch; a loaded model keeps its own, and takes this run's dropout
-# and vocab_size.
+# The shape below is used from scratch. A loaded model keeps its own (a resumed one comes back as
+# saved); a checkpoint of ours takes this run's dropout, GPT-2 its dropout and vocab_size.
 model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                          vocab_size=vocab_size, dropout=dropout, bias=bias)
 if lora_rank != 0:
@@ -145,8 +145,9 @@ def get_batch(split, i=None):
         start = (n * runtime.world_size + runtime.rank) * batch_size  # this process's slice
         batch = order[start : start + batch_size]
         batches_drawn[split] += 1
-    else:
-        batch = (i * batch_size + np.arange(batch_size)) % n_rows[split]
+    else:  # rows spread evenly over the split (pack made them longest examples first)
+        stride = max(1, n_rows[split] // (eval_iters * batch_size))
+        batch = ((i * batch_size + np.arange(batch_size)) * stride) % n_rows[split]
     x, y, positions = data.packed_batch(examples[split], rows[split], batch, block_size,
                                         meta["end_token"])
     return to_device(x), to_device(y), to_device(positions)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check of issue 21, run once on a lent GPU (the device tool), from the repository root:
+# The GPU check of the packed main job, run once on a lent GPU (the device tool), from the repository root:
 #   bash dev/gpu_check.sh         # needs .device/ (tiktoken's GPT-2 files, the prepared Alpaca sample)
 # 1. FlexAttention against the boolean-mask reference, and the packing tests, on the GPU;
 # 2. bench/bench.py --only h: the main job, compiled and eager, 100 steps each.

@@ -1,4 +1,4 @@
-"""Issue 14: every user mistake is one line on stderr, exit code 2, no traceback, and leaves nothing behind
+"""Every user mistake is one line on stderr, exit code 2, no traceback, and leaves nothing behind
 (no out_dir, no data_dir, nothing in the model cache); and the faults (Ctrl-C, a kill during a checkpoint
 write, a full disk) never tear a checkpoint.
 
@@ -89,7 +89,7 @@ def step_losses(out_dir):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1. the rows of issue 14, in-process
+# 1. the rows of the Troubleshooting table (docs/GUIDE.md), in-process
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -186,6 +186,17 @@ def test_too_little_data_stops_before_any_evaluation(script, sft_data, tmp_path,
     line = user_error(capsys, run_script, script, *args, f"--out_dir={tmp_path / 'run'}")
     assert expected in line
     assert "step 0" not in user_error.out  # said before the step-0 evaluation, not after it
+    assert not (tmp_path / "run").exists()
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_a_split_with_no_example_that_fits_is_one_line(sft_data, tmp_path, capsys):
+    """Every example of the fixture has 23 to 27 tokens: at block_size 16 none fits, and packing them would give
+    no rows at all (an evaluation of no batches, a division by zero)."""
+    line = user_error(capsys, run_script, "train_sft.py", f"--data_dir={sft_data}", "--block_size=16",
+                      f"--out_dir={tmp_path / 'run'}")
+    assert line == (f"error: data_dir={sft_data}: none of the 24 train examples fits block_size 16; prepare the "
+                    f"data with shorter examples (--max_len), or use a model with a longer context")
     assert not (tmp_path / "run").exists()
 
 

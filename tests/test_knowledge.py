@@ -5,8 +5,8 @@ minutes on a 2-core CPU without native bf16): the pipeline runs through the real
 and both halves of the lesson show. The format: the SFT models end their answers with <|im_end|>, the base model
 asked in the chat template does not. The knowledge: the SFT model answers questions about held-out entities
 far better than the control (the same SFT on a base that never read those entities) and than the base model
-in chat form. A smaller world or model that learns its facts in the 90 s the issue hoped for was not found:
-experiments/README.md ("The CI test") has the measurements.
+in chat form. No smaller world or model that learns its facts in about 90 s was found: dev/LOG.md has the
+measurements.
 """
 
 import json
@@ -64,7 +64,7 @@ def test_knowledge_comes_from_pretraining_not_from_sft(quick):
 
 @pytest.mark.skipif(not os.environ.get("NANOSFT_FULL_KNOWLEDGE"), reason="the full experiment takes 15+ minutes; "
                     "set NANOSFT_FULL_KNOWLEDGE=1 to run it")
-def test_full_experiment_meets_the_issue_targets(tmp_path):
+def test_full_experiment_meets_its_targets(tmp_path):
     r = run_experiment(tmp_path)
     assert r["base_completion"] >= 0.9
     assert r["base_chat"] <= 0.1 and r["end_rates"]["base_chat"] <= 0.1
