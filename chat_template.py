@@ -99,8 +99,8 @@ def _segments(messages, template, add_generation_prompt=False):
         if add_generation_prompt:
             out += [(im_start, False), ("assistant\n", False)]
     elif template == "alpaca":
-        # Below is an instruction...\n\n### Instruction:\n{user}\n\n###
-        # Response:\n{assistant}<|endoftext|>
+        # Below is an instruction...\n\n### Instruction:\n{user}
+        # \n\n### Response:\n{assistant}<|endoftext|>
         system = messages[0]["content"] if messages[0]["role"] == "system" else ALPACA_PREAMBLE
         out.append((system, False))
         for m in messages:
@@ -120,9 +120,9 @@ def _segments(messages, template, add_generation_prompt=False):
                 out.append((f"[INST] {sys_block}{m['content']} [/INST]", False))
                 first_user = False
             elif m["role"] == "assistant":
-                # The space after [/INST] opens the answer, the way GPT-2's BPE writes a word ("
-                # Paris", one token), rather than a lone " " at the end of the prompt and "Paris"
-                # after it.
+                # The space after [/INST] opens the answer, the way GPT-2's BPE writes a word
+                # (" Paris", one token), rather than a lone " " at the end of the prompt and
+                # "Paris" after it.
                 out += [(" " + m["content"], True), (eot, True)]
     return out
 

@@ -43,13 +43,14 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_dtype(dtype: str, device_type: str) -> str:
-    """'auto' = bf16 where the hardware does bf16 natively, else fp32 (CPU) or fp16 (older GPUs)."""
+def pick_dtype(dtype: str, kind: str) -> str:
+    """'auto' = bf16 where the hardware does bf16 natively, else fp32 (CPU) or fp16 (older GPUs).
+    kind: the device's type, 'cuda' or 'cpu'."""
     if dtype != "auto":
         return dtype
-    if device_type == "cuda":
+    if kind == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device_type == "cpu" and cpu_has_native_bf16():
+    if kind == "cpu" and cpu_has_native_bf16():
         return "bfloat16"
     return "float32"
 

@@ -177,7 +177,8 @@ if runtime.master:
 resumed = None  # free the memory
 raw_model = model
 if compile:  # every batch has one shape: one graph for training, and one for evaluation
-    print("compiling the model (takes a minute)...")
+    if runtime.master:
+        print("compiling the model (takes a minute)...")
     model = torch.compile(model)
 if runtime.ddp:
     model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)

@@ -1,17 +1,17 @@
 """
 A mutation pass: does the test suite catch a broken invariant? Each mutation below breaks one thing the
 project promises (the loss mask, the -100 loss, token-weighted accumulation, resume, weight tying, the
-Conv1D transposes, DDP slicing, ...) in a scratch copy of the repository, runs the tests that should catch
-it, and records whether they did. A mutation the tests let through is a hole in the suite.
+Conv1D transposes, DDP slicing, packing and the document mask, ...) in a scratch copy of the repository,
+runs the tests that should catch it, and records whether they did. A mutation the tests let through is a
+hole in the suite.
 
     python bench/mutations.py --repo . --out mutations.json            # this checkout
-    python bench/mutations.py --repo /tmp/old --version old            # an older layout (see OLD below)
     python bench/mutations.py --repo . --match LoRA                    # only the mutations named so
 
-Each mutation names, per code layout, the exact text to find and its replacement; a mutation whose text is
-not found is reported as such (it never silently passes). The copy is made once; each mutation is applied,
-tested and reverted in it. ../shared must sit beside the copy for the tests that need the real data, so the
-copy is made next to the repository.
+Each mutation names the exact text to find and its replacement; a mutation whose text is not found is
+reported as such (it never silently passes). The copy is made once; each mutation is applied, tested and
+reverted in it. ../shared must sit beside the copy for the tests that need the real data, so the copy is
+made next to the repository.
 """
 
 import argparse
@@ -24,22 +24,22 @@ import time
 
 FAST = ["tests/test_model.py", "tests/test_chat_template.py", "tests/test_prepare.py", "tests/test_download.py"]
 TRAIN = ["tests/test_train.py"]
+PACKING = ["tests/test_packing.py"]
+ERRORS = ["tests/test_errors.py"]
 BOTH_SCRIPTS = ("train_pretrain.py", "train_sft.py")
 
-# (name, tests, {layout: [(file, find, replace), ...]}); "new" is this repository's layout, "old" the one of
-# commit a7de3a0 (model.py held the Hugging Face loading and train_*.py the plumbing).
-M = []
+M = []  # {"name", "tests", "edits": [(file, find, replace), ...]}
 
 
-def mutation(name, tests, new, old=None):
-    M.append({"name": name, "tests": tests, "new": new, "old": old if old is not None else new})
+def mutation(name, tests, edits):
+    M.append({"name": name, "tests": tests, "edits": edits})
 
 
 def in_both_scripts(find, replace):
     return [(s, find, replace) for s in BOTH_SCRIPTS]
 
 
-# The loss mask (chat_template.py is the same in both layouts)
+# The loss mask
 mutation("chatml: assistant content not a target", FAST,
          [("chat_template.py", '(m["content"], is_assistant),', '(m["content"], False),')])
 mutation("chatml: <|im_end|> not a target", FAST,
@@ -57,72 +57,81 @@ mutation("special tokens parsed from data", FAST,
            "piece_ids = [piece] if isinstance(piece, int) else enc.encode(piece, allowed_special='all')")])
 # The -100 loss
 mutation("loss averaged over every position, masked ones included", FAST,
-         [("model.py", "return loss_sum / has_target.sum().clamp(min=1)", "return loss_sum / targets.numel()")],
-         [("model.py", "return loss_sum / n_targets.clamp(min=1)",
-           "return loss_sum / max(targets.numel(), 1)")])
+         [("model.py", "return loss_sum / has_target.sum().clamp(min=1)", "return loss_sum / targets.numel()")])
 mutation("all-masked batch gives NaN (no guard)", FAST + TRAIN,
-         [("model.py", "return loss_sum / has_target.sum().clamp(min=1)", "return loss_sum / has_target.sum()")],
-         [("model.py", "return loss_sum / n_targets.clamp(min=1)", "return loss_sum / n_targets")])
-mutation("loss gradient off (softmax - one_hot broken)", FAST,
-         [("model.py", "t_chunk] -= 1.0", "t_chunk] -= 0.5")],
-         [("model.py", "ignore_index=IGNORE_INDEX, reduction=\"sum\")",
-           "ignore_index=IGNORE_INDEX, reduction=\"sum\", label_smoothing=0.1)")])
+         [("model.py", "return loss_sum / has_target.sum().clamp(min=1)", "return loss_sum / has_target.sum()")])
+mutation("loss gradient off (softmax - one_hot broken)", FAST, [("model.py", "t_chunk] -= 1.0", "t_chunk] -= 0.5")])
+mutation("the loss counts the zero rows that pad it to a multiple of 256", FAST,
+         [("model.py", "loss_sum += row_loss[: max(0, n_rows - i)].sum()", "loss_sum += row_loss.sum()")])
+mutation("the compiled loss averages where the eager one sums", PACKING,
+         [("model.py", 'F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")',
+           'F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="mean")')])
+mutation("the model's forward breaks the compiled graph (a value read on the host)", PACKING,
+         [("model.py", "return None, cross_entropy(h, self.lm_head.weight, targets)",
+           "return None, cross_entropy(h, self.lm_head.weight, targets) + 0 * float(h.sum())")])
 # Token-weighted accumulation, DDP
 mutation("accumulation: naive mean of micro-batch means", TRAIN,
-         in_both_scripts("loss = loss * (Y != -100).sum() * proc.world_size / n_step_targets.clamp(min=1)",
-                         "loss = loss / gradient_accumulation_steps"),
-         in_both_scripts("loss = loss * (Y != -100).sum() * ddp_world_size / n_step_targets.clamp(min=1)",
+         in_both_scripts("loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)",
                          "loss = loss / gradient_accumulation_steps"))
 mutation("accumulation: DDP's averaging over processes not undone", TRAIN,
-         in_both_scripts("loss = loss * (Y != -100).sum() * proc.world_size / n_step_targets.clamp(min=1)",
-                         "loss = loss * (Y != -100).sum() / n_step_targets.clamp(min=1)"),
-         in_both_scripts("loss = loss * (Y != -100).sum() * ddp_world_size / n_step_targets.clamp(min=1)",
+         in_both_scripts("loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)",
                          "loss = loss * (Y != -100).sum() / n_step_targets.clamp(min=1)"))
 mutation("DDP: every SFT process takes the same slice", TRAIN,
-         [("train_sft.py", "start = (n * proc.world_size + proc.rank) * batch_size",
-           "start = (n * proc.world_size + 0) * batch_size")],
-         [("train_sft.py", "start = (n * ddp_world_size + ddp_rank) * batch_size",
-           "start = (n * ddp_world_size + 0) * batch_size")])
+         [("train_sft.py", "start = (n * runtime.world_size + runtime.rank) * batch_size",
+           "start = (n * runtime.world_size + 0) * batch_size")])
 mutation("DDP: every pretraining process draws the same windows", TRAIN,
-         [("train_pretrain.py", "rng = np.random.default_rng((seed, proc.rank, data_state[split]))",
-           "rng = np.random.default_rng((seed, 0, data_state[split]))")],
-         [("train_pretrain.py", "rng = np.random.default_rng((seed, ddp_rank, data_state[split]))",
-           "rng = np.random.default_rng((seed, 0, data_state[split]))")])
-# The SFT batch
-mutation("SFT targets not shifted by one", TRAIN,
-         [("train_sft.py", 'np.where(d["mask"][a + 1 : b] == 1, d["ids"][a + 1 : b]',
-           'np.where(d["mask"][a : b - 1] == 1, d["ids"][a + 1 : b]')],
-         [("train_sft.py", "np.where(loss_mask[a + 1 : b] == 1, ids[a + 1 : b]",
-           "np.where(loss_mask[a : b - 1] == 1, ids[a + 1 : b]")])
-mutation("SFT prompt tokens become targets (the loader ignores the mask)", TRAIN,
-         [("train_sft.py", 'np.where(d["mask"][a + 1 : b] == 1,', 'np.where(d["mask"][a + 1 : b] >= 0,')],
-         [("train_sft.py", "np.where(loss_mask[a + 1 : b] == 1,", "np.where(loss_mask[a + 1 : b] >= 0,")])
-mutation("SFT padding is a target", TRAIN,
-         [("train_sft.py", "y = np.full((len(rows), T), -100, dtype=np.int64)",
-           "y = np.full((len(rows), T), meta[\"end_token\"], dtype=np.int64)")])
+         [("train_pretrain.py", "rng = np.random.default_rng((seed, runtime.rank, batches_drawn[split]))",
+           "rng = np.random.default_rng((seed, 0, batches_drawn[split]))")])
+# The packed SFT batch (data.py) and the document mask (model.py)
+mutation("SFT targets not shifted by one", TRAIN + PACKING,
+         [("data.py", 'next_ids = split["ids"][source + 1].astype(np.int64)',
+           'next_ids = split["ids"][source].astype(np.int64)')])
+mutation("SFT prompt tokens become targets (the loader ignores the mask)", TRAIN + PACKING,
+         [("data.py", 'np.where(split["mask"][source + 1] == 1, next_ids, -100)',
+           'np.where(split["mask"][source + 1] >= 0, next_ids, -100)')])
+mutation("SFT padding is a target", TRAIN + PACKING,
+         [("data.py", "y = np.full(len(rows) * row_len, -100, dtype=np.int64)",
+           "y = np.full(len(rows) * row_len, pad_token, dtype=np.int64)")])
+mutation("packed positions do not restart (an example sits where it is in the row)", PACKING + TRAIN,
+         [("data.py", "positions[target] = position", "positions[target] = column[token_of] + position")])
+mutation("attention crosses examples (no document mask)", PACKING,
+         [("model.py", "mask = document_mask(positions, dropout=self.training and self.config.dropout > 0)",
+           "mask = None")])
+mutation("the document mask lets a token see the last token of the example before", PACKING,
+         [("model.py", "return ((key <= query) & (key >= first[:, :, None]))[:, None]",
+           "return ((key <= query) & (key >= first[:, :, None] - 1))[:, None]")])
+mutation("packing loses an example", PACKING + TRAIN,
+         [("data.py", "    for example in order:\n", "    for example in order[1:]:\n")])
+mutation("packing is worst-fit (the roomiest row), not best-fit", PACKING,
+         [("data.py", "room = size + fitting[0]  # the least room that still holds it",
+           "room = size + fitting[-1]  # the least room that still holds it")])
+mutation("every epoch the same order of rows", TRAIN,
+         [("train_sft.py", "order = np.random.default_rng((seed, epoch)).permutation(n_rows[split])",
+           "order = np.random.default_rng(seed).permutation(n_rows[split])")])
 # Resume
 mutation("resume: the data loader's position is not restored", TRAIN,
-         in_both_scripts('    data_state.update(checkpoint["data_state"])\n', "    pass\n"))
+         in_both_scripts('    batches_drawn.update(resumed["batches_drawn"])\n', "    pass\n"))
 mutation("resume: the optimizer state is not restored", TRAIN,
-         in_both_scripts('    optimizer.load_state_dict(checkpoint["optimizer"])\n', "    pass\n"))
+         in_both_scripts('    optimizer.load_state_dict(resumed["optimizer"])\n', "    pass\n"))
+mutation("resume: another data folder goes unnoticed", ERRORS,
+         [("checkpoint.py", "if trained_on is not None and os.path.normpath(trained_on) != os.path.normpath(data_dir):",
+           "if False:")])
+mutation("resume: another trainer goes unnoticed", ERRORS,
+         [("checkpoint.py", 'if checkpoint.get("script", script) != script:', "if False:")])
 # Weights: tying, Conv1D, vocabulary growth
 mutation("weight tying removed", FAST,
          [("model.py", "        self.lm_head.weight = self.transformer.wte.weight\n", "")])
 mutation("Conv1D weights not transposed on load", FAST,
-         [("hf_checkpoint.py", "            tensor = tensor.t()\n", "            tensor = tensor\n")],
-         [("model.py", "            tensor = tensor.t()\n", "            tensor = tensor\n")])
+         [("hf_checkpoint.py", "            tensor = tensor.t()\n", "            tensor = tensor\n")])
 mutation("Conv1D list misses mlp.c_proj (square in GPT-2: loads silently wrong)", FAST,
-         [("hf_checkpoint.py", '"mlp.c_fc.weight", "mlp.c_proj.weight")', '"mlp.c_fc.weight")')],
-         [("model.py", '"mlp.c_fc.weight", "mlp.c_proj.weight")', '"mlp.c_fc.weight")')])
+         [("hf_checkpoint.py", '"mlp.c_fc.weight", "mlp.c_proj.weight")', '"mlp.c_fc.weight")')])
 mutation("grown vocabulary rows start at zero, not the mean", FAST,
          [("hf_checkpoint.py", "target[ckpt_vocab:].copy_(tensor.float().mean(dim=0).to(target.dtype))",
-           "target[ckpt_vocab:].zero_()")],
-         [("model.py", "target[ckpt_vocab:].copy_(tensor.float().mean(dim=0).to(target.dtype))",
            "target[ckpt_vocab:].zero_()")])
 mutation("generation samples padded vocabulary rows", FAST,
          [("model.py", "                logits = logits[:, :vocab_size]\n", "                logits = logits\n")])
 
-# LoRA (lora.py; the "old" layout has no LoRA: these report their text as not found there)
+# LoRA
 LORA = ["tests/test_lora.py"]
 mutation("LoRA: B starts random, so training does not start at the base model", LORA,
          [("lora.py", "self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))",
@@ -140,19 +149,23 @@ mutation("LoRA: the chat tokens' rows stay frozen (the model could never learn t
 mutation("LoRA: the adapted layer drops its frozen bias", LORA,
          [("lora.py", "out = F.linear(x, self.weight, self.bias)", "out = F.linear(x, self.weight)")])
 mutation("LoRA: a resumed run's adapters are merged away", LORA,
-         [("common.py", "return model_from_checkpoint(checkpoint, merge=False), checkpoint",
+         [("checkpoint.py", "return model_from_checkpoint(checkpoint, merge=False), checkpoint",
            "return model_from_checkpoint(checkpoint), checkpoint")])
 mutation("loss forms a weight gradient for a frozen output layer", FAST,
          [("model.py", "needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]",
            "needs_grad_weight = grad_enabled and any(ctx.needs_input_grad[:2])")])
 
-# Stale prepared data (the "old" layout has no fingerprint: reported as not found there)
-mutation("data prepared by another template rendering is trained on", ["tests/test_errors.py"],
-         [("common.py", "    if found == current:\n", "    if True:\n")])
+# Stale or broken prepared data, and the one way to fail
+mutation("data prepared by another template rendering is trained on", ERRORS,
+         [("data.py", "    if found == current:\n", "    if True:\n")])
 mutation("the template fingerprint ignores which pieces are targets", FAST,
          [("chat_template.py",
            "pieces = [_segments(c, template, add_generation_prompt=prompt) for c, prompt in conversations]",
            "pieces = [[p for p, _ in _segments(c, template, prompt)] for c, prompt in conversations]")])
+mutation("a cut-off prepared file is read as it is", ERRORS,
+         [("data.py", "    elif os.path.getsize(path) != expected_bytes:\n", "    elif False:\n")])
+mutation("a user's mistake ends in a traceback", ERRORS,
+         [("errors.py", "        if issubclass(kind, UserError):\n", "        if False:\n")])
 
 def read(path: str) -> str:
     with open(path) as f:
@@ -179,7 +192,6 @@ def run_tests(copy, tests, timeout):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default=".")
-    p.add_argument("--version", choices=["new", "old"], default="new")
     p.add_argument("--out", default="mutations.json")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--match", default="", help="only the mutations whose name contains this text (e.g. LoRA)")
@@ -190,10 +202,10 @@ def main():
     results = []
     try:
         for m in [m for m in M if args.match in m["name"]]:
-            edits = m[args.version]
+            edits = m["edits"]
             originals, missing = {}, []
             for path, find, replace in edits:
-                if not os.path.exists(os.path.join(copy, path)):  # e.g. lora.py in the old layout
+                if not os.path.exists(os.path.join(copy, path)):
                     missing.append(f"{path}: no such file")
                     continue
                 current = read(os.path.join(copy, path))

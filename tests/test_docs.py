@@ -1,0 +1,39 @@
+"""The README stays short and true: at most 16,000 bytes, any diff it shows is the real one, and every script,
+config and file it names exists."""
+
+import os
+import re
+import subprocess
+
+from conftest import ROOT
+
+
+def readme() -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_the_readme_is_short():
+    assert len(readme().encode()) <= 16_000
+
+
+def test_a_diff_the_readme_shows_is_the_real_one():
+    """The README gives the diff as a command to run; a diff it pastes must be what that command prints."""
+    assert "diff train_pretrain.py train_sft.py" in readme()
+    blocks = re.findall(r"```diff\n(.*?)```", readme(), flags=re.S)
+    real = subprocess.run(["diff", "train_pretrain.py", "train_sft.py"], cwd=ROOT, capture_output=True,
+                          text=True).stdout
+    for block in blocks:
+        shown = block.split("\n", 1)[1] if block.startswith("$ diff") else block
+        assert shown in real, "a diff in README.md is not what `diff train_pretrain.py train_sft.py` prints"
+
+
+def test_every_file_the_readme_names_exists():
+    names = set(re.findall(r"`([\w/.-]+\.(?:py|md|json))`", readme()))
+    names |= set(re.findall(r"(?:python|torchrun [^\n]*?) ([\w/]+\.py)", readme()))
+    names |= set(re.findall(r"\]\(([\w/.-]+\.md)", readme()))
+    local = {n for n in names if "/" in n or os.path.exists(os.path.join(ROOT, n)) or n.endswith(".py")}
+    generated = {"meta.json", "alpaca_data.json", "my_data.json"}  # files a user makes or downloads
+    folders = ("", "configs", "experiments")  # the file table names configs by their own names
+    missing = sorted(n for n in local - generated if not any(os.path.exists(os.path.join(ROOT, d, n)) for d in folders))
+    assert not missing, f"README.md names files that do not exist: {missing}"
