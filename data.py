@@ -180,7 +180,7 @@ def read_prompts(data_dir: str, split: str = "val") -> list[str]:
                         f"folder prepared by prepare_alpaca.py and a split, e.g. data/alpaca/val") from None
 
 
-def pack(split: dict, row_len: int, seed: int) -> dict:
+def pack(examples: dict, row_len: int, seed: int) -> dict:
     """Every usable example of a split (read_examples), whole and once, in rows of row_len positions. An
     example of n tokens takes n - 1 positions (each input token with the next one as its target).
 
@@ -190,8 +190,8 @@ def pack(split: dict, row_len: int, seed: int) -> dict:
     {"examples": example indices, row after row; "starts": n_rows + 1 offsets into it, row r holding
     examples[starts[r]:starts[r + 1]]; "fill": the share of positions that hold an example}.
     """
-    sizes = split["lengths"] - 1
-    order = np.random.default_rng(seed).permutation(split["usable"])
+    sizes = examples["lengths"] - 1
+    order = np.random.default_rng(seed).permutation(examples["usable"])
     order = order[np.argsort(-sizes[order], kind="stable")]  # longest first
     rows = []  # the examples of each row
     rows_with_room = [[] for _ in range(row_len + 1)]  # rows_with_room[r]: the rows with exactly r free
@@ -209,42 +209,43 @@ def pack(split: dict, row_len: int, seed: int) -> dict:
         rows[row].append(example)
         rows_with_room[room - size].append(row)
         n_with_room[room - size] += 1
-    examples = np.array([e for row in rows for e in row], dtype=np.int64)
+    in_rows = np.array([e for row in rows for e in row], dtype=np.int64)
     starts = np.cumsum([0] + [len(row) for row in rows], dtype=np.int64)
-    return {"examples": examples, "starts": starts, "fill": sizes[order].sum() / max(len(rows) * row_len, 1)}
+    return {"examples": in_rows, "starts": starts, "fill": sizes[order].sum() / max(len(rows) * row_len, 1)}
 
 
-def packed_batch(split: dict, packed: dict, rows: np.ndarray, row_len: int,
+def packed_batch(examples: dict, packed: dict, row_ids: np.ndarray, row_len: int,
                  pad_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The inputs x, targets y and positions of the given packed rows, each (len(rows), row_len) int64.
+    """The inputs x, targets y and positions of the packed rows row_ids (indices into pack()'s rows),
+    each (len(row_ids), row_len) int64.
 
     Each example puts its tokens but the last in x, the tokens after them in y (-100 where the loss
     mask says the token is not a target), and its own positions 0, 1, ... Padding fills the end of a
     row: x the pad token, y -100, and positions that start again at 0, so padding is an example of its
     own that no real token attends to. Built with index arithmetic, without a loop over examples.
     """
-    first, last = packed["starts"][rows], packed["starts"][rows + 1]
+    first, last = packed["starts"][row_ids], packed["starts"][row_ids + 1]
     n_examples = last - first  # of each row
     before = np.cumsum(n_examples) - n_examples  # examples of the rows before each row, in this batch
     # Each example of the batch, row after row, and the batch row it sits in
     slot = np.repeat(first - before, n_examples) + np.arange(n_examples.sum())
-    examples = packed["examples"][slot]
-    row_of = np.repeat(np.arange(len(rows)), n_examples)
-    sizes = split["lengths"][examples] - 1
+    batch_examples = packed["examples"][slot]
+    row_of = np.repeat(np.arange(len(row_ids)), n_examples)
+    sizes = examples["lengths"][batch_examples] - 1
     ends = np.cumsum(sizes)
     column = (ends - sizes) - np.repeat((ends - sizes)[before], n_examples)  # where it starts in its row
     # Each token of the batch: its example, its position in that example, where it comes from and goes
-    token_of = np.repeat(np.arange(len(examples)), sizes)
+    token_of = np.repeat(np.arange(len(batch_examples)), sizes)
     position = np.arange(ends[-1]) - np.repeat(ends - sizes, sizes)
-    source = split["offsets"][examples][token_of] + position
+    source = examples["offsets"][batch_examples][token_of] + position
     target = row_of[token_of] * row_len + column[token_of] + position
-    filled = np.bincount(row_of, weights=sizes, minlength=len(rows)).astype(np.int64)  # per row
-    x = np.full(len(rows) * row_len, pad_token, dtype=np.int64)
-    y = np.full(len(rows) * row_len, -100, dtype=np.int64)
+    filled = np.bincount(row_of, weights=sizes, minlength=len(row_ids)).astype(np.int64)  # per row
+    x = np.full(len(row_ids) * row_len, pad_token, dtype=np.int64)
+    y = np.full(len(row_ids) * row_len, -100, dtype=np.int64)
     positions = (np.arange(row_len)[None, :] - filled[:, None]).reshape(-1)  # the padding's own
-    x[target] = split["ids"][source]
-    next_ids = split["ids"][source + 1].astype(np.int64)  # (uint16 on disk: -100 would wrap around)
-    y[target] = np.where(split["mask"][source + 1] == 1, next_ids, -100)
+    x[target] = examples["ids"][source]
+    next_ids = examples["ids"][source + 1].astype(np.int64)  # (uint16 on disk: -100 would wrap around)
+    y[target] = np.where(examples["mask"][source + 1] == 1, next_ids, -100)
     positions[target] = position
-    shape = (len(rows), row_len)
+    shape = (len(row_ids), row_len)
     return x.reshape(shape), y.reshape(shape), positions.reshape(shape)

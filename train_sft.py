@@ -124,8 +124,8 @@ data_dir = data_dir or default_dir
 meta = data.prepare_on_demand(data_dir, default_dir, script, runtime)
 examples = {split: data.read_examples(data_dir, meta, split, block_size, verbose=runtime.master)
             for split in ("train", "val")}
-rows = {split: data.pack(examples[split], block_size, seed) for split in ("train", "val")}
-n_rows = {split: len(rows[split]["starts"]) - 1 for split in ("train", "val")}
+packed = {split: data.pack(examples[split], block_size, seed) for split in ("train", "val")}
+n_rows = {split: len(packed[split]["starts"]) - 1 for split in ("train", "val")}
 rows_per_step = batch_size * gradient_accumulation_steps * runtime.world_size
 steps_per_epoch = n_rows["train"] // rows_per_step
 if steps_per_epoch == 0:
@@ -133,8 +133,8 @@ if steps_per_epoch == 0:
                     f"{rows_per_step} (batch_size x gradient_accumulation_steps x processes)")
 if runtime.master:
     print(f"data: {data_dir}, {len(examples['train']['usable']):,} train examples in "
-          f"{n_rows['train']:,} rows ({rows['train']['fill']:.1%} filled); {steps_per_epoch} steps "
-          f"per epoch: max_iters {max_iters} is {max_iters / steps_per_epoch:.1f} epochs")
+          f"{n_rows['train']:,} rows ({packed['train']['fill']:.1%} filled); {steps_per_epoch} "
+          f"steps per epoch: max_iters {max_iters} is {max_iters / steps_per_epoch:.1f} epochs")
 
 
 def get_batch(split, i=None):
@@ -148,7 +148,7 @@ def get_batch(split, i=None):
     else:  # rows spread evenly over the split (pack made them longest examples first)
         stride = max(1, n_rows[split] // (eval_iters * batch_size))
         batch = ((i * batch_size + np.arange(batch_size)) * stride) % n_rows[split]
-    x, y, positions = data.packed_batch(examples[split], rows[split], batch, block_size,
+    x, y, positions = data.packed_batch(examples[split], packed[split], batch, block_size,
                                         meta["end_token"])
     return to_device(x), to_device(y), to_device(positions)
 

@@ -84,14 +84,14 @@ mutation("DDP: every pretraining process draws the same windows", TRAIN,
            "rng = np.random.default_rng((seed, 0, batches_drawn[split]))")])
 # The packed SFT batch (data.py) and the document mask (model.py)
 mutation("SFT targets not shifted by one", TRAIN + PACKING,
-         [("data.py", 'next_ids = split["ids"][source + 1].astype(np.int64)',
-           'next_ids = split["ids"][source].astype(np.int64)')])
+         [("data.py", 'next_ids = examples["ids"][source + 1].astype(np.int64)',
+           'next_ids = examples["ids"][source].astype(np.int64)')])
 mutation("SFT prompt tokens become targets (the loader ignores the mask)", TRAIN + PACKING,
-         [("data.py", 'np.where(split["mask"][source + 1] == 1, next_ids, -100)',
-           'np.where(split["mask"][source + 1] >= 0, next_ids, -100)')])
+         [("data.py", 'np.where(examples["mask"][source + 1] == 1, next_ids, -100)',
+           'np.where(examples["mask"][source + 1] >= 0, next_ids, -100)')])
 mutation("SFT padding is a target", TRAIN + PACKING,
-         [("data.py", "y = np.full(len(rows) * row_len, -100, dtype=np.int64)",
-           "y = np.full(len(rows) * row_len, pad_token, dtype=np.int64)")])
+         [("data.py", "y = np.full(len(row_ids) * row_len, -100, dtype=np.int64)",
+           "y = np.full(len(row_ids) * row_len, pad_token, dtype=np.int64)")])
 mutation("packed positions do not restart (an example sits where it is in the row)", PACKING + TRAIN,
          [("data.py", "positions[target] = position", "positions[target] = column[token_of] + position")])
 mutation("attention crosses examples (no document mask)", PACKING,
@@ -108,6 +108,9 @@ mutation("packing is worst-fit (the roomiest row), not best-fit", PACKING,
 mutation("every epoch the same order of rows", TRAIN,
          [("train_sft.py", "order = np.random.default_rng((seed, epoch)).permutation(n_rows[split])",
            "order = np.random.default_rng(seed).permutation(n_rows[split])")])
+mutation("the trainers differ by more than 70 lines (in the loader, where they may differ)", TRAIN,
+         [("train_sft.py", "\ndef get_batch(split, i=None):\n",
+           "\n# one\n# two\n# three\ndef get_batch(split, i=None):\n")])
 # Resume
 mutation("resume: the data loader's position is not restored", TRAIN,
          in_both_scripts('    batches_drawn.update(resumed["batches_drawn"])\n', "    pass\n"))

@@ -91,6 +91,16 @@ def test_pack_is_best_fit_decreasing():
         == by_size, "another seed changes the order of equal sizes only"
 
 
+def test_pack_chooses_the_row_with_the_least_room_that_still_holds_the_example():
+    """Sizes 4 3 2 1 into rows of 6: 4 opens a row (2 left), 3 another (3 left). 2 fits both; the row of 4
+    is the tighter fit and is filled. 1 then goes to the row of 3 (worst-fit would give [[4, 1], [3, 2]])."""
+    sizes = [2, 4, 1, 3]
+    split = split_of([([7] * (n + 1), [1] * (n + 1)) for n in sizes], row_len=6)
+    packed = data.pack(split, 6, seed=0)
+    rows = [[sizes[e] for e in packed["examples"][a:b]] for a, b in itertools.pairwise(packed["starts"])]
+    assert rows == [[4, 2], [3, 1]], rows
+
+
 def test_a_packed_row_gives_every_example_its_logits_alone_in_transformers(models):
     hf, ours = models
     examples = random_examples([7, 30, 3, 61, 17, 12, 40])
