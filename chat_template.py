@@ -194,7 +194,12 @@ def show_mask(ids, mask, color: bool = True) -> str:
 
 
 if __name__ == "__main__":
-    template = sys.argv[1] if len(sys.argv) > 1 else "chatml"
+    import errors
+
+    errors.report_user_errors()
+    parser = errors.ArgumentParser(description="How a template renders a chat, and its targets.")
+    parser.add_argument("template", nargs="?", default="chatml", choices=list(TEMPLATES))
+    template = parser.parse_args().template
     example = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Name three primary colours."},

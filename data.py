@@ -181,14 +181,15 @@ def read_prompts(data_dir: str, split: str = "val") -> list[str]:
 
 
 def pack(examples: dict, row_len: int, seed: int) -> dict:
-    """Every usable example of a split (read_examples), whole and once, in rows of row_len positions. An
-    example of n tokens takes n - 1 positions (each input token with the next one as its target).
+    """Every usable example of examples (read_examples: one split), whole and once, in rows of row_len
+    positions. An example of n tokens takes n - 1 positions (each input token with the next one as its
+    target).
 
     Best-fit decreasing: the longest example first, each into the row it fills best (the one with the least
     room left that still holds it), or a new row. Short examples end up in the gaps long ones leave, so
     rows come out nearly full. Examples of the same length are taken in a seeded random order. Returns
-    {"examples": example indices, row after row; "starts": n_rows + 1 offsets into it, row r holding
-    examples[starts[r]:starts[r + 1]]; "fill": the share of positions that hold an example}.
+    {"example_ids": indices into examples, row after row; "starts": n_rows + 1 offsets into example_ids,
+    row r holding example_ids[starts[r]:starts[r + 1]]; "fill": the share of positions that hold an example}.
     """
     sizes = examples["lengths"] - 1
     order = np.random.default_rng(seed).permutation(examples["usable"])
@@ -209,9 +210,10 @@ def pack(examples: dict, row_len: int, seed: int) -> dict:
         rows[row].append(example)
         rows_with_room[room - size].append(row)
         n_with_room[room - size] += 1
-    in_rows = np.array([e for row in rows for e in row], dtype=np.int64)
+    example_ids = np.array([e for row in rows for e in row], dtype=np.int64)
     starts = np.cumsum([0] + [len(row) for row in rows], dtype=np.int64)
-    return {"examples": in_rows, "starts": starts, "fill": sizes[order].sum() / max(len(rows) * row_len, 1)}
+    return {"example_ids": example_ids, "starts": starts,
+            "fill": sizes[order].sum() / max(len(rows) * row_len, 1)}
 
 
 def packed_batch(examples: dict, packed: dict, row_ids: np.ndarray, row_len: int,
@@ -229,7 +231,7 @@ def packed_batch(examples: dict, packed: dict, row_ids: np.ndarray, row_len: int
     before = np.cumsum(n_examples) - n_examples  # examples of the rows before each row, in this batch
     # Each example of the batch, row after row, and the batch row it sits in
     slot = np.repeat(first - before, n_examples) + np.arange(n_examples.sum())
-    batch_examples = packed["examples"][slot]
+    batch_examples = packed["example_ids"][slot]
     row_of = np.repeat(np.arange(len(row_ids)), n_examples)
     sizes = examples["lengths"][batch_examples] - 1
     ends = np.cumsum(sizes)

@@ -7,7 +7,7 @@ instruction/response examples, targets of -100 on the prompt, so only the answer
 
     python train_sft.py configs/gpt2_alpaca.py             # GPT-2 124M on Alpaca (a GPU)
     python train_sft.py configs/tiny_alpaca.py             # the tiny CPU model, after pretraining
-    torchrun --standalone --nproc_per_node=8 train_sft.py configs/gpt2_alpaca.py    # several GPUs
+    torchrun --standalone --nproc_per_node=4 train_sft.py configs/gpt2_alpaca.py --batch_size=3
 """
 
 import json
@@ -145,11 +145,11 @@ def get_batch(split, i=None):
         start = (n * runtime.world_size + runtime.rank) * batch_size  # this process's slice
         batch = order[start : start + batch_size]
         batches_drawn[split] += 1
-    else:  # rows spread evenly over the split (pack made them longest examples first)
+    else:  # rows spread over the split: pack put the longest examples first, neighbours are alike
         stride = max(1, n_rows[split] // (eval_iters * batch_size))
         batch = ((i * batch_size + np.arange(batch_size)) * stride) % n_rows[split]
     x, y, positions = data.packed_batch(examples[split], packed[split], batch, block_size,
-                                        meta["end_token"])
+                                        meta["end_token"])  # pad: never a target, never attended to
     return to_device(x), to_device(y), to_device(positions)
 
 

@@ -13,7 +13,7 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (h) GPU only: the main job (train_sft.py configs/gpt2_alpaca.py, random GPT-2 124M, Alpaca sample),
         compiled and eager: tokens/s, MFU, start-up, peak memory, the full recipe's projected time
 
-    python bench/bench.py                    # everything (a few minutes on 2 CPU cores)
+    python bench/bench.py                    # every CPU section, a-g (~10 minutes on 2 CPU cores)
     python bench/bench.py --quick            # tiny shapes, 2 reps: a smoke test (seconds)
     python bench/bench.py --only a,f --reps 7 --json bench.json
 """

@@ -7,7 +7,7 @@
 out_dir = "out/tiny_alpaca"
 init_from = "out/shakespeare"  # our own pretrained checkpoint
 data_dir = "data/alpaca"
-batch_size = 6  # rows of 256 positions (the base model's context), ~17 examples a step
+batch_size = 6  # rows of 256 positions (the base model's context), ~19 examples a step
 gradient_accumulation_steps = 1
 max_iters = 600
 eval_interval = 200

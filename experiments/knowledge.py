@@ -21,7 +21,6 @@ Written to out_dir: results.json, results.md, results.png, logs/ (every subproce
 model answer), world/ (the data), and the checkpoints base/, sft/, control_base/, control_sft/, ...
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import checkpoint  # noqa: E402
+import errors  # noqa: E402
 import eval_qa  # noqa: E402  (experiments/, beside this file)
 import lora  # noqa: E402
 import prepare_alpaca  # noqa: E402
@@ -151,7 +151,7 @@ def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool) -> tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--out_dir", default="out/knowledge")
     parser.add_argument("--quick", action="store_true",
                         help="the CI test's run: only base and control, and their SFTs (same world, same recipe: "
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the checkpoints already in out_dir (a run interrupted, or new evaluations only); "
                              "wall_s then counts only this invocation")
-    parser.add_argument("--dtype", default="auto",
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="every training's dtype (auto: bf16 where the CPU has it); float32 measures, on a CPU "
                              "with native bf16, what one without it does")
     parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
@@ -171,6 +171,13 @@ def main() -> None:
                         help="also SFT the main base model with LoRA at these ranks (e.g. 1,4,16), at learning rate "
                              f"{LORA_LR:g}, and compare with full SFT")
     args = parser.parse_args()
+    try:
+        lora_ranks = [int(r) for r in args.lora_ranks.split(",") if r.strip()]
+    except ValueError:
+        raise errors.UserError(f"--lora_ranks={args.lora_ranks}: give whole numbers separated by commas, "
+                               f"e.g. 1,4,16") from None
+    if any(r < 1 for r in lora_ranks):
+        raise errors.UserError(f"--lora_ranks={args.lora_ranks}: every rank must be at least 1, e.g. 1,4,16")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
         torch.set_num_threads(args.threads)
@@ -184,7 +191,6 @@ def main() -> None:
     included = {"quick"} | ({"full"} if not args.quick else set())
     if not (args.quick or args.no_ablation):
         included.add("ablation")
-    lora_ranks = [int(r) for r in args.lora_ranks.split(",") if r.strip()]
     trainings = [t for t in TRAININGS if t[5] in included]
     trainings += [(f"sft_lora{r}", "sft", "base", "all", [f"--lora_rank={r}", f"--learning_rate={LORA_LR}",
                                                              f"--min_lr={LORA_LR / 10}"], "lora") for r in lora_ranks]
@@ -361,4 +367,5 @@ def plot(path: str, results: dict) -> None:
 
 
 if __name__ == "__main__":
+    errors.report_user_errors()
     main()

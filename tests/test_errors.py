@@ -430,13 +430,15 @@ def processes(sft_data, tmp_path_factory):
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # Every kind of script, each with one mistake (the README's promise): a trainer, the two prepare scripts,
-    # the export, the plot, sample.py (with a bad flag: argparse's own errors are one line too)
+    # the export, the plot, sample.py and chat_template.py (with a bad flag: argparse's own errors are one
+    # line too), the knowledge experiment
     (mistakes / "bad.json").write_text('[{"instruction": "a", "output": "b"},]')
     (mistakes / "empty.txt").write_text("")
     commands = [["train_sft.py", *TINY_RUN, "--init_from=out/shakespear", "--out_dir=out/run"],
                 ["prepare_alpaca.py", "--input", "bad.json"], ["prepare_text.py", "--input=empty.txt"],
                 ["export_hf.py", "--ckpt=missing", "--out=out/hf"], ["plot.py", "missing"],
-                ["sample.py", "--ckpt=out", "--temperature=hot"]]
+                ["sample.py", "--ckpt=out", "--temperature=hot"], ["chat_template.py", "nope"],
+                ["experiments/knowledge.py", "--lora_ranks=1,x", "--out_dir=out/knowledge"]]
     wrong = [start([os.path.join(ROOT, c[0]), *c[1:]], mistakes) for c in commands]
     cut = tmp / "cut"
     # Far more steps than the wait below needs, so the signal always lands mid-run (at 40 steps a fast machine
@@ -467,7 +469,8 @@ def test_real_processes_exit_2_with_one_line(processes):
     mistakes, results = processes["mistakes"]
     expected = ["out/shakespear does not exist", "bad.json is not valid JSON", "empty.txt is empty",
                 "--ckpt=missing: no checkpoint there", "missing: no such folder",
-                "argument --temperature: invalid float value: 'hot' (see sample.py --help)"]
+                "argument --temperature: invalid float value: 'hot' (see sample.py --help)",
+                "argument template: invalid choice: 'nope'", "--lora_ranks=1,x: give whole numbers"]
     for (code, err), what in zip(results, expected, strict=True):
         assert code == 2, err
         assert err.startswith("error: ") and err.count("\n") == 1 and what in err, err

@@ -54,7 +54,7 @@ def where_packed(split: dict, packed: dict, n_rows: int, row_len: int) -> dict:
     found = {}
     for r in range(n_rows):
         column = 0
-        for e in packed["examples"][packed["starts"][r] : packed["starts"][r + 1]]:
+        for e in packed["example_ids"][packed["starts"][r] : packed["starts"][r + 1]]:
             found[int(e)] = (r, column)
             column += int(split["lengths"][e]) - 1
     return found
@@ -79,15 +79,15 @@ def test_pack_is_best_fit_decreasing():
     sizes = [3, 1, 5, 1, 2, 3, 4, 1]  # example i has sizes[i] + 1 tokens
     split = split_of([([7] * (n + 1), [1] * (n + 1)) for n in sizes], row_len=6)
     packed = data.pack(split, 6, seed=0)
-    rows = [packed["examples"][a:b].tolist() for a, b in itertools.pairwise(packed["starts"])]
+    rows = [packed["example_ids"][a:b].tolist() for a, b in itertools.pairwise(packed["starts"])]
     by_size = [[sizes[e] for e in row] for row in rows]
     assert by_size == [[5, 1], [4, 2], [3, 3], [1, 1]], by_size
     assert rows[0] == [2, rows[0][1]] and rows[1] == [6, 4] and sorted(rows[2]) == [0, 5]
     assert sorted(rows[0][1:] + rows[3]) == [1, 3, 7], "the three 1s: one with the 5, two in a row of their own"
     assert packed["fill"] == pytest.approx(20 / 24)
-    assert sorted(packed["examples"]) == list(range(8)), "every example once"
+    assert sorted(packed["example_ids"]) == list(range(8)), "every example once"
     other = data.pack(split, 6, seed=1)
-    assert [[sizes[e] for e in other["examples"][a:b]] for a, b in itertools.pairwise(other["starts"])] \
+    assert [[sizes[e] for e in other["example_ids"][a:b]] for a, b in itertools.pairwise(other["starts"])] \
         == by_size, "another seed changes the order of equal sizes only"
 
 
@@ -97,7 +97,7 @@ def test_pack_chooses_the_row_with_the_least_room_that_still_holds_the_example()
     sizes = [2, 4, 1, 3]
     split = split_of([([7] * (n + 1), [1] * (n + 1)) for n in sizes], row_len=6)
     packed = data.pack(split, 6, seed=0)
-    rows = [[sizes[e] for e in packed["examples"][a:b]] for a, b in itertools.pairwise(packed["starts"])]
+    rows = [[sizes[e] for e in packed["example_ids"][a:b]] for a, b in itertools.pairwise(packed["starts"])]
     assert rows == [[4, 2], [3, 1]], rows
 
 
@@ -176,7 +176,7 @@ def test_an_example_at_offset_500_has_its_logits_at_offset_0(models):
     _, model = models
     long, short = random_examples([501, 40], seed=3)
     split = split_of([long, short], row_len=1024)
-    packed = {"examples": np.array([0, 1]), "starts": np.array([0, 2])}  # this order: the short one at 500
+    packed = {"example_ids": np.array([0, 1]), "starts": np.array([0, 2])}  # this order: the short one at 500
     X, Y, P = (torch.from_numpy(a) for a in data.packed_batch(split, packed, np.arange(1), 1024, PAD))
     assert P[0, 500].item() == 0 and X[0, 500].item() == short[0][0]
     with torch.no_grad():

@@ -231,7 +231,8 @@ def outside(text: str, regions: list[range]) -> list[str]:
 
 def check_diff_shape(a_text: str, b_text: str, a_name="train_pretrain.py", b_name="train_sft.py"):
     """(violations, n_changed): every line the diff changes must lie in an allowed region. autojunk=False:
-    difflib's default treats frequent lines (blank ones) as junk and reports a longer diff than `diff`."""
+    difflib's default treats frequent lines (blank ones) as junk and reports a much longer diff; even so its
+    count can differ from `diff`'s by a line or two, so the test counts with both."""
     a_regions, b_regions = allowed_regions(a_text, a_name), allowed_regions(b_text, b_name)
     a_lines, b_lines = a_text.splitlines(), b_text.splitlines()
     violations, n_changed = [], 0
@@ -257,6 +258,7 @@ def read(name):
 def test_scripts_differ_only_in_docstring_and_data_loader():
     violations, n_changed = check_diff_shape(read("train_pretrain.py"), read("train_sft.py"))
     assert not violations, "changed lines outside the allowed regions:\n" + "\n".join(violations)
+    # The bound is the project's (70 lines), deliberately without slack: a longer loader is a design change
     assert 0 < n_changed <= 70, f"{n_changed} changed lines; the trainers may differ by 70 at most"
     if shutil.which("diff"):  # the command the README gives learners counts a little differently
         shown = subprocess.run(["diff", "train_pretrain.py", "train_sft.py"], cwd=ROOT,
