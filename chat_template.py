@@ -27,7 +27,7 @@ import sys
 
 import tiktoken
 
-from errors import UserError
+import errors
 
 EOT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -47,7 +47,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     try:
         gpt2 = tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken downloads its files on first use: offline that fails
-        raise UserError(
+        raise errors.UserError(
             f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Offline, pre-fill "
             "its cache: see 'The no-GPU path' in README.md (TIKTOKEN_CACHE_DIR)."
         ) from e
@@ -194,8 +194,6 @@ def show_mask(ids, mask, color: bool = True) -> str:
 
 
 if __name__ == "__main__":
-    import errors
-
     errors.report_user_errors()
     parser = errors.ArgumentParser(description="How a template renders a chat, and its targets.")
     parser.add_argument("template", nargs="?", default="chatml", choices=list(TEMPLATES))

@@ -16,7 +16,6 @@ call it through `model(idx, targets, positions)`. Positions whose target is -100
 from; that is how SFT masks prompts.
 """
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -229,9 +228,8 @@ class GPT(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         # The fused kernel does the whole update in one pass instead of a dozen, over every
-        # parameter.
-        fused = ("fused" in inspect.signature(torch.optim.AdamW).parameters
-                 and device_type in ("cpu", "cuda", "mps"))
+        # parameter (torch >= 2.5 has it on these devices).
+        fused = device_type in ("cpu", "cuda", "mps")
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     # ---------------------------------------------------------------------------------------------

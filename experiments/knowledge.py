@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import checkpoint  # noqa: E402
+import common  # noqa: E402
 import errors  # noqa: E402
 import eval_qa  # noqa: E402  (experiments/, beside this file)
 import lora  # noqa: E402
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the checkpoints already in out_dir (a run interrupted, or new evaluations only); "
                              "wall_s then counts only this invocation")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default="auto", choices=["auto", *common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it); float32 measures, on a CPU "
                              "with native bf16, what one without it does")
     parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
