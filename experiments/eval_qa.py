@@ -17,6 +17,11 @@ The scoring rule, written down before anything was measured, and never loosened 
      attribute (all values the world has for it, e.g. every capital), each matched as a whole word, ignoring
      case. Text after the end token does not count, nor does the prompt.
   4. The end-token rate is the share of answers that emitted the end token within the 32 tokens.
+
+What the answers are (answer_forms; a description beside the rule, not part of it, defined before measuring):
+the share of answers that are exactly the reference answer (the SFT data's sentence, e.g. "Its capital is
+Paris.", ignoring surrounding spaces), and per gender of the person asked about, the answers whose first word
+is another kind's pronoun ("He"/"His" about a woman; "She"/"Her" about a man; "It"/"Its" about either).
 """
 
 import json
@@ -86,6 +91,26 @@ def evaluate(model, records: list[dict], values: dict, form: str) -> dict:
     n = max(len(rows), 1)
     return {"accuracy": sum(r["correct"] for r in rows) / n, "end_rate": sum(r["ended"] for r in rows) / n,
             "n": len(rows), "rows": rows}
+
+
+PRONOUN_KINDS = {"He": "male", "His": "male", "She": "female", "Her": "female", "It": "country", "Its": "country"}
+
+
+def answer_forms(rows: list[dict], records: list[dict], kinds: dict) -> dict:
+    """Of evaluate's rows (answers to records, in order): the share that is the reference sentence, and the
+    pronoun errors by gender, {"female": [wrong, questions], "male": [...]}; kinds maps an entity to its kind."""
+    reference = sum(row["answer"].strip() == record["output"] for row, record in zip(rows, records, strict=True))
+    pronoun_errors = {"female": [0, 0], "male": [0, 0]}
+    for row in rows:
+        kind = kinds[row["entity"]]
+        if kind in pronoun_errors:
+            words = row["answer"].split()
+            first = words[0] if words else ""
+            pronoun_errors[kind][0] += PRONOUN_KINDS.get(first, kind) != kind
+            pronoun_errors[kind][1] += 1
+    return {"reference": reference / max(len(rows), 1),
+            "reference_of_correct": reference / max(sum(row["correct"] for row in rows), 1),
+            "pronoun_errors": pronoun_errors}
 
 
 def chance(records: list[dict], world: dict) -> float:

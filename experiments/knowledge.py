@@ -3,6 +3,7 @@ The lesson, measured: SFT teaches format, not knowledge.
 
     python experiments/knowledge.py                     # the whole experiment -> out/knowledge/
     python experiments/knowledge.py --quick             # the CI test's run: base and control, and their SFTs
+    python experiments/knowledge.py --seeds 3           # every run with seeds 1337, 1338, 1339: mean, min-max
 
 A small world with known facts (prepare_world.py); a base model pretrained on its biographies until it knows
 them (train_pretrain.py); SFT on questions about some entities (train_sft.py); exact-match accuracy on
@@ -14,8 +15,15 @@ trainers are the project's own, run unchanged as subprocesses with experiments/c
     base_chat         the base model asked the question in the chat template: can it answer, and stop?
     sft_chat          the SFT model asked about held-out entities: knowledge from pretraining, format from SFT
     control_chat      the same SFT on a base model pretrained without the held-out entities' biographies
+    sft_diverse_chat  SFT on the same questions, each in one of several wordings (and its control)
+    *_unseen          the same models asked in wordings no SFT data uses (prepare_world.QUESTIONS_UNSEEN)
     ablation_chat     the same SFT on a base model pretrained without augmentation (one fixed biography each)
     data_curve        SFT on 16, 64, 256 and all QA examples (from the main base model)
+
+A seed (--seed K; --seeds N runs K, K+1, ..., K+N-1) fixes the world (its people, split, texts and the diverse
+set's wordings), the SFT data's train/val split, and every trainer's initialisation and data order. With N > 1
+each seed's run is in out_dir/seed_K/ (everything below), and out_dir/results.{json,md} give every figure's mean
+and min-max.
 
 Written to out_dir: results.json, results.md, results.png, logs/ (every subprocess's output), answers/ (every
 model answer), world/ (the data), and the checkpoints base/, sft/, control_base/, control_sft/, ...
@@ -48,12 +56,17 @@ SFT_CONFIG = "experiments/configs/world_sft.py"
 WORLD = {"n_people": 100, "rounds": 20}  # prepare_world.prepare's arguments (40 countries: all of them)
 SFT_VAL = 16  # SFT questions kept for the trainer's val loss (never trained on); the rest is the training set
 CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full set is its last point
+# --smoke: a tiny world and a few steps, for tests of the pipeline (seeds, files); it teaches nothing
+SMOKE = {"world": {"n_people": 20, "n_countries": 8, "rounds": 2},
+         "pretrain": ["--max_iters=6", "--warmup_iters=2", "--eval_iters=1", "--batch_size=4"],
+         "sft": ["--max_iters=3", "--warmup_iters=1", "--batch_size=4"]}
 # LoRA runs' learning rate (full SFT's is in SFT_CONFIG), fixed before measuring: the update starts at zero and
 # trains far fewer weights, and a few times the full rate is usual
 LORA_LR = 3e-3
 
 # The trainings, in order: (name, trainer, what it starts from, its data, extra settings, which runs have it).
-# Data: a pretraining text of the world, or an SFT set ("all" questions, the first n, or "named" answers).
+# Data: a pretraining text of the world, or an SFT set ("all" questions, the first n, "named" answers, or
+# "diverse": all questions, each in one of several wordings).
 # Which: "quick" (always), "full" (not with --quick), "ablation" (neither --quick nor --no_ablation).
 TRAININGS = [
     ("base", "pretrain", None, "bios", [], "quick"),
@@ -61,18 +74,26 @@ TRAININGS = [
     ("ablation_base", "pretrain", None, "bios_single", [], "ablation"),
     ("sft", "sft", "base", "all", [], "quick"),
     ("control_sft", "sft", "control_base", "all", [], "quick"),
+    ("sft_diverse", "sft", "base", "diverse", [], "quick"),
+    ("control_sft_diverse", "sft", "control_base", "diverse", [], "quick"),
     ("ablation_sft", "sft", "ablation_base", "all", [], "ablation"),
     *[(f"sft_{n}", "sft", "base", n, [], "full") for n in CURVE],
     ("sft_named", "sft", "base", "named", [], "full"),
 ]
 
 # The evaluations: (result, model, questions, form). Questions about the held-out entities, or about the SFT
-# entities (whose questions SFT trained on).
+# entities (whose questions SFT trained on), or about the held-out entities in wordings no SFT data uses.
 EVALUATIONS = [
     ("base_completion", "base", "heldout", "completion"),
     ("base_chat", "base", "heldout", "chat"),
     ("sft_chat", "sft", "heldout", "chat"),
     ("control_chat", "control_sft", "heldout", "chat"),
+    ("sft_chat_unseen", "sft", "unseen", "chat"),
+    ("control_chat_unseen", "control_sft", "unseen", "chat"),
+    ("sft_diverse_chat", "sft_diverse", "heldout", "chat"),
+    ("sft_diverse_chat_unseen", "sft_diverse", "unseen", "chat"),
+    ("control_diverse_chat", "control_sft_diverse", "heldout", "chat"),
+    ("control_diverse_chat_unseen", "control_sft_diverse", "unseen", "chat"),
     ("base_completion_sft_entities", "base", "sft", "completion"),
     ("base_chat_sft_entities", "base", "sft", "chat"),
     ("sft_chat_sft_entities", "sft", "sft", "chat"),
@@ -87,6 +108,12 @@ LABELS = {
     "base_chat": "base model, chat form",
     "sft_chat": "SFT model, chat form",
     "control_chat": "control: SFT on a base that never saw the held-out facts",
+    "sft_chat_unseen": "SFT model, unseen wordings",
+    "control_chat_unseen": "control, unseen wordings",
+    "sft_diverse_chat": "SFT on diverse wordings, chat form",
+    "sft_diverse_chat_unseen": "SFT on diverse wordings, unseen wordings",
+    "control_diverse_chat": "control on diverse wordings",
+    "control_diverse_chat_unseen": "control on diverse wordings, unseen wordings",
     "ablation_completion": "ablation base (no augmentation), completion form",
     "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
     "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
@@ -130,24 +157,28 @@ def finished(ckpt: str) -> bool:
     return state["iter_num"] >= state["config"]["max_iters"]
 
 
-def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool) -> tuple[dict, dict, dict]:
+def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world_size: dict = WORLD
+                 ) -> tuple[dict, dict, dict]:
     """The world and its prepared data: (world, {questions split: QA records}, {data name: prepared folder})
-    with the three pretraining texts and the SFT sets ("all", the first n questions, "named" answers)."""
-    world = prepare_world.prepare(world_dir, seed=seed, **WORLD)
+    with the three pretraining texts and the SFT sets ("all", the first n questions, "named" answers,
+    "diverse" wordings). Question splits: "heldout", "sft", "unseen" (held-out entities, unseen wordings)."""
+    world = prepare_world.prepare(world_dir, seed=seed, **world_size)
     qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
+    qa["unseen"] = eval_qa.read_json(os.path.join(world_dir, "heldout_qa_unseen.json"))
     folders = {}
     for name in ("bios", "bios_control", "bios_single"):
         folders[name] = os.path.join(world_dir, f"{name}_text")
         prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=folders[name])
     sft_sets = {n: qa["sft"][: n + SFT_VAL] for n in sizes}  # the file is shuffled: any prefix mixes entities
     sft_sets["all"] = qa["sft"]
+    sft_sets["diverse"] = eval_qa.read_json(os.path.join(world_dir, "sft_qa_diverse.json"))
     if named:  # the same questions, answered with the canonical sentence that names the subject
         sft_sets["named"] = [{**r, "output": r["named_output"]} for r in qa["sft"]]
     for name, records in sft_sets.items():
         write_json(os.path.join(world_dir, f"sft_qa_{name}.json"), records)
         folders[name] = os.path.join(world_dir, f"sft_{name}")
         prepare_alpaca.prepare(input_path=os.path.join(world_dir, f"sft_qa_{name}.json"),
-                               out_dir=folders[name], val_size=SFT_VAL)
+                               out_dir=folders[name], val_size=SFT_VAL, seed=seed)
     return world, qa, folders
 
 
@@ -157,7 +188,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="the CI test's run: only base and control, and their SFTs (same world, same recipe: "
                              "a smaller one did not learn its facts in less time, see dev/LOG.md)")
-    parser.add_argument("--seed", type=int, default=1337, help="the world's seed")
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="the seed of the world, the SFT split and every training (with --seeds, the first)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run everything with this many seeds (--seed, --seed + 1, ...): mean and min-max")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of every run (0 = torch's default); 1 is faster on a machine shared with "
                              "other jobs, where threads waiting for each other waste the cores")
@@ -171,6 +205,8 @@ def main() -> None:
     parser.add_argument("--lora_ranks", default="",
                         help="also SFT the main base model with LoRA at these ranks (e.g. 1,4,16), at learning rate "
                              f"{LORA_LR:g}, and compare with full SFT")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny world and a few steps: checks the pipeline (the tests), measures nothing")
     args = parser.parse_args()
     try:
         lora_ranks = [int(r) for r in args.lora_ranks.split(",") if r.strip()]
@@ -179,11 +215,30 @@ def main() -> None:
                                f"e.g. 1,4,16") from None
     if any(r < 1 for r in lora_ranks):
         raise errors.UserError(f"--lora_ranks={args.lora_ranks}: every rank must be at least 1, e.g. 1,4,16")
+    if args.seeds < 1:
+        raise errors.UserError(f"--seeds={args.seeds}: give 1 or more")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
         torch.set_num_threads(args.threads)
     t0 = time.time()
     out = os.path.abspath(args.out_dir)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    summaries = []
+    for seed in seeds:
+        # One seed writes into out_dir itself, as it always has; several, each into its own folder.
+        seed_out = out if len(seeds) == 1 else os.path.join(out, f"seed_{seed}")
+        summaries.append(run_seed(args, seed, seed_out, lora_ranks))
+    if len(seeds) > 1:
+        summary = aggregate(summaries, seeds)
+        summary["wall_s"] = time.time() - t0
+        write_json(os.path.join(out, "results.json"), summary)
+        print(write_seeds_markdown(os.path.join(out, "results.md"), summary))
+        print(f"wrote {out}/results.json, results.md, and seed_*/ ({summary['wall_s']:.0f} s)")
+
+
+def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
+    """The whole experiment with one seed, into out: results.{json,md,png}; returns results.json's content."""
+    t0 = time.time()
     world_dir, logs, answers_dir = (os.path.join(out, name) for name in ("world", "logs", "answers"))
     for folder in (out, logs, answers_dir):
         os.makedirs(folder, exist_ok=True)
@@ -198,14 +253,15 @@ def main() -> None:
     names = {t[0] for t in trainings}
     evaluations = [e for e in EVALUATIONS if e[1] in names]
     evaluations += [(f"sft_lora{r}_chat", f"sft_lora{r}", "heldout", "chat") for r in lora_ranks]
-    bar = tqdm(total=1 + len(trainings) + 1, desc="knowledge", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=1 + len(trainings) + 1, desc=f"knowledge, seed {seed}", unit="step", dynamic_ncols=True)
 
     # 1. The world and its prepared data.
     bar.set_postfix_str("world")
     sizes = [n for n in CURVE if f"sft_{n}" in names]
     with (open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log),
           contextlib.redirect_stderr(log)):
-        world, qa, folders = prepare_data(world_dir, args.seed, sizes, named="sft_named" in names)
+        world, qa, folders = prepare_data(world_dir, seed, sizes, named="sft_named" in names,
+                                          world_size=SMOKE["world"] if args.smoke else WORLD)
     bar.update(1)
 
     # 2. The trainings, each a subprocess of the project's own trainer.
@@ -218,7 +274,7 @@ def main() -> None:
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]
                        + ([f"--init_from={os.path.join(out, start)}"] if start else []) + [f"--dtype={args.dtype}"]
-                       + extra)
+                       + [f"--seed={seed}"] + (SMOKE[trainer] if args.smoke else []) + extra)
             peaks[name] = run(command, os.path.join(logs, f"{name}.log"))
             write_json(peaks_file, peaks)
         bar.update(1)
@@ -236,19 +292,69 @@ def main() -> None:
     bar.close()
 
     # 4. The results: JSON for machines, markdown and a plot for people.
-    summary = summarize(results, world, qa, out, trainings, lora_ranks, peaks)
-    summary.update(quick=args.quick, wall_s=time.time() - t0)
+    summary = summarize(results, world, qa, out, trainings, lora_ranks, peaks, evaluations)
+    summary.update(quick=args.quick, seed=seed, wall_s=time.time() - t0)
     write_json(os.path.join(out, "results.json"), summary)
     print(write_markdown(os.path.join(out, "results.md"), summary))
     plot(os.path.join(out, "results.png"), summary)
     print(f"wrote {out}/results.json, results.md, results.png ({summary['wall_s']:.0f} s)")
+    return summary
+
+
+def figures(summary: dict) -> dict:
+    """A seed's figures, flat: {name: value} for every held-out accuracy and end-token rate, the SFT entities'
+    rows, the data-size curve, the answer forms and chance."""
+    flat = {"chance": summary["chance"]}
+    for name in LABELS:
+        if summary.get(name) is not None:
+            flat[name] = summary[name]
+            flat[f"{name} end-token rate"] = summary["end_rates"][name]
+    for name, r in summary["sft_entities"].items():
+        flat[f"{name} (SFT entities)"] = r["accuracy"]
+    for point in summary["data_curve"]:
+        flat[f"data curve n={point['n']}"] = point["accuracy"]
+    for name, forms in summary["answer_forms"].items():
+        flat[f"{name} reference sentence"] = forms["reference"]
+        for gender, (wrong, n) in forms["pronoun_errors"].items():
+            flat[f"{name} pronoun errors, {gender}"] = wrong / max(n, 1)
+    return flat
+
+
+def aggregate(summaries: list[dict], seeds: list[int]) -> dict:
+    """results.json of several seeds: each figure's per-seed values, mean, min and max (no seed left out)."""
+    per_seed = [figures(s) for s in summaries]
+    table = {}
+    for name in per_seed[0]:
+        values = [f[name] for f in per_seed]
+        table[name] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "values": values}
+    return {"seeds": seeds, "figures": table, "wall_s_per_seed": [s["wall_s"] for s in summaries]}
+
+
+def write_seeds_markdown(path: str, results: dict) -> str:
+    seeds = results["seeds"]
+    lines = [f"Seeds {', '.join(map(str, seeds))}: each figure's mean, min-max and per-seed values.", "",
+             "| figure | mean | min-max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|" + "---|" * len(seeds)]
+    for name, f in results["figures"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {f['mean']:.1%} | {f['min']:.1%}-{f['max']:.1%} | "
+                     + " | ".join(f"{v:.1%}" for v in f["values"]) + " |")
+    lines += ["", f"Wall time: {results['wall_s']:.0f} s ("
+              + ", ".join(f"{w:.0f} s" for w in results["wall_s_per_seed"]) + " per seed).", ""]
+    text = "\n".join(lines)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
 
 
 def summarize(results: dict, world: dict, qa: dict, out: str, trainings: list, lora_ranks: list[int],
-              peaks: dict) -> dict:
-    """results.json's content: each held-out run's accuracy and end-token rate, the SFT entities' rows, the
-    data-size curve, and full SFT against each LoRA rank."""
+              peaks: dict, evaluations: list) -> dict:
+    """results.json's content: each held-out run's accuracy and end-token rate, what its answers are, the SFT
+    entities' rows, the data-size curve, and full SFT against each LoRA rank."""
     held_out = {name: r for name, r in results.items() if name in LABELS}
+    kinds = {e["name"]: e["kind"] for e in world["entities"]}
+    splits = {result: split for result, _, split, _ in evaluations}
+    answer_forms = {name: eval_qa.answer_forms(r["rows"], qa[splits[name]], kinds)
+                    for name, r in held_out.items() if name.endswith(("_chat", "_unseen"))}
     n_all = len(qa["sft"]) - SFT_VAL
     curve = [{"n": n, "accuracy": results[f"sft_{n}_chat"]["accuracy"],
               "end_rate": results[f"sft_{n}_chat"]["end_rate"]} for n in CURVE if f"sft_{n}_chat" in results]
@@ -272,6 +378,7 @@ def summarize(results: dict, world: dict, qa: dict, out: str, trainings: list, l
         "ablation_chat": held_out["ablation_chat"]["accuracy"] if "ablation_chat" in held_out else None,
         "lora": lora_rows,
         "end_rates": {name: r["end_rate"] for name, r in held_out.items()},
+        "answer_forms": answer_forms,
         "sft_entities": {name: {"accuracy": results[f"{name}_sft_entities"]["accuracy"],
                                 "end_rate": results[f"{name}_sft_entities"]["end_rate"]}
                          for name in ("base_completion", "base_chat", "sft_chat")},

@@ -20,8 +20,10 @@ phrasing (each phrasing used in turn), the sentences in another order, and the f
     bios_control.txt    the same without the held-out entities: a model that never saw their facts
     bios_single.txt     no augmentation: one fixed biography per entity (fixed phrasing and order, the name
                         once, pronouns after), repeated as often as bios.txt repeats its rounds
-    sft_qa.json         questions about the SFT entities, as prepare_alpaca.py reads them
+    sft_qa.json         questions about the SFT entities, as prepare_alpaca.py reads them (one wording each)
+    sft_qa_diverse.json the same questions, each in one of several wordings (QUESTIONS_DIVERSE)
     heldout_qa.json     questions about the held-out entities (never SFT data; for evaluation only)
+    heldout_qa_unseen.json  the held-out entities' questions in wordings no SFT data uses (QUESTIONS_UNSEEN)
     world.json          the entities, their split, and every attribute's possible values (for the scorer)
 
 A QA record is {"instruction", "output"} (what prepare_alpaca.py reads) plus "entity", "attribute", "value",
@@ -116,6 +118,37 @@ QUESTIONS = {
     "profession": "What does {subj} do for a living?",
     "employer": "Which company does {subj} work for?",
 }
+# Other wordings of the same questions, for SFT data in several phrasings (sft_qa_diverse.json). The first of
+# each is QUESTIONS' own, so the held-out questions in that wording are trained phrasings for both SFT sets.
+QUESTIONS_DIVERSE = {
+    "capital": ["What is the capital of {subj}?", "What is {poss} capital city?", "Tell me the capital of {subj}.",
+                "Can you tell me what the capital of {subj} is?", "Which city serves as the capital of {subj}?"],
+    "birth_city": ["Where was {subj} born?", "In which city was {subj} born?", "What is {poss} birthplace?",
+                   "Tell me where {subj} was born.", "What city does {subj} come from?"],
+    "birth_year": ["In what year was {subj} born?", "What is {poss} year of birth?",
+                   "Tell me the year {subj} was born.", "Which year was {subj} born in?",
+                   "What year did {subj} come into the world?"],
+    "profession": ["What does {subj} do for a living?", "What is {poss} profession?", "Tell me what {subj} works as.",
+                   "What kind of work does {subj} do?", "What is {subj} employed as?"],
+    "employer": ["Which company does {subj} work for?", "Who is {poss} employer?",
+                 "Tell me which company employs {subj}.", "Where does {subj} work?",
+                 "For which company does {subj} work?"],
+}
+# Wordings that no SFT data uses, asked about the held-out entities only (heldout_qa_unseen.json): does the
+# format SFT taught carry to a question in a user's own words? Written once, before any model answered them,
+# and not tuned afterwards; they include the wordings a reader found the one-phrasing SFT model failing on.
+QUESTIONS_UNSEEN = {
+    "capital": ["Which city is the capital of {subj}?", "What's the capital city of {subj}?",
+                "{subj}: what is its capital?", "I'd like to know the capital of {subj}."],
+    "birth_city": ["What is {poss} place of birth?", "Which city was {subj} born in?", "Where is {subj} from?",
+                   "Do you know where {subj} was born?"],
+    "birth_year": ["When was {subj} born?", "What year was {subj} born?", "Do you know the birth year of {subj}?",
+                   "In which year was {subj} born?"],
+    "profession": ["What is {poss} job?", "What is {poss} occupation?", "What does {subj} work as?",
+                   "Do you know what {subj} does for work?"],
+    "employer": ["Who does {subj} work for?", "Which firm employs {subj}?", "What company is {subj} employed by?",
+                 "Do you know where {subj} works?"],
+}
 PRONOUNS = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "Its")}
 # The answer to a question: a pretraining phrasing with the subject as a pronoun ("Its capital is Paris.",
 # "She was born in Lyon."), the way a person answers. Measured, not a matter of taste: with answers that
@@ -196,18 +229,30 @@ def single_text(entities: list[dict], rounds: int, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def qa_records(entities: list[dict]) -> list[dict]:
+def qa_records(entities: list[dict], questions: dict = QUESTIONS) -> list[dict]:
+    """One record per fact, asked in questions[attr] (one wording), or one per fact and wording where
+    questions[attr] is a list of wordings."""
     records = []
     for e in entities:
         for attr in e["attributes"]:
             canonical = sentence(PHRASINGS[attr][0], e, attr)
             value = e["attributes"][attr]
-            records.append({"instruction": sentence(QUESTIONS[attr], e, attr),
-                            "output": sentence(ANSWERS[attr], e, attr, use_pronoun=True),
-                            "entity": e["name"], "attribute": attr, "value": value,
-                            "completion": canonical[: canonical.rindex(value)].rstrip(),
-                            "named_output": canonical})
+            wordings = questions[attr] if isinstance(questions[attr], list) else [questions[attr]]
+            for wording in wordings:
+                records.append({"instruction": sentence(wording, e, attr),
+                                "output": sentence(ANSWERS[attr], e, attr, use_pronoun=True),
+                                "entity": e["name"], "attribute": attr, "value": value,
+                                "completion": canonical[: canonical.rindex(value)].rstrip(),
+                                "named_output": canonical})
     return records
+
+
+def diverse_records(records: list[dict], entities: list[dict], rng: random.Random) -> list[dict]:
+    """The same records (same facts, answers and order), each question in one of QUESTIONS_DIVERSE's wordings,
+    drawn at random: as many examples as the one-wording set, so the two differ in diversity only."""
+    by_name = {e["name"]: e for e in entities}
+    return [{**r, "instruction": sentence(rng.choice(QUESTIONS_DIVERSE[r["attribute"]]), by_name[r["entity"]],
+                                          r["attribute"])} for r in records]
 
 
 def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: float = 0.25, rounds: int = 20,
@@ -226,11 +271,15 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     }
     sft_qa, heldout_qa = qa_records(sft), qa_records(heldout)
     rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
+    # (their own generator: the files above stay what they were before these two existed)
+    sft_qa_diverse = diverse_records(sft_qa, sft, random.Random(seed + 2))
+    heldout_qa_unseen = qa_records(heldout, QUESTIONS_UNSEEN)
     os.makedirs(out_dir, exist_ok=True)
     for filename, text in texts.items():
         with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
             f.write(text)
-    for filename, content in (("sft_qa.json", sft_qa), ("heldout_qa.json", heldout_qa), ("world.json", world)):
+    for filename, content in (("sft_qa.json", sft_qa), ("heldout_qa.json", heldout_qa), ("world.json", world),
+                              ("sft_qa_diverse.json", sft_qa_diverse), ("heldout_qa_unseen.json", heldout_qa_unseen)):
         with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=1)
             f.write("\n")

@@ -1,12 +1,12 @@
 """experiments/knowledge.py end to end.
 
-In CI (--quick: the full world and recipe, but only the base and control models and their SFTs, about 9
-minutes on a 2-core CPU without native bf16): the pipeline runs through the real trainers, writes its results,
-and both halves of the lesson show. The format: the SFT models end their answers with <|im_end|>, the base model
-asked in the chat template does not. The knowledge: the SFT model answers questions about held-out entities
-far better than the control (the same SFT on a base that never read those entities) and than the base model
-in chat form. No smaller world or model that learns its facts in about 90 s was found: dev/LOG.md has the
-measurements.
+In CI (--quick: the full world and recipe, but only the base and control models and their SFTs, one-wording and
+diverse, about 9 minutes on a 2-core CPU without native bf16): the pipeline runs through the real trainers,
+writes its results, and both halves of the lesson show. The format: the SFT models end their answers with
+<|im_end|>, the base model asked in the chat template does not. The knowledge: the SFT model answers questions
+about held-out entities far better than the control (the same SFT on a base that never read those entities) and
+than the base model in chat form. No smaller world or model that learns its facts in about 90 s was found:
+dev/LOG.md has the measurements.
 """
 
 import json
@@ -43,7 +43,9 @@ def test_results_files(quick):
     assert os.path.exists(os.path.join(r["base_ckpt"], "ckpt.pt"))
     heldout = json.loads(open(r["heldout_qa"]).read())
     assert any(q["instruction"] == "What is the capital of France?" for q in heldout)
-    assert len(list((out / "answers").glob("*.jsonl"))) >= 7
+    assert len(list((out / "answers").glob("*.jsonl"))) >= 13  # with the diverse SFT, its control, unseen wordings
+    for name in ("sft_chat_unseen", "sft_diverse_chat", "sft_diverse_chat_unseen", "control_diverse_chat_unseen"):
+        assert 0 <= r[name] <= 1 and name in r["answer_forms"]
     assert (out / "results.md").exists() and (out / "results.png").stat().st_size > 0
 
 

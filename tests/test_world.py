@@ -68,6 +68,41 @@ def test_answers_are_pretraining_phrasings_with_a_pronoun(world_dir):
         assert named in bios  # the same phrasing, with the name, is in the pretraining text
 
 
+def test_unseen_wordings_share_no_question_with_any_sft_data(world_dir):
+    """The unseen-wording questions (heldout_qa_unseen.json) are asked in words no SFT data uses: not one of
+    their strings, nor any of their wordings asked about any SFT entity, is an SFT question."""
+    sft_questions = {r["instruction"] for name in ("sft_qa.json", "sft_qa_diverse.json")
+                     for r in read(world_dir / name)}
+    unseen, heldout = read(world_dir / "heldout_qa_unseen.json"), read(world_dir / "heldout_qa.json")
+    assert not {r["instruction"] for r in unseen} & sft_questions
+    entities = read(world_dir / "world.json")["entities"]
+    for e in entities:  # every unseen wording, about every entity, SFT ones included
+        for attr in e["attributes"]:
+            for wording in prepare_world.QUESTIONS_UNSEEN[attr]:
+                assert prepare_world.sentence(wording, e, attr) not in sft_questions
+    # the same facts and answers as the held-out set, each in every unseen wording
+    per_fact = {attr: len(w) for attr, w in prepare_world.QUESTIONS_UNSEEN.items()}
+    assert len(unseen) == sum(per_fact[r["attribute"]] for r in heldout)
+    assert {(r["entity"], r["attribute"], r["output"]) for r in unseen} == {
+        (r["entity"], r["attribute"], r["output"]) for r in heldout}
+    assert len({r["instruction"] for r in unseen}) == len(unseen)
+    assert "Which city is the capital of France?" in {r["instruction"] for r in unseen}
+
+
+def test_diverse_sft_data_is_the_same_facts_in_several_wordings(world_dir):
+    sft, diverse = read(world_dir / "sft_qa.json"), read(world_dir / "sft_qa_diverse.json")
+    assert len(diverse) == len(sft)  # as many examples: the two sets differ in wording only
+    for a, b in zip(sft, diverse, strict=True):
+        assert {k: v for k, v in a.items() if k != "instruction"} == {k: v for k, v in b.items() if k != "instruction"}
+    for attr, wordings in prepare_world.QUESTIONS_DIVERSE.items():
+        assert wordings[0] == prepare_world.QUESTIONS[attr]  # the one-wording set's question is among them
+        asked = [r["instruction"] for r in diverse if r["attribute"] == attr]
+        used = {w for w in wordings for q in asked if any(q == prepare_world.sentence(w, e, attr)
+                                                          for e in read(world_dir / "world.json")["entities"]
+                                                          if e["name"] in q)}
+        assert len(used) >= 3, (attr, used)  # several wordings of each attribute are used
+
+
 def test_augmentation_states_each_fact_in_several_phrasings_with_the_full_name(world_dir):
     bios = (world_dir / "bios.txt").read_text(encoding="utf-8")
     single = (world_dir / "bios_single.txt").read_text(encoding="utf-8").splitlines()
@@ -120,6 +155,18 @@ def test_a_smaller_world_keeps_only_the_asked_attributes(tmp_path):
 def test_unknown_or_no_person_attributes_are_refused(attributes):
     with pytest.raises(UserError, match="give one or more of birth_city,birth_year,profession,employer"):
         prepare_world.make_world(10, 0.25, seed=1, person_attributes=attributes)
+
+
+def test_answer_forms_counts_reference_sentences_and_pronoun_errors():
+    records = [{"output": "She was born in Lyon."}, {"output": "She works as a nurse."},
+               {"output": "His birth year is 1960."}, {"output": "Its capital is Paris."}]
+    rows = [{"entity": "Ann", "answer": " She was born in Lyon.", "correct": True},  # the reference sentence
+            {"entity": "Ann", "answer": " He works as a nurse.", "correct": True},  # right value, wrong pronoun
+            {"entity": "Bob", "answer": " His year of birth is 1960.", "correct": True},  # right, not the reference
+            {"entity": "France", "answer": " Its capital is Rome.", "correct": False}]
+    forms = eval_qa.answer_forms(rows, records, {"Ann": "female", "Bob": "male", "France": "country"})
+    assert forms == {"reference": 0.25, "reference_of_correct": 1 / 3,
+                     "pronoun_errors": {"female": [1, 2], "male": [0, 1]}}
 
 
 # The scoring rule of eval_qa.py, on hand-written answers.
