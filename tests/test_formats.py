@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import ALPACA_5000, ROOT, needs_alpaca, needs_bpe
 
+import alpaca_chats  # experiments/: the multi-turn demo's conversations
 import prepare_alpaca
 
 pytestmark = needs_bpe
@@ -196,6 +197,23 @@ def test_bad_records_are_one_line_exit_2_and_nothing_written(tmp_path, case):
     assert not out.exists()
 
 
+def test_the_guides_troubleshooting_rows_are_the_real_lines(tmp_path):
+    """docs/GUIDE.md shows two of these lines word for word: they are what the command prints."""
+    again = {"role": "user", "content": "Hello?"}
+    write(tmp_path / "chats.jsonl", [as_messages([HI, HELLO]), as_messages([HI, again])], jsonl=True)
+    write(tmp_path / "mixed.jsonl", [as_messages([HI, HELLO]), as_sharegpt([HI, HELLO])], jsonl=True)
+    with open(os.path.join(ROOT, "docs", "GUIDE.md"), encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith("| `python prepare_alpaca.py --input ") and ".jsonl`" in line]
+    assert len(rows) == 2
+    for row in rows:
+        name = row.split("--input ")[1].split("`")[0]
+        shown = row.rstrip().rsplit("| `", 1)[1].removesuffix("` |")
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "prepare_alpaca.py"), "--input", name],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stderr.strip()) == (2, shown)
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_weight_and_bad_format_flag(tmp_path):
     path = write(tmp_path / "a.json", [as_alpaca([HI, HELLO])])
     result, out = run_cli(tmp_path, "--input", path + ":-1")
@@ -295,26 +313,11 @@ def hf_chatml_tokenizer():
     return tokenizer
 
 
-def alpaca_conversations(n: int) -> list[list[dict]]:
-    """n conversations of 1 to 3 exchanges, made of consecutive Alpaca records; every other one with a system
-    message."""
-    with open(ALPACA_5000, encoding="utf-8") as f:
-        records = [r for r in json.load(f) if r["output"].strip()]
-    conversations, i = [], 0
-    for k in range(n):
-        conversation = [{"role": "system", "content": "You are a helpful assistant."}] if k % 2 else []
-        for r in records[i: i + 1 + k % 3]:
-            user = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
-            conversation += [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]
-        conversations.append(conversation)
-        i += 1 + k % 3
-    return conversations
-
-
 @needs_alpaca
 def test_against_transformers_apply_chat_template_on_200_multi_turn_conversations(tmp_path):
     tokenizer = hf_chatml_tokenizer()
-    conversations = alpaca_conversations(200)
+    with open(ALPACA_5000, encoding="utf-8") as f:
+        conversations = alpaca_chats.alpaca_chats(json.load(f), 200)
     assert sum(len(c) > 3 for c in conversations) >= 130  # most are multi-turn
     expected = []
     for conversation in conversations:
