@@ -40,6 +40,7 @@ and leaves no output files behind. Record and turn numbers count from 0, like a 
 import json
 import math
 import os
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -51,14 +52,15 @@ from download import download
 from errors import UserError
 
 DEFAULT_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
-FIELDS = ("instruction", "input", "output")  # an Alpaca record's; "input" may be absent
+ALPACA_FIELDS = ("instruction", "input", "output")  # "input" may be absent
 FORMATS = {"alpaca": "instruction", "messages": "messages", "sharegpt": "conversations"}  # the field that names it
 TURN_FIELDS = {"messages": ("role", "content"), "sharegpt": ("from", "value")}  # a turn's two fields
 ROLE_NAMES = {"messages": {role: role for role in chat_template.ROLES},  # the format's role -> ours
               "sharegpt": {"system": "system", "human": "user", "gpt": "assistant"}}
 # Fields that change what a conversation means: tools the assistant calls, images it looks at. Dropping them
 # would train on half a conversation, so they stop the run instead.
-UNSUPPORTED = ("tools", "functions", "tool_calls", "images", "image", "audios", "videos")
+UNSUPPORTED = ("tools", "functions", "tool_calls", "images", "image", "audios", "videos",
+               "history")  # (earlier turns beside an Alpaca record, LLaMA-Factory's: use the messages format)
 
 
 def json_type(value) -> str:
@@ -79,7 +81,7 @@ def json_type(value) -> str:
 def parse_input(spec: str) -> tuple[str, float]:
     """--input's value: a path, or path:weight."""
     path, colon, weight = spec.rpartition(":")
-    if not colon or not path:
+    if not colon or not path or os.path.isfile(spec):  # a file whose own name has a colon
         return spec, 1.0
     try:
         value = float(weight)
@@ -155,21 +157,30 @@ def check_list(records, source: str) -> None:
         raise UserError(f"{source} contains no records")
 
 
-def check_records(records, source: str, fmt: str) -> None:
-    """Stop at the first record that is not of the file's format: a list of objects with string fields."""
+def check_records(records, source: str, fmt: str, forced: bool = False) -> None:
+    """Stop at the first record that is not of the file's format (forced: named by --format): a list of objects
+    with string fields."""
     check_list(records, source)
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise UserError(f"{source}: record {i} is a JSON {json_type(record)}, expected an object: {record!r:.80}")
         other = [f for f, field in FORMATS.items() if f != fmt and field in record]
+        if FORMATS[fmt] not in record and other and forced:
+            raise UserError(f"{source}: --format {fmt} was given, but record {i} is in the {other[0]} format "
+                            f"({FORMATS[other[0]]!r}); --format applies to every --input: leave it out to tell "
+                            "each file's format from its first record")
         if FORMATS[fmt] not in record and other:
             raise UserError(f"{source}: record {i} is in the {other[0]} format ({FORMATS[other[0]]!r}), but this "
                             f"file is {fmt}; a file holds one format: put each format in its own file, each given "
                             "with --input")
         unsupported = [field for field in UNSUPPORTED if field in record]
         if unsupported:
-            raise UserError(f"{source}: record {i} has {unsupported[0]!r}: tools and images are not part of a "
-                            "conversation this project trains on; remove those records")
+            raise UserError(f"{source}: record {i} has {unsupported[0]!r}: tools, images and earlier turns kept "
+                            "beside a record are not read here; remove those records, or write a conversation "
+                            "as a messages record")
+        if not isinstance(record.get("system", ""), str):
+            raise UserError(f"{source}: record {i}: 'system' is a JSON {json_type(record['system'])}, expected a "
+                            "string")
         if fmt == "alpaca":
             check_alpaca(record, f"{source}: record {i}")
         else:
@@ -180,7 +191,7 @@ def check_alpaca(record: dict, where: str) -> None:
     for field in ("instruction", "output"):
         if field not in record:
             raise UserError(f"{where} has no {field!r} field (its fields: {sorted(record)})")
-    for field in FIELDS:
+    for field in ALPACA_FIELDS:
         if field in record and not isinstance(record[field], str):
             raise UserError(f"{where}: {field!r} is a JSON {json_type(record[field])} "
                             f"({record[field]!r:.40}), expected a string")
@@ -193,8 +204,6 @@ def check_turns(record: dict, where: str, fmt: str) -> None:
     if not isinstance(turns, list):
         raise UserError(f"{where}: {field!r} is a JSON {json_type(turns)}, expected a list of "
                         f'{{"{role_field}": ..., "{text_field}": ...}} turns')
-    if fmt == "sharegpt" and not isinstance(record.get("system", ""), str):
-        raise UserError(f"{where}: 'system' is a JSON {json_type(record['system'])}, expected a string")
     for j, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise UserError(f"{where}, turn {j} is a JSON {json_type(turn)}, expected an object: {turn!r:.80}")
@@ -213,12 +222,14 @@ def check_turns(record: dict, where: str, fmt: str) -> None:
 
 
 def to_messages(record: dict, system_prompt: str | None) -> list[dict]:
-    """Alpaca's convention: the optional input follows the instruction after a blank line."""
+    """An Alpaca record as messages. Alpaca's convention: the optional input follows the instruction after a
+    blank line. The record's own "system" field (LLaMA-Factory's) wins over system_prompt."""
     user = record["instruction"]
     extra = record.get("input", "")
     if extra.strip():  # test emptiness on the stripped text, but keep the author's text exactly as written
         user = user + "\n\n" + extra
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    system = record["system"] if record.get("system", "").strip() else system_prompt
+    messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
     return messages
 
@@ -226,10 +237,7 @@ def to_messages(record: dict, system_prompt: str | None) -> list[dict]:
 def turns_to_messages(record: dict, fmt: str) -> list[dict]:
     """A messages or ShareGPT record's turns as chat_template's messages, contents exactly as written."""
     role_field, text_field = TURN_FIELDS[fmt]
-    messages = [{"role": ROLE_NAMES[fmt][t[role_field]], "content": t[text_field]} for t in record[FORMATS[fmt]]]
-    if fmt == "sharegpt" and record.get("system") and not (messages and messages[0]["role"] == "system"):
-        messages.insert(0, {"role": "system", "content": record["system"]})  # a top-level system field
-    return messages
+    return [{"role": ROLE_NAMES[fmt][t[role_field]], "content": t[text_field]} for t in record[FORMATS[fmt]]]
 
 
 def conversation_problem(messages: list[dict]) -> str | None:
@@ -239,7 +247,7 @@ def conversation_problem(messages: list[dict]) -> str | None:
     offset = 1 if messages and messages[0]["role"] == "system" else 0
     if len(messages) == offset:
         return "it has no user or assistant turn"
-    for j, m in enumerate(messages):
+    for j, m in enumerate(messages[offset:], start=offset):  # (an empty system message means none)
         if not m["content"].strip():
             return f"turn {j} ({m['role']}) is empty"
     for j, m in enumerate(messages[offset:], start=offset):
@@ -275,9 +283,10 @@ def split_sizes(val_size: float, n_examples: int) -> tuple[int, int]:
 def read_input(spec: str, path: str, fmt: str | None, system_prompt: str | None, skip_bad: bool) -> dict:
     """Read and check one file (nothing tokenised yet): its records, format and conversations."""
     records = read_records(path)
+    forced = fmt is not None
     fmt = fmt or detect_format(records, path)
-    check_records(records, path, fmt)
-    known = {"alpaca": set(FIELDS), "messages": {"messages"}, "sharegpt": {"conversations", "system"}}[fmt]
+    check_records(records, path, fmt, forced)
+    known = {*(ALPACA_FIELDS if fmt == "alpaca" else [FORMATS[fmt]]), "system"}
     ignored = sorted({field for record in records for field in record} - known)
     conversations = []  # (messages, None or why it is skipped: a key of encode_input's counts)
     for i, record in enumerate(records):
@@ -290,8 +299,15 @@ def read_input(spec: str, path: str, fmt: str | None, system_prompt: str | None,
         if problem is not None and not skip_bad:
             raise UserError(f"{path}: record {i}: {problem}; fix the record, or pass --skip_bad to drop (and "
                             "count) such records")
-        if system_prompt and not (messages and messages[0]["role"] == "system"):
-            messages = [{"role": "system", "content": system_prompt}, *messages]
+        # The system message: the record's own (a first system turn or a "system" field, not both), else
+        # --system_prompt. An empty one is none.
+        has_system_turn = bool(messages) and messages[0]["role"] == "system"
+        own, field = messages[0]["content"] if has_system_turn else "", record.get("system", "")
+        if own.strip() and field.strip():
+            raise UserError(f"{path}: record {i} has a 'system' field and a system turn; keep one of them")
+        system = own if own.strip() else field if field.strip() else system_prompt
+        turns = messages[1:] if has_system_turn else messages
+        messages = ([{"role": "system", "content": system}] if system else []) + turns
         conversations.append((messages, None if problem is None else "bad_conversation"))
     return {"input": spec, "path": path, "format": fmt, "records": len(records), "ignored_fields": ignored,
             "conversations": conversations}
@@ -303,7 +319,7 @@ def encode_input(source: dict, template: str, train_on_prompt: bool, max_len: in
     dropped_too_long = 0
     examples = []
     for messages, skip in tqdm(source["conversations"], desc=f"tokenizing {source['path']}", unit="rec",
-                               leave=False):
+                               leave=False, disable=not sys.stderr.isatty()):  # a log gets the error alone
         if skip is not None:  # (an empty output would teach the model to answer with nothing)
             skipped[skip] += 1
             continue
@@ -346,6 +362,11 @@ def prepare(
         raise UserError(f"--max_len {max_len} must be a positive number of tokens (GPT-2's context is 1024)")
     system_prompt = system_prompt or None  # an empty --system_prompt "" means none
     specs = [(spec, *parse_input(spec)) for spec in inputs or []]
+    paths = [os.path.realpath(path) for _, path, _ in specs]
+    twice = next((spec for (spec, _, _), p in zip(specs, paths, strict=True) if paths.count(p) > 1), None)
+    if twice is not None:  # each copy would be split on its own: one copy's val examples in the other's train
+        raise UserError(f"--input {twice}: the same file is given twice; give it once, with a weight for more "
+                        f"copies (like {parse_input(twice)[0]}:2)")
 
     # 1. Read and check every file before the tokenizer is even loaded.
     if not specs:
@@ -371,8 +392,10 @@ def prepare(
         examples += kept
         example_source += [k] * len(kept)
     if not examples:
-        raise UserError(f"{', '.join(s['path'] for s in sources)}: no examples left after skipping empty "
-                        "records and dropping long ones")
+        skipped = ", ".join(f"{sum(s['skipped'][key] for s in sources)} {key.replace('_', ' ')}"
+                            for key in sources[0]["skipped"])
+        raise UserError(f"{', '.join(s['path'] for s in sources)}: no examples left: skipped {skipped}; "
+                        f"{sum(s['dropped_too_long'] for s in sources)} longer than --max_len {max_len}")
 
     # 3. Split: one seeded permutation; val is its head, train the rest, each kept in permutation order.
     n_train, n_val = split_sizes(val_size, len(examples))
@@ -410,11 +433,12 @@ def prepare(
 
     # The command that makes this folder again (data.py names it when the folder must be prepared anew)
     given = [spec for spec, _, _ in specs]
+    val = str(int(val_size)) if val_size >= 1 else repr(val_size)  # exactly (a count of 1234567 is not 1.2e6)
     command = ["python", "prepare_alpaca.py",
                *([a for spec in given for a in ("--input", spec)] if inputs else ["--url", url]),
                *(["--format", fmt] if fmt else []), *(["--skip_bad"] if skip_bad else []),
                "--template", template, *(["--system_prompt", system_prompt] if system_prompt else []),
-               *(["--train_on_prompt"] if train_on_prompt else []), "--val_size", f"{val_size:g}",
+               *(["--train_on_prompt"] if train_on_prompt else []), "--val_size", val,
                "--max_len", str(max_len), "--seed", str(seed)]
     meta = {
         "command": command,
@@ -444,8 +468,9 @@ def prepare(
     n_targets = sum(sum(mask) for _, mask, _ in examples)
     p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
     for s in sources:
+        weighted = len(sources) > 1 or s["weight"] != 1
         print(f"read:              {s['records']:,} {s['format']} records from {s['path']}"
-              + (f" (weight {s['weight']:g}): {s['train']:,} train, {s['val']:,} val" if len(sources) > 1 else ""))
+              + (f" (weight {s['weight']:g}): {s['train']:,} train, {s['val']:,} val" if weighted else ""))
         if s["ignored_fields"]:
             print(f"ignored fields:    {', '.join(s['ignored_fields'])} (not part of the {s['format']} format)")
     skipped = meta["skipped"]
@@ -466,7 +491,8 @@ def main(argv=None) -> None:
     parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--input", action="append",
                         help="a local .json (a list) or .jsonl file, optionally with :weight; may be repeated")
-    parser.add_argument("--format", choices=list(FORMATS), help="the files' format (default: from the first record)")
+    parser.add_argument("--format", choices=list(FORMATS),
+                        help="every input file's format (default: each file's, from its first record)")
     parser.add_argument("--skip_bad", action="store_true",
                         help="drop (and count) conversations that do not alternate user/assistant, end with the "
                              "user or have an empty turn, instead of stopping")

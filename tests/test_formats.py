@@ -108,10 +108,23 @@ def test_system_prompt_fills_in_for_a_conversation_without_one(tmp_path):
     assert examples(tmp_path / "out") == [(THREE_TURN_IDS, THREE_TURN_MASK)]
 
 
-def test_sharegpt_top_level_system_field(tmp_path):  # LLaMA-Factory's variant of ShareGPT
-    record = {**as_sharegpt(THREE_TURNS[1:]), "system": "Be brief."}
-    prepare_alpaca.prepare(inputs=[write(tmp_path / "c.json", [record])], out_dir=str(tmp_path / "out"), val_size=0)
-    assert examples(tmp_path / "out") == [(THREE_TURN_IDS, THREE_TURN_MASK)]
+def test_a_system_field_an_empty_system_turn_and_a_record_with_both(tmp_path):
+    """A "system" field (LLaMA-Factory's variant) is the system message; an empty system turn is none, so
+    --system_prompt fills in; a field and a turn in one record is an error (one of them would be lost)."""
+    cases = {"field": {**as_sharegpt(THREE_TURNS[1:]), "system": "Be brief."},
+             "empty-turn": as_messages([{"role": "system", "content": ""}, *THREE_TURNS[1:]])}
+    for name, record in cases.items():
+        prepare_alpaca.prepare(inputs=[write(tmp_path / f"{name}.json", [record])], out_dir=str(tmp_path / name),
+                               val_size=0, system_prompt="Be brief." if name == "empty-turn" else "Other.")
+        assert examples(tmp_path / name) == [(THREE_TURN_IDS, THREE_TURN_MASK)], name
+    alpaca = {"instruction": "What is the capital of France?", "output": "Paris.", "system": "Be brief."}
+    prepare_alpaca.prepare(inputs=[write(tmp_path / "a.json", [alpaca])], out_dir=str(tmp_path / "a"), val_size=0,
+                           system_prompt="Other.")
+    lines = [THREE_TURN_LINES[0], THREE_TURN_LINES[5], THREE_TURN_LINES[6]]
+    assert examples(tmp_path / "a")[0][0] == [i for ids, _ in lines for i in ids]
+    both = {**as_messages(THREE_TURNS), "system": "Other."}
+    with pytest.raises(prepare_alpaca.UserError, match="record 0 has a 'system' field and a system turn"):
+        prepare_alpaca.prepare(inputs=[write(tmp_path / "both.json", [both])], out_dir=str(tmp_path / "both"))
 
 
 # -----------------------------------------------------------------------------
@@ -175,6 +188,8 @@ BAD = {
                        "its own file"]),
     "name-field": ([as_messages([HI, {**HELLO, "name": "bot"}])],
                    ["record 0, turn 1 has 'name' besides 'role' and 'content'", "remove"]),
+    "alpaca-history": ([{"instruction": "And?", "output": "No.", "history": [["Hi", "Hello!"]]}],
+                       ["record 0 has 'history'", "remove"]),
     "tool-calls": ([as_messages([HI, HELLO], tools=[{"type": "function"}])], ["record 0 has 'tools'", "remove"]),
     "no-format": ([{"prompt": "Hi", "completion": "Hello!"}],
                   ["record 0 has none of 'instruction' (alpaca), 'messages' (messages), 'conversations' "
@@ -219,8 +234,10 @@ def test_bad_weight_and_bad_format_flag(tmp_path):
     result, out = run_cli(tmp_path, "--input", path + ":-1")
     assert result.returncode == 2 and result.stderr.startswith(f"error: --input {path}:-1: the weight after")
     result, out = run_cli(tmp_path, "--input", path, "--format", "messages")
-    assert result.returncode == 2 and "record 0 is in the alpaca format ('instruction'), but this file is messages" \
-        in result.stderr
+    assert result.returncode == 2 and "--format messages was given, but record 0 is in the alpaca format" \
+        in result.stderr and "leave it out" in result.stderr
+    result, out = run_cli(tmp_path, "--input", path, "--input", path)  # one copy's val would be in the other's train
+    assert result.returncode == 2 and "the same file is given twice" in result.stderr and f"{path}:2" in result.stderr
     assert not out.exists()
 
 
