@@ -17,7 +17,7 @@ are special tokens added to GPT-2's vocabulary (<|im_start|> = 50257, <|im_end|>
 inserted by id. Message content is encoded as plain text, so a literal "<|im_end|>" typed by a user
 is just ordinary characters: data can never close a turn or forge one.
 
-Run `python chat_template.py` to see an example with its targets coloured.
+Run `python chat_template.py` to see a two-exchange conversation with its targets coloured.
 """
 
 import functools
@@ -202,6 +202,8 @@ if __name__ == "__main__":
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Name three primary colours."},
         {"role": "assistant", "content": "Red, yellow and blue."},
+        {"role": "user", "content": "Which is the warmest?"},
+        {"role": "assistant", "content": "Red."},
     ]
     ids, mask = encode(example, template)
     print(f"--- rendered ({template}) ---")
@@ -210,5 +212,5 @@ if __name__ == "__main__":
     print(ids)
     print("--- loss mask: dim = context (label -100), green = a target the model learns ---")
     print(show_mask(ids, mask, color=sys.stdout.isatty()))
-    print(f"\n{sum(mask)} of {len(ids)} tokens are targets: the answer and its end token "
+    print(f"\n{sum(mask)} of {len(ids)} tokens are targets: each answer and its end token "
           f"{get_tokenizer().decode([end_token(template)])!r}, nothing else.")

@@ -7,7 +7,7 @@ A prepared folder holds meta.json (written last: a folder with meta.json is comp
     SFT (prepare_alpaca.py)         {split}_ids.bin             np.uint16 every token of every example, concatenated
                                     {split}_mask.bin            np.uint8 the same length; 1 where a token is a target
                                     {split}_offsets.bin         np.int64 n + 1 entries: example i is ids[o[i]:o[i+1]]
-                                    {split}_prompts.json        each example's user turn, as written in the source
+                                    {split}_prompts.json        each example's first user turn, as written in the source
 
 meta.json says what made the folder: "command" (the prepare command, without --out_dir), "template" ('none' for
 text), "template_fingerprint", "vocab_size", "end_token", and the counts the files must match. Nothing here needs

@@ -198,11 +198,15 @@ def chat(m: Loaded, template: str, system: list[dict], args, device: str) -> Non
         if not line.strip():
             break
         history.append({"role": "user", "content": line.rstrip("\n")})
+        if not sys.stdin.isatty():  # piped in: show the questions too, so the output reads as a conversation
+            print(f"user: {history[-1]['content']}")
         # keep at least half the context for the conversation so far, however long the answers may be
         room = m.model.config.block_size - min(args.max_new_tokens, m.model.config.block_size // 2)
         ids = fit_history(history, template, room)
         print("assistant: ", end="", flush=True)
-        new, _ = respond(m.model, ids, template, args, device, stream=True)
+        new, ending = respond(m.model, ids, template, args, device, stream=True)
+        if ending != "end token":  # a turn that did not end by itself is worth seeing
+            print(f"[{ending}]")
         history.append({"role": "assistant", "content": get_tokenizer().decode(new).strip()})
 
 

@@ -415,7 +415,7 @@ def bench_loader(args):
 
     batch_size, block_size = 12, 1024  # configs/gpt2_alpaca.py's micro-batch
     with tempfile.TemporaryDirectory() as tmp:
-        quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=tmp)
+        quietly(prepare_alpaca.prepare, inputs=[ALPACA_5000], out_dir=tmp)
         ns = quietly(sft_loader, tmp, batch_size, block_size)
         train, n_batches = ns["examples"]["train"], ns["steps_per_epoch"]  # one epoch (a step is one batch)
         positions = targets = 0
@@ -463,7 +463,7 @@ def bench_prepare(args):
             with open(big_path, "w") as f:
                 json.dump(big, f)
             inputs["repeated_52002"] = (f"{len(big):,} records (the {len(records):,} repeated)", big_path, len(big))
-        variants = {key: functools.partial(quietly, prepare_alpaca.prepare, input_path=path,
+        variants = {key: functools.partial(quietly, prepare_alpaca.prepare, inputs=[path],
                                            out_dir=os.path.join(tmp, key)) for key, (_, path, _) in inputs.items()}
         times, _ = interleaved(variants, reps, warmup=0)  # the tokenizer is already loaded (alpaca_ready)
     rows = [[label, f"{med(times[key]):.2f}", f"{n / med(times[key]):,.0f}"] for key, (label, _, n) in inputs.items()]
@@ -701,7 +701,7 @@ def bench_cuda(args):
         import prepare_alpaca
 
         data_dir = os.path.join(tmp, "alpaca")
-        quietly(prepare_alpaca.prepare, input_path=ALPACA_5000, out_dir=data_dir)
+        quietly(prepare_alpaca.prepare, inputs=[ALPACA_5000], out_dir=data_dir)
     import data
 
     meta = data.read_meta(data_dir)

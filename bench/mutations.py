@@ -170,6 +170,24 @@ mutation("a cut-off prepared file is read as it is", ERRORS,
 mutation("a user's mistake ends in a traceback", ERRORS,
          [("errors.py", "        if issubclass(kind, UserError):\n", "        if False:\n")])
 
+# Conversation formats and mixes (prepare_alpaca.py)
+FORMATS = ["tests/test_formats.py"]
+mutation("formats: ShareGPT's gpt turns read as the user's", FORMATS,
+         [("prepare_alpaca.py", '"human": "user", "gpt": "assistant"}', '"human": "user", "gpt": "user"}')])
+mutation("formats: turns that do not alternate are trained on", FORMATS,
+         [("prepare_alpaca.py", '        if m["role"] != expected:\n', '        if False:\n')])
+mutation("formats: a turn's extra fields (a name, tool calls) dropped silently", FORMATS,
+         [("prepare_alpaca.py", "        if extra:\n", "        if False:\n")])
+mutation("formats: --system_prompt replaces a record's own system message", FORMATS,
+         [("prepare_alpaca.py", "        if system_prompt and not (messages and messages[0][\"role\"] == \"system\"):\n"
+           "            messages = [{\"role\": \"system\", \"content\": system_prompt}, *messages]",
+           "        if system_prompt:\n            messages = [{\"role\": \"system\", \"content\": system_prompt}, "
+           "*messages[messages[0][\"role\"] == \"system\":]]")])
+mutation("formats: a weight above 1 repeats validation examples into train", FORMATS,
+         [("prepare_alpaca.py", "own = [i for i in split_order[\"train\"] if example_source[i] == k]",
+           "own = [i for i in range(len(examples)) if example_source[i] == k]")])
+
+
 def read(path: str) -> str:
     with open(path) as f:
         return f.read()

@@ -133,5 +133,5 @@ def sft_data(tmp_path_factory):
     records = [{"instruction": f"Name the colour number {i}.", "input": "red blue" if i % 3 == 0 else "",
                 "output": f"Colour {i} is green."} for i in range(28)]
     (d / "records.json").write_text(json.dumps(records))
-    prepare_alpaca.prepare(input_path=str(d / "records.json"), out_dir=str(d / "sft"), val_size=4)
+    prepare_alpaca.prepare(inputs=[str(d / "records.json")], out_dir=str(d / "sft"), val_size=4)
     return str(d / "sft")

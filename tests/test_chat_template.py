@@ -560,9 +560,12 @@ def test_main_runs_and_prints_example_and_target_count():
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nName three primary colours.<|im_end|>\n"
         "<|im_start|>assistant\nRed, yellow and blue.<|im_end|>\n"
+        "<|im_start|>user\nWhich is the warmest?<|im_end|>\n"
+        "<|im_start|>assistant\nRed.<|im_end|>\n"
     ) in out
-    # system turn 11 tokens + user turn 10 + assistant turn 12 = 33; targets: "Red, yellow and blue." (6) + <|im_end|>
-    assert "7 of 33 tokens are targets" in out
+    # system turn 11 tokens + user turn 10 + assistant turn 12 + user 11 ("Which is the warmest?": 6) + assistant
+    # 8 ("Red.": 2) = 52; targets: "Red, yellow and blue." (6) + <|im_end|>, "Red." (2) + <|im_end|>
+    assert "10 of 52 tokens are targets" in out
 
 
 @needs_bpe
@@ -574,10 +577,11 @@ def test_main_alpaca_argument():
     assert proc.returncode == 0, proc.stderr
     assert (
         "You are a helpful assistant.\n\n### Instruction:\nName three primary colours.\n\n### Response:\n"
-        "Red, yellow and blue.<|endoftext|>"
+        "Red, yellow and blue.<|endoftext|>\n\n### Instruction:\nWhich is the warmest?\n\n### Response:\n"
+        "Red.<|endoftext|>"
     ) in proc.stdout
-    # 6 (system) + 6 + 5 (instruction) + 6 (response header) + 6 + 1 (answer, end) = 30
-    assert "7 of 30 tokens are targets" in proc.stdout
+    # 6 (system) + 6 + 5 (instruction) + 6 (response header) + 6 + 1 (answer, end) = 30, then 6 + 6 and 6 + 2 + 1
+    assert "10 of 51 tokens are targets" in proc.stdout
 
 
 def test_fingerprint_tells_templates_and_renderings_apart(monkeypatch):

@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("e2e")
     prepare_text.prepare(input_path=SHAKESPEARE, out_dir=str(d / "shakespeare"))
-    prepare_alpaca.prepare(input_path=ALPACA_5000, out_dir=str(d / "alpaca"))
+    prepare_alpaca.prepare(inputs=[ALPACA_5000], out_dir=str(d / "alpaca"))
     run(["train_pretrain.py", "configs/tiny_shakespeare.py", *SMALL, f"--data_dir={d / 'shakespeare'}",
          f"--out_dir={d / 'pre'}", "--max_iters=200", "--eval_interval=100"])
     run(["train_sft.py", "configs/tiny_alpaca.py", *SMALL, f"--data_dir={d / 'alpaca'}", f"--out_dir={d / 'sft'}",

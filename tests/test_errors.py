@@ -386,7 +386,7 @@ def test_prompts_from_a_prepared_split(template, system_prompt, tmp_path):
     records = [{"instruction": f"Question {i}: why?", "input": "some\ninput" if i % 2 else "", "output": "Yes."}
                for i in range(10)]
     (tmp_path / "r.json").write_text(json.dumps(records))
-    prepare_alpaca.prepare(input_path=str(tmp_path / "r.json"), out_dir=str(tmp_path / "d"), val_size=4,
+    prepare_alpaca.prepare(inputs=[str(tmp_path / "r.json")], out_dir=str(tmp_path / "d"), val_size=4,
                            template=template, system_prompt=system_prompt)
     users = {r["instruction"] + ("\n\n" + r["input"] if r["input"] else "") for r in records}
     args = types.SimpleNamespace(prompt=None, prompts_from=str(tmp_path / "d" / "val"), num_prompts=20)

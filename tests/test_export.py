@@ -74,7 +74,7 @@ def trained(tmp_path_factory, one_thread):
     d = tmp_path_factory.mktemp("export")
     records = [{"instruction": f"Say hello number {i}.", "input": "", "output": ANSWER} for i in range(8)]
     (d / "sft.json").write_text(json.dumps(records))
-    meta = prepare_alpaca.prepare(input_path=str(d / "sft.json"), out_dir=str(d / "data"), system_prompt=SYSTEM,
+    meta = prepare_alpaca.prepare(inputs=[str(d / "sft.json")], out_dir=str(d / "data"), system_prompt=SYSTEM,
                                   val_size=0)
     examples = [chat_template.encode(prepare_alpaca.to_messages(r, SYSTEM), meta["template"]) for r in records]
     T = max(len(ids) for ids, _ in examples)

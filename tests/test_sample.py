@@ -34,7 +34,7 @@ def ckpts(tmp_path_factory):
     prepare_text.prepare(input_path=str(d / "text.txt"), out_dir=str(d / "text"))
     records = [{"instruction": f"Say hello number {i}.", "input": "", "output": ANSWER} for i in range(24)]
     (d / "sft.json").write_text(json.dumps(records))
-    prepare_alpaca.prepare(input_path=str(d / "sft.json"), out_dir=str(d / "sft_data"), val_size=4)
+    prepare_alpaca.prepare(inputs=[str(d / "sft.json")], out_dir=str(d / "sft_data"), val_size=4)
     run(["train_pretrain.py", *TINY, f"--data_dir={d / 'text'}", f"--out_dir={d / 'base'}", "--max_iters=5",
          "--batch_size=4", "--eval_interval=100"])
     run(["train_sft.py", *TINY, f"--data_dir={d / 'sft_data'}", f"--out_dir={d / 'sft'}",

@@ -177,7 +177,7 @@ def sft_data(tmp_path_factory):
     path = tmp / "records.json"
     path.write_text(json.dumps(records))
     out = tmp / "prepared"
-    meta = prepare_alpaca.prepare(input_path=str(path), out_dir=str(out), val_size=8)
+    meta = prepare_alpaca.prepare(inputs=[str(path)], out_dir=str(out), val_size=8)
     assert (meta["n_train"], meta["n_val"]) == (32, 8)
     lengths = np.diff(np.fromfile(out / "train_offsets.bin", dtype=np.int64))
     assert lengths.max() - 1 <= MODEL["block_size"], "every example must fit the tiny block_size"
