@@ -177,7 +177,7 @@ def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world
     for name, records in sft_sets.items():
         write_json(os.path.join(world_dir, f"sft_qa_{name}.json"), records)
         folders[name] = os.path.join(world_dir, f"sft_{name}")
-        prepare_alpaca.prepare(input_path=os.path.join(world_dir, f"sft_qa_{name}.json"),
+        prepare_alpaca.prepare(inputs=[os.path.join(world_dir, f"sft_qa_{name}.json")],
                                out_dir=folders[name], val_size=SFT_VAL, seed=seed)
     return world, qa, folders
 
