@@ -179,13 +179,13 @@ mutation("formats: turns that do not alternate are trained on", FORMATS,
 mutation("formats: a turn's extra fields (a name, tool calls) dropped silently", FORMATS,
          [("prepare_alpaca.py", "        if extra:\n", "        if False:\n")])
 mutation("formats: --system_prompt replaces a record's own system message", FORMATS,
-         [("prepare_alpaca.py", "        if system_prompt and not (messages and messages[0][\"role\"] == \"system\"):\n"
-           "            messages = [{\"role\": \"system\", \"content\": system_prompt}, *messages]",
-           "        if system_prompt:\n            messages = [{\"role\": \"system\", \"content\": system_prompt}, "
-           "*messages[messages[0][\"role\"] == \"system\":]]")])
+         [("prepare_alpaca.py", "system = own if own.strip() else field if field.strip() else system_prompt",
+           "system = system_prompt or (own if own.strip() else field if field.strip() else None)")])
 mutation("formats: a weight above 1 repeats validation examples into train", FORMATS,
          [("prepare_alpaca.py", "own = [i for i in split_order[\"train\"] if example_source[i] == k]",
            "own = [i for i in range(len(examples)) if example_source[i] == k]")])
+mutation("formats: a file given twice is split twice (its val examples in train)", FORMATS,
+         [("prepare_alpaca.py", "    if twice is not None:", "    if False:")])
 
 
 def read(path: str) -> str:
