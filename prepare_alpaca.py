@@ -280,7 +280,8 @@ def split_sizes(val_size: float, n_examples: int) -> tuple[int, int]:
 # one input file -> examples
 
 
-def read_input(spec: str, path: str, fmt: str | None, system_prompt: str | None, skip_bad: bool) -> dict:
+def read_input(spec: str, path: str, weight: float, fmt: str | None, system_prompt: str | None,
+               skip_bad: bool) -> dict:
     """Read and check one file (nothing tokenised yet): its records, format and conversations."""
     records = read_records(path)
     forced = fmt is not None
@@ -309,8 +310,8 @@ def read_input(spec: str, path: str, fmt: str | None, system_prompt: str | None,
         turns = messages[1:] if has_system_turn else messages
         messages = ([{"role": "system", "content": system}] if system else []) + turns
         conversations.append((messages, None if problem is None else "bad_conversation"))
-    return {"input": spec, "path": path, "format": fmt, "records": len(records), "ignored_fields": ignored,
-            "conversations": conversations}
+    return {"input": spec, "path": path, "weight": weight, "format": fmt, "records": len(records),
+            "ignored_fields": ignored, "conversations": conversations}
 
 
 def encode_input(source: dict, template: str, train_on_prompt: bool, max_len: int) -> list:
@@ -374,19 +375,19 @@ def prepare(
             specs = [(url, download(url, os.path.join(out_dir, "alpaca_data.json")), 1.0)]
         except (RuntimeError, FileNotFoundError) as e:  # offline, or no such file
             raise UserError(str(e)) from None
-    sources = [read_input(spec, path, fmt, system_prompt, skip_bad) for spec, path, _ in specs]
+    sources = [read_input(spec, path, weight, fmt, system_prompt, skip_bad) for spec, path, weight in specs]
 
     # 2. Tokenise, one record at a time (a plain loop is the fast way on few cores; see BENCHMARKS.md).
     enc = chat_template.get_tokenizer()  # offline without tiktoken's files: a UserError
     assert enc.n_vocab <= np.iinfo(np.uint16).max + 1, "token ids must fit in uint16"
     examples, example_source = [], []  # every kept example (ids, mask, first user turn), and its file
-    for k, (source, (spec, _, weight)) in enumerate(zip(sources, specs, strict=True)):
+    for k, source in enumerate(sources):
         kept = encode_input(source, template, train_on_prompt, max_len)
-        source["weight"] = weight
-        if weight < 1:  # a seeded share of the file, in file order
-            n = round(weight * len(kept))
+        if source["weight"] < 1:  # a seeded share of the file, in file order
+            n = round(source["weight"] * len(kept))
             if n == 0:
-                raise UserError(f"--input {spec} keeps none of the file's {len(kept)} examples; give a larger weight")
+                raise UserError(f"--input {source['input']} keeps none of the file's {len(kept)} examples; give a "
+                                "larger weight")
             chosen = np.sort(np.random.default_rng((seed, 1, k)).choice(len(kept), n, replace=False))
             kept = [kept[i] for i in chosen]
         examples += kept

@@ -148,13 +148,13 @@ def learning_curve(out_dir: str) -> list[dict]:
         return [r for r in map(json.loads, f) if "loss" in r]
 
 
-def finished(ckpt: str) -> bool:
-    """--reuse takes a run only if it ended, not one cut off mid-way."""
+def finished(ckpt: str, seed: int) -> bool:
+    """--reuse takes a run only if it ended (not one cut off mid-way) and trained with this seed."""
     path = checkpoint.checkpoint_path(ckpt)
     if path is None:
         return False
     state = checkpoint.load_checkpoint(path)
-    return state["iter_num"] >= state["config"]["max_iters"]
+    return state["iter_num"] >= state["config"]["max_iters"] and state["config"]["seed"] == seed
 
 
 def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world_size: dict = WORLD
@@ -225,7 +225,7 @@ def main() -> None:
     seeds = list(range(args.seed, args.seed + args.seeds))
     summaries = []
     for seed in seeds:
-        # One seed writes into out_dir itself, as it always has; several, each into its own folder.
+        # One seed writes into out_dir itself; several, each into its own folder.
         seed_out = out if len(seeds) == 1 else os.path.join(out, f"seed_{seed}")
         summaries.append(run_seed(args, seed, seed_out, lora_ranks))
     if len(seeds) > 1:
@@ -270,7 +270,7 @@ def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
     for name, trainer, start, data_name, extra, _ in trainings:
         bar.set_postfix_str(name)
         ckpt = os.path.join(out, name)
-        if not (args.reuse and finished(ckpt)):
+        if not (args.reuse and finished(ckpt, seed)):
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]
                        + ([f"--init_from={os.path.join(out, start)}"] if start else []) + [f"--dtype={args.dtype}"]
@@ -353,8 +353,9 @@ def summarize(results: dict, world: dict, qa: dict, out: str, trainings: list, l
     held_out = {name: r for name, r in results.items() if name in LABELS}
     kinds = {e["name"]: e["kind"] for e in world["entities"]}
     splits = {result: split for result, _, split, _ in evaluations}
-    answer_forms = {name: eval_qa.answer_forms(r["rows"], qa[splits[name]], kinds)
-                    for name, r in held_out.items() if name.endswith(("_chat", "_unseen"))}
+    # (not sft_named_chat: its answers name the subject, so the pronoun sentence is not its reference)
+    answer_forms = {name: eval_qa.answer_forms(r["rows"], qa[splits[name]], kinds) for name, r in held_out.items()
+                    if name.endswith(("_chat", "_unseen")) and name != "sft_named_chat"}
     n_all = len(qa["sft"]) - SFT_VAL
     curve = [{"n": n, "accuracy": results[f"sft_{n}_chat"]["accuracy"],
               "end_rate": results[f"sft_{n}_chat"]["end_rate"]} for n in CURVE if f"sft_{n}_chat" in results]

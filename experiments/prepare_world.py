@@ -271,7 +271,7 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     }
     sft_qa, heldout_qa = qa_records(sft), qa_records(heldout)
     rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
-    # (their own generator: the files above stay what they were before these two existed)
+    # (a generator of their own: the other files of a seed do not depend on them)
     sft_qa_diverse = diverse_records(sft_qa, sft, random.Random(seed + 2))
     heldout_qa_unseen = qa_records(heldout, QUESTIONS_UNSEEN)
     os.makedirs(out_dir, exist_ok=True)

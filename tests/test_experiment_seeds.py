@@ -45,6 +45,16 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
     assert {name: figure["values"][1] for name, figure in several["figures"].items()} == knowledge.figures(single)
     for figure in several["figures"].values():
         assert figure["min"] <= figure["mean"] <= figure["max"]
+    # every seed-dependent part got its seed: the SFT data's split and each trainer (a run that ignored it
+    # would still differ from the other seed's through the world alone)
+    import checkpoint
+
+    for seed in (5, 6):
+        run_dir = tmp_path / "two" / f"seed_{seed}"
+        assert json.loads((run_dir / "world" / "sft_all" / "meta.json").read_text())["seed"] == seed
+        for name in ("base", "control_base", "sft", "control_sft", "sft_diverse", "control_sft_diverse"):
+            state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(run_dir / name)))
+            assert state["config"]["seed"] == seed, (seed, name)
     # and the seed matters: another world, other losses
     assert per_seed[5]["learning_curves"] != per_seed[6]["learning_curves"]
     assert (tmp_path / "two" / "seed_5" / "world" / "world.json").read_text() != (

@@ -94,12 +94,11 @@ def test_diverse_sft_data_is_the_same_facts_in_several_wordings(world_dir):
     assert len(diverse) == len(sft)  # as many examples: the two sets differ in wording only
     for a, b in zip(sft, diverse, strict=True):
         assert {k: v for k, v in a.items() if k != "instruction"} == {k: v for k, v in b.items() if k != "instruction"}
+    entities = {e["name"]: e for e in read(world_dir / "world.json")["entities"]}
     for attr, wordings in prepare_world.QUESTIONS_DIVERSE.items():
         assert wordings[0] == prepare_world.QUESTIONS[attr]  # the one-wording set's question is among them
-        asked = [r["instruction"] for r in diverse if r["attribute"] == attr]
-        used = {w for w in wordings for q in asked if any(q == prepare_world.sentence(w, e, attr)
-                                                          for e in read(world_dir / "world.json")["entities"]
-                                                          if e["name"] in q)}
+        used = {w for r in diverse if r["attribute"] == attr for w in wordings
+                if r["instruction"] == prepare_world.sentence(w, entities[r["entity"]], attr)}
         assert len(used) >= 3, (attr, used)  # several wordings of each attribute are used
 
 
