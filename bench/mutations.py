@@ -187,6 +187,12 @@ mutation("formats: a weight above 1 repeats validation examples into train", FOR
 mutation("formats: a file given twice is split twice (its val examples in train)", FORMATS,
          [("prepare_alpaca.py", "    if twice is not None:", "    if False:")])
 
+# The knowledge experiment's world (experiments/prepare_world.py)
+WORLD = ["tests/test_world.py"]
+mutation("world: a seed's texts drawn from the next seed's world generator", WORLD,
+         [("experiments/prepare_world.py", 'rng = random.Random(f"{seed}:texts")', "rng = random.Random(seed + 1)"),
+          ("experiments/prepare_world.py", 'rng = random.Random(f"{seed}:world")', "rng = random.Random(seed)")])
+
 
 def read(path: str) -> str:
     with open(path) as f:

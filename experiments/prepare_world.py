@@ -168,7 +168,7 @@ def make_world(n_people: int, heldout_fraction: float, seed: int, n_countries: i
     if not person_attributes or not set(person_attributes) <= set(PERSON_VALUES):
         raise UserError(f"person_attributes {','.join(person_attributes) or '(none)'}: give one or more of "
                         f"{','.join(PERSON_VALUES)}")
-    rng = random.Random(seed)
+    rng = random.Random(f"{seed}:world")  # (each use of the seed has a generator of its own: see prepare)
     entities = [{"name": country, "kind": "country", "attributes": {"capital": capital}}
                 for country, capital in list(COUNTRIES.items())[:n_countries]]
     for surname in rng.sample(SURNAMES, n_people):
@@ -263,7 +263,9 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     entities = world["entities"]
     heldout = [e for e in entities if e["split"] == "heldout"]
     sft = [e for e in entities if e["split"] == "sft"]
-    rng = random.Random(seed + 1)
+    # Each use of the seed draws from a generator of its own, named after it (a string seeds Python's generator
+    # through SHA-512); with seed + 1 here, this seed's texts would be drawn from the next seed's world generator.
+    rng = random.Random(f"{seed}:texts")
     texts = {
         "bios.txt": augmented_text(entities, rounds, rng),
         "bios_control.txt": augmented_text(sft, rounds, rng),
@@ -272,7 +274,7 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     sft_qa, heldout_qa = qa_records(sft), qa_records(heldout)
     rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
     # (a generator of their own: the other files of a seed do not depend on them)
-    sft_qa_diverse = diverse_records(sft_qa, sft, random.Random(seed + 2))
+    sft_qa_diverse = diverse_records(sft_qa, sft, random.Random(f"{seed}:diverse"))
     heldout_qa_unseen = qa_records(heldout, QUESTIONS_UNSEEN)
     os.makedirs(out_dir, exist_ok=True)
     for filename, text in texts.items():

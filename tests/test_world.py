@@ -1,6 +1,7 @@
 """prepare_world.py: the world's split, its pretraining texts and determinism; eval_qa.py's scoring rule."""
 
 import json
+import random
 import re
 
 import pytest
@@ -125,6 +126,26 @@ def test_generation_is_deterministic_for_a_seed(tmp_path):
                      "world.json"):
         assert (tmp_path / "a" / filename).read_bytes() == (tmp_path / "b" / filename).read_bytes()
     assert (tmp_path / "a" / "bios.txt").read_bytes() != (tmp_path / "c" / "bios.txt").read_bytes()
+
+
+def test_each_seed_draws_from_generators_no_other_seed_uses(tmp_path, monkeypatch):
+    """Seeds 11 and 12 are independent draws: no generator of one is seeded like one of the other's (with
+    Random(seed) for the world and Random(seed + 1) for the texts, seed 11's texts were seed 12's world)."""
+    used = []
+
+    class Recorded(random.Random):
+        def __init__(self, x=None):
+            used.append(x)
+            super().__init__(x)
+
+    monkeypatch.setattr(prepare_world.random, "Random", Recorded)
+    streams = {}
+    for seed in (11, 12):
+        used.clear()
+        prepare_world.prepare(str(tmp_path / str(seed)), n_people=10, rounds=2, seed=seed)
+        streams[seed] = set(used)
+        assert len(streams[seed]) == len(used) == 3  # the world, the texts, the diverse wordings
+    assert not streams[11] & streams[12]
 
 
 def test_values_of_an_attribute_never_contain_one_another():
