@@ -113,6 +113,17 @@ def answer_forms(rows: list[dict], records: list[dict], kinds: dict) -> dict:
             "pronoun_errors": pronoun_errors}
 
 
+def by_wording(rows: list[dict], records: list[dict]) -> dict:
+    """Of evaluate's rows (answers to records, in order): {question wording: [correct, questions]}, the wording
+    being the record's template ("When was {subj} born?"), in the order the records first use them."""
+    counts = {}
+    for row, record in zip(rows, records, strict=True):
+        count = counts.setdefault(record["wording"], [0, 0])
+        count[0] += row["correct"]
+        count[1] += 1
+    return counts
+
+
 def chance(records: list[dict], world: dict) -> float:
     """The accuracy of always answering an attribute's most frequent value (over all of the world's entities),
     averaged over the records."""

@@ -317,17 +317,39 @@ def figures(summary: dict) -> dict:
         flat[f"{name} reference sentence"] = forms["reference"]
         for gender, (wrong, n) in forms["pronoun_errors"].items():
             flat[f"{name} pronoun errors, {gender}"] = wrong / max(n, 1)
+    for row in summary["lora"]:
+        flat[f"{row['method']} (held-out exact match)"] = row["accuracy"]
     return flat
 
 
+def pooled(summaries: list[dict]) -> dict:
+    """Counts summed over the seeds: per run, each wording's [correct, questions] and the pronoun errors by
+    gender [wrong, answers] (what a per-seed share hides when a seed has few questions of a kind)."""
+    counts = {"by_wording": {}, "pronoun_errors": {}}
+    for s in summaries:
+        for name, wordings in s["by_wording"].items():
+            for wording, (correct, n) in wordings.items():
+                total = counts["by_wording"].setdefault(name, {}).setdefault(wording, [0, 0])
+                total[0] += correct
+                total[1] += n
+        for name, forms in s["answer_forms"].items():
+            for gender, (wrong, n) in forms["pronoun_errors"].items():
+                total = counts["pronoun_errors"].setdefault(name, {}).setdefault(gender, [0, 0])
+                total[0] += wrong
+                total[1] += n
+    return counts
+
+
 def aggregate(summaries: list[dict], seeds: list[int]) -> dict:
-    """results.json of several seeds: each figure's per-seed values, mean, min and max (no seed left out)."""
+    """results.json of several seeds: each figure's per-seed values, mean, min and max (no seed left out), and
+    the counts pooled over the seeds."""
     per_seed = [figures(s) for s in summaries]
     table = {}
     for name in per_seed[0]:
         values = [f[name] for f in per_seed]
         table[name] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "values": values}
-    return {"seeds": seeds, "figures": table, "wall_s_per_seed": [s["wall_s"] for s in summaries]}
+    return {"seeds": seeds, "figures": table, "pooled": pooled(summaries),
+            "wall_s_per_seed": [s["wall_s"] for s in summaries]}
 
 
 def write_seeds_markdown(path: str, results: dict) -> str:
@@ -338,6 +360,26 @@ def write_seeds_markdown(path: str, results: dict) -> str:
     for name, f in results["figures"].items():
         lines.append(f"| {LABELS.get(name, name)} | {f['mean']:.1%} | {f['min']:.1%}-{f['max']:.1%} | "
                      + " | ".join(f"{v:.1%}" for v in f["values"]) + " |")
+    counts = results["pooled"]
+    # Each question wording against each SFT model (the trained wording, then the unseen ones), summed over seeds
+    columns = [(name, unseen) for name, unseen in (("sft_chat", "sft_chat_unseen"),
+                                                   ("sft_diverse_chat", "sft_diverse_chat_unseen"))
+               if name in counts["by_wording"] and unseen in counts["by_wording"]]
+    if columns:
+        lines += ["", "Correct answers per question wording, summed over the seeds (held-out entities):", "",
+                  "| wording | " + " | ".join(LABELS[name] for name, _ in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for wording in [*counts["by_wording"][columns[0][0]], *counts["by_wording"][columns[0][1]]]:
+            cells = []
+            for name, unseen in columns:
+                correct, n = counts["by_wording"][name].get(wording) or counts["by_wording"][unseen][wording]
+                cells.append(f"{correct} / {n}")
+            lines.append(f"| {wording} | " + " | ".join(cells) + " |")
+    lines += ["", "Wrong pronouns, summed over the seeds (answers whose first word is another kind's pronoun):", "",
+              "| run | about women | about men |", "|---|---|---|"]
+    for name, genders in counts["pronoun_errors"].items():
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(
+            f"{wrong} / {n}" for wrong, n in (genders["female"], genders["male"])) + " |")
     lines += ["", f"Wall time: {results['wall_s']:.0f} s ("
               + ", ".join(f"{w:.0f} s" for w in results["wall_s_per_seed"]) + " per seed).", ""]
     text = "\n".join(lines)
@@ -353,9 +395,11 @@ def summarize(results: dict, world: dict, qa: dict, out: str, trainings: list, l
     held_out = {name: r for name, r in results.items() if name in LABELS}
     kinds = {e["name"]: e["kind"] for e in world["entities"]}
     splits = {result: split for result, _, split, _ in evaluations}
+    chat = [name for name, _, _, form in evaluations if form == "chat" and name in held_out]
     # (not sft_named_chat: its answers name the subject, so the pronoun sentence is not its reference)
-    answer_forms = {name: eval_qa.answer_forms(r["rows"], qa[splits[name]], kinds) for name, r in held_out.items()
-                    if name.endswith(("_chat", "_unseen")) and name != "sft_named_chat"}
+    answer_forms = {name: eval_qa.answer_forms(held_out[name]["rows"], qa[splits[name]], kinds) for name in chat
+                    if name != "sft_named_chat"}
+    by_wording = {name: eval_qa.by_wording(held_out[name]["rows"], qa[splits[name]]) for name in chat}
     n_all = len(qa["sft"]) - SFT_VAL
     curve = [{"n": n, "accuracy": results[f"sft_{n}_chat"]["accuracy"],
               "end_rate": results[f"sft_{n}_chat"]["end_rate"]} for n in CURVE if f"sft_{n}_chat" in results]
@@ -380,6 +424,7 @@ def summarize(results: dict, world: dict, qa: dict, out: str, trainings: list, l
         "lora": lora_rows,
         "end_rates": {name: r["end_rate"] for name, r in held_out.items()},
         "answer_forms": answer_forms,
+        "by_wording": by_wording,
         "sft_entities": {name: {"accuracy": results[f"{name}_sft_entities"]["accuracy"],
                                 "end_rate": results[f"{name}_sft_entities"]["end_rate"]}
                          for name in ("base_completion", "base_chat", "sft_chat")},

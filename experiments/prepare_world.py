@@ -27,9 +27,10 @@ phrasing (each phrasing used in turn), the sentences in another order, and the f
     world.json          the entities, their split, and every attribute's possible values (for the scorer)
 
 A QA record is {"instruction", "output"} (what prepare_alpaca.py reads) plus "entity", "attribute", "value",
-"completion" (the canonical sentence up to the value, for prompting a base model) and "named_output" (the
-canonical sentence itself). The answer is a pretraining phrasing with a pronoun for the subject: "What is the
-capital of France?" -> "Its capital is Paris." Generation is deterministic for a seed.
+"wording" (the question's template), "completion" (the canonical sentence up to the value, for prompting a base
+model) and "named_output" (the canonical sentence itself). The answer is a pretraining phrasing with a pronoun
+for the subject: "What is the capital of France?" -> "Its capital is Paris." Generation is deterministic for a
+seed.
 """
 
 import json
@@ -239,7 +240,7 @@ def qa_records(entities: list[dict], questions: dict = QUESTIONS) -> list[dict]:
             value = e["attributes"][attr]
             wordings = questions[attr] if isinstance(questions[attr], list) else [questions[attr]]
             for wording in wordings:
-                records.append({"instruction": sentence(wording, e, attr),
+                records.append({"instruction": sentence(wording, e, attr), "wording": wording,
                                 "output": sentence(ANSWERS[attr], e, attr, use_pronoun=True),
                                 "entity": e["name"], "attribute": attr, "value": value,
                                 "completion": canonical[: canonical.rindex(value)].rstrip(),
@@ -251,8 +252,9 @@ def diverse_records(records: list[dict], entities: list[dict], rng: random.Rando
     """The same records (same facts, answers and order), each question in one of QUESTIONS_DIVERSE's wordings,
     drawn at random: as many examples as the one-wording set, so the two differ in diversity only."""
     by_name = {e["name"]: e for e in entities}
-    return [{**r, "instruction": sentence(rng.choice(QUESTIONS_DIVERSE[r["attribute"]]), by_name[r["entity"]],
-                                          r["attribute"])} for r in records]
+    wordings = [rng.choice(QUESTIONS_DIVERSE[r["attribute"]]) for r in records]
+    return [{**r, "instruction": sentence(wording, by_name[r["entity"]], r["attribute"]), "wording": wording}
+            for r, wording in zip(records, wordings, strict=True)]
 
 
 def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: float = 0.25, rounds: int = 20,

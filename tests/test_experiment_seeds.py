@@ -41,10 +41,16 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
         assert answers.read_text() == (tmp_path / "two" / "seed_6" / "answers" / answers.name).read_text()
     # the aggregate holds each seed's figures as they are, the mean among them
     import knowledge
+    import prepare_world
 
     assert {name: figure["values"][1] for name, figure in several["figures"].items()} == knowledge.figures(single)
     for figure in several["figures"].values():
         assert figure["min"] <= figure["mean"] <= figure["max"]
+    pooled = several["pooled"]["by_wording"]["sft_diverse_chat_unseen"]
+    for wording in prepare_world.QUESTIONS_UNSEEN["capital"]:  # (every smoke world has its countries)
+        assert pooled[wording] == [sum(per_seed[seed]["by_wording"]["sft_diverse_chat_unseen"][wording][i]
+                                       for seed in (5, 6)) for i in (0, 1)]
+    assert "| {subj}: what is its capital? |" in (tmp_path / "two" / "results.md").read_text()
     # every seed-dependent part got its seed: the SFT data's split and each trainer (a run that ignored it
     # would still differ from the other seed's through the world alone)
     import checkpoint

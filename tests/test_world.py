@@ -94,13 +94,16 @@ def test_diverse_sft_data_is_the_same_facts_in_several_wordings(world_dir):
     sft, diverse = read(world_dir / "sft_qa.json"), read(world_dir / "sft_qa_diverse.json")
     assert len(diverse) == len(sft)  # as many examples: the two sets differ in wording only
     for a, b in zip(sft, diverse, strict=True):
-        assert {k: v for k, v in a.items() if k != "instruction"} == {k: v for k, v in b.items() if k != "instruction"}
+        question = ("instruction", "wording")
+        assert {k: v for k, v in a.items() if k not in question} == {k: v for k, v in b.items() if k not in question}
     entities = {e["name"]: e for e in read(world_dir / "world.json")["entities"]}
     for attr, wordings in prepare_world.QUESTIONS_DIVERSE.items():
         assert wordings[0] == prepare_world.QUESTIONS[attr]  # the one-wording set's question is among them
         used = {w for r in diverse if r["attribute"] == attr for w in wordings
                 if r["instruction"] == prepare_world.sentence(w, entities[r["entity"]], attr)}
         assert len(used) >= 3, (attr, used)  # several wordings of each attribute are used
+    for r in diverse:  # each record names the wording its question is in
+        assert r["instruction"] == prepare_world.sentence(r["wording"], entities[r["entity"]], r["attribute"])
 
 
 def test_augmentation_states_each_fact_in_several_phrasings_with_the_full_name(world_dir):
@@ -187,6 +190,25 @@ def test_answer_forms_counts_reference_sentences_and_pronoun_errors():
     forms = eval_qa.answer_forms(rows, records, {"Ann": "female", "Bob": "male", "France": "country"})
     assert forms == {"reference": 0.25, "reference_of_correct": 1 / 3,
                      "pronoun_errors": {"female": [1, 2], "male": [0, 1]}}
+
+
+def test_by_wording_counts_right_answers_per_question_wording():
+    records = [{"wording": "When was {subj} born?"}, {"wording": "Where is {subj} from?"},
+               {"wording": "When was {subj} born?"}]
+    rows = [{"correct": False}, {"correct": True}, {"correct": True}]
+    assert eval_qa.by_wording(rows, records) == {"When was {subj} born?": [1, 2], "Where is {subj} from?": [1, 1]}
+
+
+def test_seeds_pool_counts_by_summing_them():
+    import knowledge
+
+    seeds = [{"by_wording": {"sft_chat_unseen": {"When was {subj} born?": [0, 5], "What is {poss} job?": [4, 5]}},
+              "answer_forms": {"sft_chat": {"pronoun_errors": {"female": [3, 4], "male": [0, 6]}}}},
+             {"by_wording": {"sft_chat_unseen": {"When was {subj} born?": [1, 5], "What is {poss} job?": [5, 5]}},
+              "answer_forms": {"sft_chat": {"pronoun_errors": {"female": [1, 6], "male": [2, 4]}}}}]
+    assert knowledge.pooled(seeds) == {
+        "by_wording": {"sft_chat_unseen": {"When was {subj} born?": [1, 10], "What is {poss} job?": [9, 10]}},
+        "pronoun_errors": {"sft_chat": {"female": [4, 10], "male": [2, 10]}}}
 
 
 # The scoring rule of eval_qa.py, on hand-written answers.
