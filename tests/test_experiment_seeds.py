@@ -65,3 +65,30 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
     assert per_seed[5]["learning_curves"] != per_seed[6]["learning_curves"]
     assert (tmp_path / "two" / "seed_5" / "world" / "world.json").read_text() != (
         tmp_path / "one" / "world" / "world.json").read_text()
+
+
+def test_sft_steps_refuses_steps_that_are_not_counts(tmp_path):
+    result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", "--steps=60,x"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: --steps=60,x: give whole numbers of 1 or more separated by commas, e.g. 60,120")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@needs_bpe
+@pytest.mark.slow  # one tiny pretraining and four SFTs: about 30 s
+def test_sft_steps_trains_each_step_count_from_one_base(tmp_path):
+    result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", "--smoke",
+                             "--seeds=5", "--steps=2,3"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["steps"] == [2, 3] and results["seeds"] == [5]
+    for row in results["rows"].values():
+        assert [len(row[str(n)]) for n in (2, 3)] == [1, 1]  # one figure per seed and step count
+    import checkpoint
+
+    for n in (2, 3):
+        for data in ("all", "diverse"):
+            state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / f"sft_{data}_{n}")))
+            assert state["iter_num"] == n and state["config"]["init_from"] == str(tmp_path / "seed_5" / "base")
+    assert "| 3 |" in (tmp_path / "results.md").read_text() and (tmp_path / "results.png").stat().st_size > 0

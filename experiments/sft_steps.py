@@ -1,0 +1,156 @@
+"""
+How long to fine-tune: the knowledge experiment's held-out accuracy against the number of SFT steps.
+
+    python experiments/sft_steps.py                       # seeds 2001-2003, 40 to 240 steps -> out/sft_steps/
+    python experiments/sft_steps.py --seeds 2001 --steps 60,120
+
+For each seed: the world, its data and the base model, as experiments/knowledge.py makes them (its functions,
+its configs); then the one-wording and the diverse SFT of that base at each number of steps (everything else as
+in experiments/configs/world_sft.py, warmup included), each asked the held-out questions in the trained wording
+and in the unseen wordings (eval_qa.py's scoring rule). Also the share of answers that are the reference sentence:
+the form SFT teaches. The default seeds are not knowledge.py's (1337 and up), whose figures are reported: the
+steps in world_sft.py were chosen on these. Written to out_dir: results.json, results.md, results.png, and each
+seed's world, checkpoints and logs in seed_K/.
+"""
+
+import contextlib
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import errors  # noqa: E402
+import eval_qa  # noqa: E402  (experiments/, beside this file)
+import knowledge  # noqa: E402
+
+# (SFT data, questions asked, the row's name): trained wording on both SFT sets, unseen wordings on the diverse one
+ROWS = [("all", "heldout", "one wording, trained wording"), ("diverse", "heldout", "diverse, trained wording"),
+        ("diverse", "unseen", "diverse, unseen wordings")]
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise errors.UserError(f"{flag}={text}: give whole numbers of 1 or more separated by commas, e.g. 60,120")
+    return values
+
+
+def main() -> None:
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--out_dir", default="out/sft_steps")
+    parser.add_argument("--seeds", default="2001,2002,2003", help="the worlds (and every run's seed)")
+    parser.add_argument("--steps", default="40,60,90,120,240", help="SFT steps (max_iters) to compare")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
+                        help="every training's dtype (auto: bf16 where the CPU has it)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny world and a few steps: checks the pipeline (the tests), measures nothing")
+    args = parser.parse_args()
+    seeds, steps = parse_ints(args.seeds, "--seeds"), parse_ints(args.steps, "--steps")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
+        torch.set_num_threads(args.threads)
+    out, t0 = os.path.abspath(args.out_dir), time.time()
+    table = {row: {n: [] for n in steps} for _, _, row in ROWS}  # row -> steps -> per-seed figures
+    bar = tqdm(total=len(seeds) * (1 + 2 * len(steps)), desc="sft steps", unit="run", dynamic_ncols=True)
+    for seed in seeds:
+        seed_out = os.path.join(out, f"seed_{seed}")
+        logs = os.path.join(seed_out, "logs")
+        os.makedirs(logs, exist_ok=True)
+        with (open(os.path.join(logs, "prepare.log"), "w") as log, contextlib.redirect_stdout(log),
+              contextlib.redirect_stderr(log)):
+            world, qa, folders = knowledge.prepare_data(os.path.join(seed_out, "world"), seed, [], named=False,
+                                                        world_size=knowledge.SMOKE["world"] if args.smoke
+                                                        else knowledge.WORLD)
+        kinds = {e["name"]: e["kind"] for e in world["entities"]}
+        base = os.path.join(seed_out, "base")
+        bar.set_postfix_str(f"seed {seed}: base")
+        knowledge.run(["train_pretrain.py", knowledge.PRETRAIN_CONFIG, f"--data_dir={folders['bios']}",
+                       f"--out_dir={base}", f"--dtype={args.dtype}", f"--seed={seed}",
+                       *(knowledge.SMOKE["pretrain"] if args.smoke else [])], os.path.join(logs, "base.log"))
+        bar.update(1)
+        for n in steps:
+            for data_name in ("all", "diverse"):
+                name = f"sft_{data_name}_{n}"
+                bar.set_postfix_str(f"seed {seed}: {name}")
+                ckpt = os.path.join(seed_out, name)
+                knowledge.run(["train_sft.py", knowledge.SFT_CONFIG, f"--data_dir={folders[data_name]}",
+                               f"--out_dir={ckpt}", f"--init_from={base}", f"--dtype={args.dtype}",
+                               f"--seed={seed}", *(knowledge.SMOKE["sft"] if args.smoke else []),
+                               f"--max_iters={n}"], os.path.join(logs, f"{name}.log"))
+                model = eval_qa.load(ckpt)
+                for sft_data, split, row in ROWS:
+                    if sft_data == data_name:
+                        r = eval_qa.evaluate(model, qa[split], world["values"], "chat")
+                        forms = eval_qa.answer_forms(r["rows"], qa[split], kinds)
+                        table[row][n].append({"accuracy": r["accuracy"], "reference": forms["reference"],
+                                              "end_rate": r["end_rate"]})
+                bar.update(1)
+    bar.close()
+    results = {"seeds": seeds, "steps": steps, "rows": table, "wall_s": time.time() - t0}
+    knowledge.write_json(os.path.join(out, "results.json"), results)
+    print(write_markdown(os.path.join(out, "results.md"), results))
+    plot(os.path.join(out, "results.png"), results)
+    print(f"wrote {out}/results.json, results.md, results.png ({results['wall_s']:.0f} s)")
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def write_markdown(path: str, results: dict) -> str:
+    steps = results["steps"]
+    lines = [f"Held-out exact match (mean, min-max over seeds {', '.join(map(str, results['seeds']))}), then the "
+             "share of answers that are the reference sentence, against SFT steps:", "",
+             "| SFT steps | " + " | ".join(row for _, _, row in ROWS) + " | reference sentence (diverse, trained) |",
+             "|---|" + "---|" * (len(ROWS) + 1)]
+    for n in steps:
+        cells = []
+        for _, _, row in ROWS:
+            acc = [f["accuracy"] for f in results["rows"][row][n]]
+            cells.append(f"{mean(acc):.1%} ({min(acc):.1%}-{max(acc):.1%})")
+        reference = [f["reference"] for f in results["rows"]["diverse, trained wording"][n]]
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean(reference):.1%} |")
+    lines += ["", f"Wall time: {results['wall_s']:.0f} s.", ""]
+    text = "\n".join(lines)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+def plot(path: str, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    steps = results["steps"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for _, _, row in ROWS:
+        ax.plot(steps, [mean([f["accuracy"] for f in results["rows"][row][n]]) for n in steps], "o-", label=row)
+    ax.plot(steps, [mean([f["reference"] for f in results["rows"]["diverse, trained wording"][n]]) for n in steps],
+            "s--", color="gray", label="reference sentence (diverse, trained)")
+    ax.set_xscale("log")
+    ax.set_xticks(steps, [str(n) for n in steps])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("SFT steps (16 questions each)")
+    ax.set_ylabel(f"held-out share, mean of {len(results['seeds'])} seeds")
+    ax.set_title("How long to fine-tune")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    errors.report_user_errors()
+    main()
