@@ -362,12 +362,13 @@ def write_seeds_markdown(path: str, results: dict) -> str:
                      + " | ".join(f"{v:.1%}" for v in f["values"]) + " |")
     counts = results["pooled"]
     # Each question wording against each SFT model (the trained wording, then the unseen ones), summed over seeds
+    WORDING_COLUMNS = {"sft_chat": "SFT on one wording", "sft_diverse_chat": "SFT on five wordings"}
     columns = [(name, unseen) for name, unseen in (("sft_chat", "sft_chat_unseen"),
                                                    ("sft_diverse_chat", "sft_diverse_chat_unseen"))
                if name in counts["by_wording"] and unseen in counts["by_wording"]]
     if columns:
         lines += ["", "Correct answers per question wording, summed over the seeds (held-out entities):", "",
-                  "| wording | " + " | ".join(LABELS[name] for name, _ in columns) + " |",
+                  "| wording | " + " | ".join(WORDING_COLUMNS[name] for name, _ in columns) + " |",
                   "|---|" + "---|" * len(columns)]
         for wording in [*counts["by_wording"][columns[0][0]], *counts["by_wording"][columns[0][1]]]:
             cells = []

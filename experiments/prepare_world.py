@@ -266,7 +266,7 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     heldout = [e for e in entities if e["split"] == "heldout"]
     sft = [e for e in entities if e["split"] == "sft"]
     # Each use of the seed draws from a generator of its own, named after it (a string seeds Python's generator
-    # through SHA-512); with seed + 1 here, this seed's texts would be drawn from the next seed's world generator.
+    # through SHA-512): a numeric offset (seed + 1) would draw from the next seed's world generator.
     rng = random.Random(f"{seed}:texts")
     texts = {
         "bios.txt": augmented_text(entities, rounds, rng),

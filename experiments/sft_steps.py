@@ -8,8 +8,9 @@ For each seed: the world, its data and the base model, as experiments/knowledge.
 its configs); then the one-wording and the diverse SFT of that base at each number of steps (everything else as
 in experiments/configs/world_sft.py, warmup included), each asked the held-out questions in the trained wording
 and in the unseen wordings (eval_qa.py's scoring rule). Also the share of answers that are the reference sentence:
-the form SFT teaches. The default seeds are not knowledge.py's (1337 and up), whose figures are reported: the
-steps in world_sft.py were chosen on these. Written to out_dir: results.json, results.md, results.png, and each
+the form SFT teaches. The default seeds are not knowledge.py's (1337 and up), whose figures are reported:
+world_sft.py's steps were chosen on these seeds (by earlier scratch runs; experiments/README.md, "How long
+to fine-tune"). Written to out_dir: results.json, results.md, results.png, and each
 seed's world, checkpoints and logs in seed_K/.
 """
 
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it)")
     parser.add_argument("--smoke", action="store_true",
-                        help="a tiny world and a few steps: checks the pipeline (the tests), measures nothing")
+                        help="a tiny world: checks the pipeline (the tests), measures nothing; give small --steps")
     args = parser.parse_args()
     seeds, steps = parse_ints(args.seeds, "--seeds"), parse_ints(args.steps, "--steps")
     if args.threads:
