@@ -327,15 +327,12 @@ def pooled(summaries: list[dict]) -> dict:
     gender [wrong, answers] (what a per-seed share hides when a seed has few questions of a kind)."""
     counts = {"by_wording": {}, "pronoun_errors": {}}
     for s in summaries:
-        for name, wordings in s["by_wording"].items():
-            for wording, (correct, n) in wordings.items():
-                total = counts["by_wording"].setdefault(name, {}).setdefault(wording, [0, 0])
-                total[0] += correct
-                total[1] += n
-        for name, forms in s["answer_forms"].items():
-            for gender, (wrong, n) in forms["pronoun_errors"].items():
-                total = counts["pronoun_errors"].setdefault(name, {}).setdefault(gender, [0, 0])
-                total[0] += wrong
+        runs = [("by_wording", name, wordings) for name, wordings in s["by_wording"].items()]
+        runs += [("pronoun_errors", name, forms["pronoun_errors"]) for name, forms in s["answer_forms"].items()]
+        for kind, name, pairs in runs:
+            for key, (hits, n) in pairs.items():
+                total = counts[kind].setdefault(name, {}).setdefault(key, [0, 0])
+                total[0] += hits
                 total[1] += n
     return counts
 
@@ -362,17 +359,16 @@ def write_seeds_markdown(path: str, results: dict) -> str:
                      + " | ".join(f"{v:.1%}" for v in f["values"]) + " |")
     counts = results["pooled"]
     # Each question wording against each SFT model (the trained wording, then the unseen ones), summed over seeds
-    WORDING_COLUMNS = {"sft_chat": "SFT on one wording", "sft_diverse_chat": "SFT on five wordings"}
-    columns = [(name, unseen) for name, unseen in (("sft_chat", "sft_chat_unseen"),
-                                                   ("sft_diverse_chat", "sft_diverse_chat_unseen"))
-               if name in counts["by_wording"] and unseen in counts["by_wording"]]
+    pairs = [("sft_chat", "sft_chat_unseen", "SFT on one wording"),
+             ("sft_diverse_chat", "sft_diverse_chat_unseen", "SFT on five wordings")]
+    columns = [c for c in pairs if c[0] in counts["by_wording"] and c[1] in counts["by_wording"]]
     if columns:
         lines += ["", "Correct answers per question wording, summed over the seeds (held-out entities):", "",
-                  "| wording | " + " | ".join(WORDING_COLUMNS[name] for name, _ in columns) + " |",
+                  "| wording | " + " | ".join(header for _, _, header in columns) + " |",
                   "|---|" + "---|" * len(columns)]
         for wording in [*counts["by_wording"][columns[0][0]], *counts["by_wording"][columns[0][1]]]:
             cells = []
-            for name, unseen in columns:
+            for name, unseen, _ in columns:
                 correct, n = counts["by_wording"][name].get(wording) or counts["by_wording"][unseen][wording]
                 cells.append(f"{correct} / {n}")
             lines.append(f"| {wording} | " + " | ".join(cells) + " |")
