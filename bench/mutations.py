@@ -192,6 +192,8 @@ WORLD = ["tests/test_world.py"]
 mutation("world: a seed's texts drawn from the next seed's world generator", WORLD,
          [("experiments/prepare_world.py", 'rng = random.Random(f"{seed}:texts")', "rng = random.Random(seed + 1)"),
           ("experiments/prepare_world.py", 'rng = random.Random(f"{seed}:world")', "rng = random.Random(seed)")])
+mutation("world: the many-wording SFT set keeps the helper's wordings that equal unseen ones", WORLD,
+         [("experiments/prepare_world.py", "if w not in UNSEEN_WORDINGS]", "]")])
 
 
 def read(path: str) -> str:

@@ -15,15 +15,16 @@ trainers are the project's own, run unchanged as subprocesses with experiments/c
     base_chat         the base model asked the question in the chat template: can it answer, and stop?
     sft_chat          the SFT model asked about held-out entities: knowledge from pretraining, format from SFT
     control_chat      the same SFT on a base model pretrained without the held-out entities' biographies
-    sft_diverse_chat  SFT on the same questions, each in one of several wordings (and its control)
+    sft_diverse_chat  SFT on the same questions, each in one of five wordings (and its control)
+    sft_many_chat     the same in one of eighteen wordings, thirteen of them written apart from the unseen ones
     *_unseen          the same models asked in wordings no SFT data uses (prepare_world.QUESTIONS_UNSEEN)
     ablation_chat     the same SFT on a base model pretrained without augmentation (one fixed biography each)
     data_curve        SFT on 16, 64, 256 and all QA examples (from the main base model)
 
-A seed (--seed K; --seeds N runs K, K+1, ..., K+N-1) fixes the world (its people, split, texts and the diverse
-set's wordings), the SFT data's train/val split, and every trainer's initialisation and data order. With N > 1
-each seed's run is in out_dir/seed_K/ (everything below), and out_dir/results.{json,md} give every figure's mean
-and min-max.
+A seed (--seed K; --seeds N runs K, K+1, ..., K+N-1) fixes the world (its people, split, texts and the wordings
+drawn for the many-wording sets), the SFT data's train/val split, and every trainer's initialisation and data
+order. With N > 1 each seed's run is in out_dir/seed_K/ (everything below), and out_dir/results.{json,md} give
+every figure's mean and min-max.
 
 Written to out_dir: results.json, results.md, results.png, logs/ (every subprocess's output), answers/ (every
 model answer), world/ (the data), and the checkpoints base/, sft/, control_base/, control_sft/, ...
@@ -60,13 +61,17 @@ CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full
 SMOKE = {"world": {"n_people": 20, "n_countries": 8, "rounds": 2},
          "pretrain": ["--max_iters=6", "--warmup_iters=2", "--eval_iters=1", "--batch_size=4"],
          "sft": ["--max_iters=3", "--warmup_iters=1", "--batch_size=4"]}
+# The eighteen-wording SFT's steps (the others' are SFT_CONFIG's 60): each wording is seen about 3 times in 60, not
+# 10. Chosen by a rule fixed before measuring, on seeds no figure uses: the best trained-wording accuracy of
+# `python experiments/sft_steps.py --data many --steps 60,90,120,240 --dtype=float32` (experiments/README.md).
+MANY_STEPS = 120
 # LoRA runs' learning rate (full SFT's is in SFT_CONFIG), fixed before measuring: the update starts at zero and
 # trains far fewer weights, and a few times the full rate is usual
 LORA_LR = 3e-3
 
 # The trainings, in order: (name, trainer, what it starts from, its data, extra settings, which runs have it).
 # Data: a pretraining text of the world, or an SFT set ("all" questions, the first n, "named" answers, or
-# "diverse": all questions, each in one of several wordings).
+# "diverse" or "many": all questions, each in one of five or eighteen wordings).
 # Which: "quick" (always), "full" (not with --quick), "ablation" (neither --quick nor --no_ablation).
 TRAININGS = [
     ("base", "pretrain", None, "bios", [], "quick"),
@@ -77,6 +82,8 @@ TRAININGS = [
     ("sft_diverse", "sft", "base", "diverse", [], "quick"),
     ("control_sft_diverse", "sft", "control_base", "diverse", [], "quick"),
     ("ablation_sft", "sft", "ablation_base", "all", [], "ablation"),
+    ("sft_many", "sft", "base", "many", [f"--max_iters={MANY_STEPS}"], "full"),
+    ("control_sft_many", "sft", "control_base", "many", [f"--max_iters={MANY_STEPS}"], "full"),
     *[(f"sft_{n}", "sft", "base", n, [], "full") for n in CURVE],
     ("sft_named", "sft", "base", "named", [], "full"),
 ]
@@ -94,6 +101,10 @@ EVALUATIONS = [
     ("sft_diverse_chat_unseen", "sft_diverse", "unseen", "chat"),
     ("control_diverse_chat", "control_sft_diverse", "heldout", "chat"),
     ("control_diverse_chat_unseen", "control_sft_diverse", "unseen", "chat"),
+    ("sft_many_chat", "sft_many", "heldout", "chat"),
+    ("sft_many_chat_unseen", "sft_many", "unseen", "chat"),
+    ("control_many_chat", "control_sft_many", "heldout", "chat"),
+    ("control_many_chat_unseen", "control_sft_many", "unseen", "chat"),
     ("base_completion_sft_entities", "base", "sft", "completion"),
     ("base_chat_sft_entities", "base", "sft", "chat"),
     ("sft_chat_sft_entities", "sft", "sft", "chat"),
@@ -114,6 +125,10 @@ LABELS = {
     "sft_diverse_chat_unseen": "SFT on diverse wordings, unseen wordings",
     "control_diverse_chat": "control on diverse wordings",
     "control_diverse_chat_unseen": "control on diverse wordings, unseen wordings",
+    "sft_many_chat": "SFT on eighteen wordings, chat form",
+    "sft_many_chat_unseen": "SFT on eighteen wordings, unseen wordings",
+    "control_many_chat": "control on eighteen wordings",
+    "control_many_chat_unseen": "control on eighteen wordings, unseen wordings",
     "ablation_completion": "ablation base (no augmentation), completion form",
     "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
     "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
@@ -161,7 +176,7 @@ def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world
                  ) -> tuple[dict, dict, dict]:
     """The world and its prepared data: (world, {questions split: QA records}, {data name: prepared folder})
     with the three pretraining texts and the SFT sets ("all", the first n questions, "named" answers,
-    "diverse" wordings). Question splits: "heldout", "sft", "unseen" (held-out entities, unseen wordings)."""
+    "diverse" and "many" wordings). Question splits: "heldout", "sft", "unseen" (held-out entities, unseen wordings)."""
     world = prepare_world.prepare(world_dir, seed=seed, **world_size)
     qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
     qa["unseen"] = eval_qa.read_json(os.path.join(world_dir, "heldout_qa_unseen.json"))
@@ -171,7 +186,8 @@ def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world
         prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=folders[name])
     sft_sets = {n: qa["sft"][: n + SFT_VAL] for n in sizes}  # the file is shuffled: any prefix mixes entities
     sft_sets["all"] = qa["sft"]
-    sft_sets["diverse"] = eval_qa.read_json(os.path.join(world_dir, "sft_qa_diverse.json"))
+    for name in ("diverse", "many"):
+        sft_sets[name] = eval_qa.read_json(os.path.join(world_dir, f"sft_qa_{name}.json"))
     if named:  # the same questions, answered with the canonical sentence that names the subject
         sft_sets["named"] = [{**r, "output": r["named_output"]} for r in qa["sft"]]
     for name, records in sft_sets.items():
@@ -274,7 +290,7 @@ def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]
                        + ([f"--init_from={os.path.join(out, start)}"] if start else []) + [f"--dtype={args.dtype}"]
-                       + [f"--seed={seed}"] + (SMOKE[trainer] if args.smoke else []) + extra)
+                       + [f"--seed={seed}"] + extra + (SMOKE[trainer] if args.smoke else []))  # (smoke steps win)
             peaks[name] = run(command, os.path.join(logs, f"{name}.log"))
             write_json(peaks_file, peaks)
         bar.update(1)
@@ -360,7 +376,8 @@ def write_seeds_markdown(path: str, results: dict) -> str:
     counts = results["pooled"]
     # Each question wording against each SFT model (the trained wording, then the unseen ones), summed over seeds
     pairs = [("sft_chat", "sft_chat_unseen", "SFT on one wording"),
-             ("sft_diverse_chat", "sft_diverse_chat_unseen", "SFT on five wordings")]
+             ("sft_diverse_chat", "sft_diverse_chat_unseen", "SFT on five wordings"),
+             ("sft_many_chat", "sft_many_chat_unseen", "SFT on eighteen wordings")]
     columns = [c for c in pairs if c[0] in counts["by_wording"] and c[1] in counts["by_wording"]]
     if columns:
         lines += ["", "Correct answers per question wording, summed over the seeds (held-out entities):", "",

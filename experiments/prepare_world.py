@@ -21,7 +21,8 @@ phrasing (each phrasing used in turn), the sentences in another order, and the f
     bios_single.txt     no augmentation: one fixed biography per entity (fixed phrasing and order, the name
                         once, pronouns after), repeated as often as bios.txt repeats its rounds
     sft_qa.json         questions about the SFT entities, as prepare_alpaca.py reads them (one wording each)
-    sft_qa_diverse.json the same questions, each in one of several wordings (QUESTIONS_DIVERSE)
+    sft_qa_diverse.json the same questions, each in one of five wordings (QUESTIONS_DIVERSE)
+    sft_qa_many.json    the same questions, each in one of eighteen wordings (QUESTIONS_MANY)
     heldout_qa.json     questions about the held-out entities (never SFT data; for evaluation only)
     heldout_qa_unseen.json  the held-out entities' questions in wordings no SFT data uses (QUESTIONS_UNSEEN)
     world.json          the entities, their split, and every attribute's possible values (for the scorer)
@@ -150,6 +151,59 @@ QUESTIONS_UNSEEN = {
     "employer": ["Who does {subj} work for?", "Which firm employs {subj}?", "What company is {subj} employed by?",
                  "Do you know where {subj} works?"],
 }
+# Fifteen more wordings of each attribute, for SFT data in many wordings (sft_qa_many.json). Written after the
+# five-wording result, by a separate helper session that was shown the attributes and QUESTIONS_DIVERSE but never
+# QUESTIONS_UNSEEN, asked for "the range of ways real users actually ask". Kept here as written. It wrote 10 of
+# the 20 unseen wordings word for word (the common ways to ask), so QUESTIONS_MANY drops every wording that is an
+# unseen one: the single rule, fixed before the helper wrote. Many kept ones are close to an unseen wording
+# ("What's {poss} job?" beside "What is {poss} job?"), as real SFT data would be.
+QUESTIONS_MORE = {
+    "capital": [
+        "Which city is the capital of {subj}?", "Name the capital of {subj}.", "{poss} capital is which city?",
+        "Do you know the capital of {subj}?", "What's the capital of {subj}?", "Capital of {subj}?",
+        "I'd like to know the capital of {subj}.", "Could you please tell me the capital city of {subj}?",
+        "What city is {poss} capital?", "Please state the capital of {subj}.",
+        "I'm curious, what's {poss} capital?", "The capital of {subj} is which city?",
+        "What is the name of {poss} capital?", "Identify the capital city of {subj}.",
+        "Quick question: what is the capital of {subj}?"
+    ],
+    "birth_city": [
+        "Which city was {subj} born in?", "Where is {subj} originally from?", "What is the city of {poss} birth?",
+        "Name the city where {subj} was born.", "Do you know where {subj} was born?", "{poss} place of birth?",
+        "Where's {subj} from originally?", "Could you tell me {poss} birthplace?", "{subj} was born in which city?",
+        "What is {poss} hometown?", "Birthplace of {subj}?", "I'd like to know where {subj} was born.",
+        "Please tell me the city {subj} was born in.", "What city was {subj} born in?",
+        "Which city is {poss} place of birth?"
+    ],
+    "birth_year": [
+        "When was {subj} born?", "What year was {subj} born?", "{subj} was born in which year?",
+        "Name the year of {poss} birth.", "Do you know what year {subj} was born?", "What is {poss} birth year?",
+        "Birth year of {subj}?", "Could you tell me the year {subj} was born?", "Which year marks {poss} birth?",
+        "I'd like to know {poss} year of birth.", "Please state the year in which {subj} was born.",
+        "What's the year {subj} was born?", "Can you find out when {subj} was born?", "Tell me {poss} birth year.",
+        "In which year did {subj} come into the world?"
+    ],
+    "profession": [
+        "What is {poss} occupation?", "What's {poss} job?", "What does {subj} do?",
+        "What line of work is {subj} in?", "{poss} profession?", "Could you tell me what {subj} does for a living?",
+        "What job does {subj} have?", "What is {subj} by profession?", "Name {poss} occupation.",
+        "Do you know what {subj} does for work?", "What kind of job does {subj} hold?",
+        "I'm wondering what {subj} does professionally.", "What career does {subj} have?",
+        "Which profession does {subj} practice?", "Please state {poss} job title."
+    ],
+    "employer": [
+        "What company does {subj} work for?", "Who does {subj} work for?", "Which firm employs {subj}?",
+        "What company employs {subj}?", "{subj} works at which company?", "Who employs {subj}?",
+        "Which company is {subj} employed by?", "Name the company {subj} works for.",
+        "Do you know which company {subj} works at?", "Could you tell me who {subj} works for?", "{poss} employer?",
+        "Which organization does {subj} work for?", "I'd like to know the name of {poss} employer.",
+        "What is the name of the company {subj} works for?", "At which company is {subj} currently employed?"
+    ],
+}
+# The many-wording set: the five wordings, then the helper's that no unseen wording equals (18 per attribute).
+UNSEEN_WORDINGS = {w for wordings in QUESTIONS_UNSEEN.values() for w in wordings}
+QUESTIONS_MANY = {attr: QUESTIONS_DIVERSE[attr] + [w for w in QUESTIONS_MORE[attr] if w not in UNSEEN_WORDINGS]
+                  for attr in QUESTIONS_DIVERSE}
 PRONOUNS = {"female": ("She", "Her"), "male": ("He", "His"), "country": ("It", "Its")}
 # The answer to a question: a pretraining phrasing with the subject as a pronoun ("Its capital is Paris.",
 # "She was born in Lyon."), the way a person answers. Measured, not a matter of taste: with answers that
@@ -248,11 +302,12 @@ def qa_records(entities: list[dict], questions: dict = QUESTIONS) -> list[dict]:
     return records
 
 
-def diverse_records(records: list[dict], entities: list[dict], rng: random.Random) -> list[dict]:
-    """The same records (same facts, answers and order), each question in one of QUESTIONS_DIVERSE's wordings,
+def diverse_records(records: list[dict], entities: list[dict], rng: random.Random,
+                    questions: dict = QUESTIONS_DIVERSE) -> list[dict]:
+    """The same records (same facts, answers and order), each question in one of questions[attr]'s wordings,
     drawn at random: as many examples as the one-wording set, so the two differ in diversity only."""
     by_name = {e["name"]: e for e in entities}
-    wordings = [rng.choice(QUESTIONS_DIVERSE[r["attribute"]]) for r in records]
+    wordings = [rng.choice(questions[r["attribute"]]) for r in records]
     return [{**r, "instruction": sentence(wording, by_name[r["entity"]], r["attribute"]), "wording": wording}
             for r, wording in zip(records, wordings, strict=True)]
 
@@ -277,13 +332,15 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
     # (a generator of their own: the other files of a seed do not depend on them)
     sft_qa_diverse = diverse_records(sft_qa, sft, random.Random(f"{seed}:diverse"))
+    sft_qa_many = diverse_records(sft_qa, sft, random.Random(f"{seed}:many"), QUESTIONS_MANY)
     heldout_qa_unseen = qa_records(heldout, QUESTIONS_UNSEEN)
     os.makedirs(out_dir, exist_ok=True)
     for filename, text in texts.items():
         with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
             f.write(text)
     for filename, content in (("sft_qa.json", sft_qa), ("heldout_qa.json", heldout_qa), ("world.json", world),
-                              ("sft_qa_diverse.json", sft_qa_diverse), ("heldout_qa_unseen.json", heldout_qa_unseen)):
+                              ("sft_qa_diverse.json", sft_qa_diverse), ("sft_qa_many.json", sft_qa_many),
+                              ("heldout_qa_unseen.json", heldout_qa_unseen)):
         with open(os.path.join(out_dir, filename), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=1)
             f.write("\n")

@@ -3,9 +3,10 @@ How long to fine-tune: the knowledge experiment's held-out accuracy against the 
 
     python experiments/sft_steps.py                       # seeds 2001-2003, 40 to 240 steps -> out/sft_steps/
     python experiments/sft_steps.py --seeds 2001 --steps 60,120
+    python experiments/sft_steps.py --data many          # the eighteen-wording SFT set's own curve
 
 For each seed: the world, its data and the base model, as experiments/knowledge.py makes them (its functions,
-its configs); then the one-wording and the diverse SFT of that base at each number of steps (everything else as
+its configs); then each SFT set asked for (--data) from that base at each number of steps (everything else as
 in experiments/configs/world_sft.py, warmup included), each asked the held-out questions in the trained wording
 and in the unseen wordings (eval_qa.py's scoring rule). Also the share of answers that are the reference sentence:
 the form SFT teaches. The default seeds are not knowledge.py's (1337 and up), whose figures are reported:
@@ -29,9 +30,10 @@ import errors  # noqa: E402
 import eval_qa  # noqa: E402  (experiments/, beside this file)
 import knowledge  # noqa: E402
 
-# (SFT data, questions asked, the row's name): trained wording on both SFT sets, unseen wordings on the diverse one
+# (SFT data, questions asked, the row's name): trained wording on every SFT set, unseen wordings on the diverse ones
 ROWS = [("all", "heldout", "one wording, trained wording"), ("diverse", "heldout", "diverse, trained wording"),
-        ("diverse", "unseen", "diverse, unseen wordings")]
+        ("diverse", "unseen", "diverse, unseen wordings"), ("many", "heldout", "eighteen, trained wording"),
+        ("many", "unseen", "eighteen, unseen wordings")]
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--out_dir", default="out/sft_steps")
     parser.add_argument("--seeds", default="2001,2002,2003", help="the worlds (and every run's seed)")
     parser.add_argument("--steps", default="40,60,90,120,240", help="SFT steps (max_iters) to compare")
+    parser.add_argument("--data", default="all,diverse",
+                        help="SFT sets, comma-separated: all (one wording), diverse (five), many (eighteen)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it)")
@@ -56,12 +60,17 @@ def main() -> None:
                         help="a tiny world: checks the pipeline (the tests), measures nothing; give small --steps")
     args = parser.parse_args()
     seeds, steps = parse_ints(args.seeds, "--seeds"), parse_ints(args.steps, "--steps")
+    data_names = [d.strip() for d in args.data.split(",") if d.strip()]
+    if not data_names or not set(data_names) <= {"all", "diverse", "many"}:
+        raise errors.UserError(f"--data={args.data}: give one or more of all,diverse,many separated by commas")
+    rows = [r for r in ROWS if r[0] in data_names]
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
         torch.set_num_threads(args.threads)
     out, t0 = os.path.abspath(args.out_dir), time.time()
-    table = {row: {n: [] for n in steps} for _, _, row in ROWS}  # row -> steps -> per-seed figures
-    bar = tqdm(total=len(seeds) * (1 + 2 * len(steps)), desc="sft steps", unit="run", dynamic_ncols=True)
+    table = {row: {n: [] for n in steps} for _, _, row in rows}  # row -> steps -> per-seed figures
+    bar = tqdm(total=len(seeds) * (1 + len(data_names) * len(steps)), desc="sft steps", unit="run",
+               dynamic_ncols=True)
     for seed in seeds:
         seed_out = os.path.join(out, f"seed_{seed}")
         logs = os.path.join(seed_out, "logs")
@@ -79,7 +88,7 @@ def main() -> None:
                        *(knowledge.SMOKE["pretrain"] if args.smoke else [])], os.path.join(logs, "base.log"))
         bar.update(1)
         for n in steps:
-            for data_name in ("all", "diverse"):
+            for data_name in data_names:
                 name = f"sft_{data_name}_{n}"
                 bar.set_postfix_str(f"seed {seed}: {name}")
                 ckpt = os.path.join(seed_out, name)
@@ -88,7 +97,7 @@ def main() -> None:
                                f"--seed={seed}", *(knowledge.SMOKE["sft"] if args.smoke else []),
                                f"--max_iters={n}"], os.path.join(logs, f"{name}.log"))
                 model = eval_qa.load(ckpt)
-                for sft_data, split, row in ROWS:
+                for sft_data, split, row in rows:
                     if sft_data == data_name:
                         r = eval_qa.evaluate(model, qa[split], world["values"], "chat")
                         forms = eval_qa.answer_forms(r["rows"], qa[split], kinds)
@@ -96,7 +105,7 @@ def main() -> None:
                                               "end_rate": r["end_rate"]})
                 bar.update(1)
     bar.close()
-    results = {"seeds": seeds, "steps": steps, "rows": table, "wall_s": time.time() - t0}
+    results = {"seeds": seeds, "steps": steps, "data": data_names, "rows": table, "wall_s": time.time() - t0}
     knowledge.write_json(os.path.join(out, "results.json"), results)
     print(write_markdown(os.path.join(out, "results.md"), results))
     plot(os.path.join(out, "results.png"), results)
@@ -108,18 +117,19 @@ def mean(values: list[float]) -> float:
 
 
 def write_markdown(path: str, results: dict) -> str:
-    steps = results["steps"]
+    steps, rows = results["steps"], list(results["rows"])
+    trained = [row for row in rows if row.endswith("trained wording")]
     lines = [f"Held-out exact match (mean, min-max over seeds {', '.join(map(str, results['seeds']))}), then the "
-             "share of answers that are the reference sentence, against SFT steps:", "",
-             "| SFT steps | " + " | ".join(row for _, _, row in ROWS) + " | reference sentence (diverse, trained) |",
-             "|---|" + "---|" * (len(ROWS) + 1)]
+             "share of answers that are the reference sentence (the form SFT teaches), against SFT steps:", "",
+             "| SFT steps | " + " | ".join(rows) + " | " + " | ".join(f"reference sentence ({row})" for row in trained)
+             + " |", "|---|" + "---|" * (len(rows) + len(trained))]
     for n in steps:
         cells = []
-        for _, _, row in ROWS:
+        for row in rows:
             acc = [f["accuracy"] for f in results["rows"][row][n]]
             cells.append(f"{mean(acc):.1%} ({min(acc):.1%}-{max(acc):.1%})")
-        reference = [f["reference"] for f in results["rows"]["diverse, trained wording"][n]]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean(reference):.1%} |")
+        cells += [f"{mean([f['reference'] for f in results['rows'][row][n]]):.1%}" for row in trained]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", f"Wall time: {results['wall_s']:.0f} s.", ""]
     text = "\n".join(lines)
     with open(path, "w", encoding="utf-8") as f:
@@ -135,10 +145,11 @@ def plot(path: str, results: dict) -> None:
 
     steps = results["steps"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, _, row in ROWS:
-        ax.plot(steps, [mean([f["accuracy"] for f in results["rows"][row][n]]) for n in steps], "o-", label=row)
-    ax.plot(steps, [mean([f["reference"] for f in results["rows"]["diverse, trained wording"][n]]) for n in steps],
-            "s--", color="gray", label="reference sentence (diverse, trained)")
+    for row, figures in results["rows"].items():
+        line, = ax.plot(steps, [mean([f["accuracy"] for f in figures[n]]) for n in steps], "o-", label=row)
+        if row.endswith("trained wording"):  # the reference sentence's share, in the same colour, dashed
+            ax.plot(steps, [mean([f["reference"] for f in figures[n]]) for n in steps], "s--",
+                    color=line.get_color(), alpha=0.5, label=f"reference sentence ({row})")
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(n) for n in steps])
     ax.minorticks_off()
@@ -146,7 +157,7 @@ def plot(path: str, results: dict) -> None:
     ax.set_xlabel("SFT steps (16 questions each)")
     ax.set_ylabel(f"held-out share, mean of {len(results['seeds'])} seeds")
     ax.set_title("How long to fine-tune")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -72,7 +72,7 @@ def test_answers_are_pretraining_phrasings_with_a_pronoun(world_dir):
 def test_unseen_wordings_share_no_question_with_any_sft_data(world_dir):
     """The unseen-wording questions (heldout_qa_unseen.json) are asked in words no SFT data uses: not one of
     their strings, nor any of their wordings asked about any SFT entity, is an SFT question."""
-    sft_questions = {r["instruction"] for name in ("sft_qa.json", "sft_qa_diverse.json")
+    sft_questions = {r["instruction"] for name in ("sft_qa.json", "sft_qa_diverse.json", "sft_qa_many.json")
                      for r in read(world_dir / name)}
     unseen, heldout = read(world_dir / "heldout_qa_unseen.json"), read(world_dir / "heldout_qa.json")
     assert not {r["instruction"] for r in unseen} & sft_questions
@@ -88,20 +88,27 @@ def test_unseen_wordings_share_no_question_with_any_sft_data(world_dir):
         (r["entity"], r["attribute"], r["output"]) for r in heldout}
     assert len({r["instruction"] for r in unseen}) == len(unseen)
     assert "Which city is the capital of France?" in {r["instruction"] for r in unseen}
+    # the helper-written wordings that equal unseen ones (10 of its 75) are dropped, the rest kept as written
+    unseen_wordings = {w for wordings in prepare_world.QUESTIONS_UNSEEN.values() for w in wordings}
+    for attr, more in prepare_world.QUESTIONS_MORE.items():
+        kept = [w for w in prepare_world.QUESTIONS_MANY[attr] if w not in prepare_world.QUESTIONS_DIVERSE[attr]]
+        assert kept == [w for w in more if w not in unseen_wordings] and len(more) - len(kept) == 2
 
 
-def test_diverse_sft_data_is_the_same_facts_in_several_wordings(world_dir):
-    sft, diverse = read(world_dir / "sft_qa.json"), read(world_dir / "sft_qa_diverse.json")
+@pytest.mark.parametrize("name, questions, min_used", [("diverse", prepare_world.QUESTIONS_DIVERSE, 3),
+                                                       ("many", prepare_world.QUESTIONS_MANY, 10)])
+def test_diverse_sft_data_is_the_same_facts_in_several_wordings(world_dir, name, questions, min_used):
+    sft, diverse = read(world_dir / "sft_qa.json"), read(world_dir / f"sft_qa_{name}.json")
     assert len(diverse) == len(sft)  # as many examples: the two sets differ in wording only
     for a, b in zip(sft, diverse, strict=True):
         question = ("instruction", "wording")
         assert {k: v for k, v in a.items() if k not in question} == {k: v for k, v in b.items() if k not in question}
     entities = {e["name"]: e for e in read(world_dir / "world.json")["entities"]}
-    for attr, wordings in prepare_world.QUESTIONS_DIVERSE.items():
+    for attr, wordings in questions.items():
         assert wordings[0] == prepare_world.QUESTIONS[attr]  # the one-wording set's question is among them
         used = {w for r in diverse if r["attribute"] == attr for w in wordings
                 if r["instruction"] == prepare_world.sentence(w, entities[r["entity"]], attr)}
-        assert len(used) >= 3, (attr, used)  # several wordings of each attribute are used
+        assert len(used) >= min_used, (attr, used)  # many wordings of each attribute are used
     for r in diverse:  # each record names the wording its question is in
         assert r["instruction"] == prepare_world.sentence(r["wording"], entities[r["entity"]], r["attribute"])
 
@@ -147,7 +154,7 @@ def test_each_seed_draws_from_generators_no_other_seed_uses(tmp_path, monkeypatc
         used.clear()
         prepare_world.prepare(str(tmp_path / str(seed)), n_people=10, rounds=2, seed=seed)
         streams[seed] = set(used)
-        assert len(streams[seed]) == len(used) == 3  # the world, the texts, the diverse wordings
+        assert len(streams[seed]) == len(used) == 4  # the world, the texts, the two sets' wordings
     assert not streams[11] & streams[12]
 
 
