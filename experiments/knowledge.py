@@ -61,8 +61,9 @@ CURVE = [16, 64, 256]  # SFT training-set sizes of the data-size curve; the full
 SMOKE = {"world": {"n_people": 20, "n_countries": 8, "rounds": 2},
          "pretrain": ["--max_iters=6", "--warmup_iters=2", "--eval_iters=1", "--batch_size=4"],
          "sft": ["--max_iters=3", "--warmup_iters=1", "--batch_size=4"]}
-# The eighteen-wording SFT's steps (the others' are SFT_CONFIG's 60): each wording is seen about 3 times in 60, not
-# 10. Chosen by a rule fixed before measuring, on seeds no figure uses: the best trained-wording accuracy of
+# The eighteen-wording SFT's steps (the others' are SFT_CONFIG's 60): each wording comes up 18/5 times less often
+# than in the five-wording set. Chosen by a rule fixed before measuring, on seeds no figure uses: the best
+# trained-wording accuracy of
 # `python experiments/sft_steps.py --data many --steps 60,90,120,240 --dtype=float32` (experiments/README.md).
 MANY_STEPS = 120
 # LoRA runs' learning rate (full SFT's is in SFT_CONFIG), fixed before measuring: the update starts at zero and
@@ -494,12 +495,13 @@ def plot(path: str, results: dict) -> None:
 
     fig, axes = plt.subplots(1, 4 if results["lora"] else 3, figsize=(21 if results["lora"] else 16, 4.5))
     names = [n for n in LABELS if results.get(n) is not None]
-    ax = axes[0]
-    ax.bar(range(len(names)), [results[n] for n in names], color="tab:blue")
-    ax.axhline(results["chance"], color="gray", linestyle="--", label="chance")
-    ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("held-out exact match")
+    ax = axes[0]  # horizontal bars: a run's name stays readable however many runs there are
+    ax.barh(range(len(names)), [results[n] for n in names], color="tab:blue")
+    ax.axvline(results["chance"], color="gray", linestyle="--", label="chance")
+    ax.set_yticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
+    ax.invert_yaxis()  # the table's order, top to bottom
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("held-out exact match")
     ax.set_title("What each model can answer about held-out entities")
     ax.legend()
     ax = axes[1]
