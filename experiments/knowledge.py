@@ -22,9 +22,9 @@ trainers are the project's own, run unchanged as subprocesses with experiments/c
     data_curve        SFT on 16, 64, 256 and all QA examples (from the main base model)
 
 A seed (--seed K; --seeds N runs K, K+1, ..., K+N-1) fixes the world (its people, split, texts and the wordings
-drawn for the many-wording sets), the SFT data's train/val split, and every trainer's initialisation and data
-order. With N > 1 each seed's run is in out_dir/seed_K/ (everything below), and out_dir/results.{json,md} give
-every figure's mean and min-max.
+drawn for the five- and eighteen-wording sets), the SFT data's train/val split, and every trainer's initialisation
+and data order. With N > 1 each seed's run is in out_dir/seed_K/ (everything below), and out_dir/results.{json,md}
+give every figure's mean and min-max.
 
 Written to out_dir: results.json, results.md, results.png, logs/ (every subprocess's output), answers/ (every
 model answer), world/ (the data), and the checkpoints base/, sft/, control_base/, control_sft/, ...
@@ -62,8 +62,8 @@ SMOKE = {"world": {"n_people": 20, "n_countries": 8, "rounds": 2},
          "pretrain": ["--max_iters=6", "--warmup_iters=2", "--eval_iters=1", "--batch_size=4"],
          "sft": ["--max_iters=3", "--warmup_iters=1", "--batch_size=4"]}
 # The eighteen-wording SFT's steps (the others' are SFT_CONFIG's 60): each wording comes up 18/5 times less often
-# than in the five-wording set. Chosen by a rule fixed before measuring, on seeds no figure uses: the best
-# trained-wording accuracy of
+# than in the five-wording set. After its 60-step run on the reported seeds fell short, chosen on development seeds
+# (no reported run uses them) by a rule written down before that run: the best trained-wording accuracy of
 # `python experiments/sft_steps.py --data many --steps 60,90,120,240 --dtype=float32` (experiments/README.md).
 MANY_STEPS = 120
 # LoRA runs' learning rate (full SFT's is in SFT_CONFIG), fixed before measuring: the update starts at zero and
@@ -72,7 +72,7 @@ LORA_LR = 3e-3
 
 # The trainings, in order: (name, trainer, what it starts from, its data, extra settings, which runs have it).
 # Data: a pretraining text of the world, or an SFT set ("all" questions, the first n, "named" answers, or
-# "diverse" or "many": all questions, each in one of five or eighteen wordings).
+# "diverse" or "many": all questions, each in one of five or eighteen wordings; the labels say five and eighteen).
 # Which: "quick" (always), "full" (not with --quick), "ablation" (neither --quick nor --no_ablation).
 TRAININGS = [
     ("base", "pretrain", None, "bios", [], "quick"),
@@ -122,10 +122,10 @@ LABELS = {
     "control_chat": "control: SFT on a base that never saw the held-out facts",
     "sft_chat_unseen": "SFT model, unseen wordings",
     "control_chat_unseen": "control, unseen wordings",
-    "sft_diverse_chat": "SFT on diverse wordings, chat form",
-    "sft_diverse_chat_unseen": "SFT on diverse wordings, unseen wordings",
-    "control_diverse_chat": "control on diverse wordings",
-    "control_diverse_chat_unseen": "control on diverse wordings, unseen wordings",
+    "sft_diverse_chat": "SFT on five wordings, chat form",
+    "sft_diverse_chat_unseen": "SFT on five wordings, unseen wordings",
+    "control_diverse_chat": "control on five wordings",
+    "control_diverse_chat_unseen": "control on five wordings, unseen wordings",
     "sft_many_chat": "SFT on eighteen wordings, chat form",
     "sft_many_chat_unseen": "SFT on eighteen wordings, unseen wordings",
     "control_many_chat": "control on eighteen wordings",

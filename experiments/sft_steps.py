@@ -60,7 +60,7 @@ def main() -> None:
                         help="a tiny world: checks the pipeline (the tests), measures nothing; give small --steps")
     args = parser.parse_args()
     seeds, steps = parse_ints(args.seeds, "--seeds"), parse_ints(args.steps, "--steps")
-    data_names = [d.strip() for d in args.data.split(",") if d.strip()]
+    data_names = list(dict.fromkeys(d.strip() for d in args.data.split(",") if d.strip()))  # each once
     if not data_names or not set(data_names) <= {"all", "diverse", "many"}:
         raise errors.UserError(f"--data={args.data}: give one or more of all,diverse,many separated by commas")
     rows = [r for r in ROWS if r[0] in data_names]

@@ -70,7 +70,7 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
 @pytest.mark.parametrize("flag, message", [
     ("--steps=60,x", "error: --steps=60,x: give whole numbers of 1 or more separated by commas, e.g. 60,120"),
     ("--data=all,five", "error: --data=all,five: give one or more of all,diverse,many separated by commas")])
-def test_sft_steps_refuses_steps_that_are_not_counts_and_unknown_data(tmp_path, flag, message):
+def test_sft_steps_refuses_bad_flags(tmp_path, flag, message):
     result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", flag],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.strip() == message
