@@ -187,12 +187,11 @@ def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world
         prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=folders[name])
     sft_sets = {n: qa["sft"][: n + SFT_VAL] for n in sizes}  # the file is shuffled: any prefix mixes entities
     sft_sets["all"] = qa["sft"]
-    for name in ("diverse", "many"):
-        sft_sets[name] = eval_qa.read_json(os.path.join(world_dir, f"sft_qa_{name}.json"))
     if named:  # the same questions, answered with the canonical sentence that names the subject
         sft_sets["named"] = [{**r, "output": r["named_output"]} for r in qa["sft"]]
     for name, records in sft_sets.items():
         write_json(os.path.join(world_dir, f"sft_qa_{name}.json"), records)
+    for name in (*sft_sets, "diverse", "many"):  # (prepare_world wrote sft_qa_diverse.json and sft_qa_many.json)
         folders[name] = os.path.join(world_dir, f"sft_{name}")
         prepare_alpaca.prepare(inputs=[os.path.join(world_dir, f"sft_qa_{name}.json")],
                                out_dir=folders[name], val_size=SFT_VAL, seed=seed)

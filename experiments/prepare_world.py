@@ -302,8 +302,8 @@ def qa_records(entities: list[dict], questions: dict = QUESTIONS) -> list[dict]:
     return records
 
 
-def reworded_records(records: list[dict], entities: list[dict], rng: random.Random,
-                    questions: dict = QUESTIONS_DIVERSE) -> list[dict]:
+def reworded_records(records: list[dict], entities: list[dict], rng: random.Random, questions: dict
+                     ) -> list[dict]:
     """The same records (same facts, answers and order), each question in one of questions[attr]'s wordings,
     drawn at random: as many examples as the one-wording set, so the two differ in diversity only."""
     by_name = {e["name"]: e for e in entities}
@@ -331,7 +331,7 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
     sft_qa, heldout_qa = qa_records(sft), qa_records(heldout)
     rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
     # (a generator of their own: the other files of a seed do not depend on them)
-    sft_qa_diverse = reworded_records(sft_qa, sft, random.Random(f"{seed}:diverse"))
+    sft_qa_diverse = reworded_records(sft_qa, sft, random.Random(f"{seed}:diverse"), QUESTIONS_DIVERSE)
     sft_qa_many = reworded_records(sft_qa, sft, random.Random(f"{seed}:many"), QUESTIONS_MANY)
     heldout_qa_unseen = qa_records(heldout, QUESTIONS_UNSEEN)
     os.makedirs(out_dir, exist_ok=True)

@@ -34,6 +34,7 @@ import knowledge  # noqa: E402
 ROWS = [("all", "heldout", "one wording, trained wording"), ("diverse", "heldout", "diverse, trained wording"),
         ("diverse", "unseen", "diverse, unseen wordings"), ("many", "heldout", "eighteen, trained wording"),
         ("many", "unseen", "eighteen, unseen wordings")]
+TRAINED = {row for _, split, row in ROWS if split == "heldout"}  # the rows whose answers' form is also shown
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
@@ -118,7 +119,7 @@ def mean(values: list[float]) -> float:
 
 def write_markdown(path: str, results: dict) -> str:
     steps, rows = results["steps"], list(results["rows"])
-    trained = [row for row in rows if row.endswith("trained wording")]
+    trained = [row for row in rows if row in TRAINED]
     lines = [f"Held-out exact match (mean, min-max over seeds {', '.join(map(str, results['seeds']))}), then the "
              "share of answers that are the reference sentence (the form SFT teaches), against SFT steps:", "",
              "| SFT steps | " + " | ".join(rows) + " | " + " | ".join(f"reference sentence ({row})" for row in trained)
@@ -147,7 +148,7 @@ def plot(path: str, results: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row, figures in results["rows"].items():
         line, = ax.plot(steps, [mean([f["accuracy"] for f in figures[n]]) for n in steps], "o-", label=row)
-        if row.endswith("trained wording"):  # the reference sentence's share, in the same colour, dashed
+        if row in TRAINED:  # the reference sentence's share, in the same colour, dashed
             ax.plot(steps, [mean([f["reference"] for f in figures[n]]) for n in steps], "s--",
                     color=line.get_color(), alpha=0.5, label=f"reference sentence ({row})")
     ax.set_xscale("log")

@@ -88,12 +88,16 @@ def test_unseen_wordings_share_no_question_with_any_sft_data(world_dir):
         (r["entity"], r["attribute"], r["output"]) for r in heldout}
     assert len({r["instruction"] for r in unseen}) == len(unseen)
     assert "Which city is the capital of France?" in {r["instruction"] for r in unseen}
-    # the helper-written wordings that equal unseen ones are dropped, the rest kept as written: the same rule
-    # as QUESTIONS_MANY's, restated, and the count it drops, 2 of 15 per attribute, written out by hand
-    unseen_wordings = {w for wordings in prepare_world.QUESTIONS_UNSEEN.values() for w in wordings}
+    # the eighteen-wording set: the five, then the helper's wordings in its order, less exactly these (its
+    # unseen wordings, written out by hand from QUESTIONS_UNSEEN)
+    dropped = {"Which city is the capital of {subj}?", "I'd like to know the capital of {subj}.",
+               "Which city was {subj} born in?", "Do you know where {subj} was born?", "When was {subj} born?",
+               "What year was {subj} born?", "What is {poss} occupation?", "Do you know what {subj} does for work?",
+               "Who does {subj} work for?", "Which firm employs {subj}?"}
     for attr, more in prepare_world.QUESTIONS_MORE.items():
-        kept = [w for w in prepare_world.QUESTIONS_MANY[attr] if w not in prepare_world.QUESTIONS_DIVERSE[attr]]
-        assert kept == [w for w in more if w not in unseen_wordings] and len(more) - len(kept) == 2
+        assert prepare_world.QUESTIONS_MANY[attr] == prepare_world.QUESTIONS_DIVERSE[attr] + [
+            w for w in more if w not in dropped]
+        assert len(prepare_world.QUESTIONS_MANY[attr]) == 18
 
 
 @pytest.mark.parametrize("name, questions, min_used", [("diverse", prepare_world.QUESTIONS_DIVERSE, 3),
