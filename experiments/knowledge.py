@@ -4,6 +4,7 @@ The lesson, measured: SFT teaches format, not knowledge.
     python experiments/knowledge.py                     # the whole experiment -> out/knowledge/
     python experiments/knowledge.py --quick             # the CI test's run: base and control, and their SFTs
     python experiments/knowledge.py --seeds 3           # every run with seeds 1337, 1338, 1339: mean, min-max
+    python experiments/knowledge.py --seeds 3 --rich    # and the same SFTs on bases that read a richer text
 
 A small world with known facts (prepare_world.py); a base model pretrained on its biographies until it knows
 them (train_pretrain.py); SFT on questions about some entities (train_sft.py); exact-match accuracy on
@@ -18,6 +19,8 @@ trainers are the project's own, run unchanged as subprocesses with experiments/c
     sft_diverse_chat  SFT on the same questions, each in one of five wordings (and its control)
     sft_many_chat     the same in one of eighteen wordings, thirteen of them written apart from the unseen ones
     *_unseen          the same models asked in wordings no SFT data uses (prepare_world.QUESTIONS_UNSEEN)
+    *_rich*           (--rich) the one-, five- and eighteen-wording SFTs of a base, and a control base, that
+                      read each fact in 13-14 phrasings, not 3-4 (prepare_world.PHRASINGS_RICH)
     ablation_chat     the same SFT on a base model pretrained without augmentation (one fixed biography each)
     data_curve        SFT on 16, 64, 256 and all QA examples (from the main base model)
 
@@ -66,6 +69,11 @@ SMOKE = {"world": {"n_people": 20, "n_countries": 8, "rounds": 2},
 # (no reported run uses them) by a rule written down before that run: the best trained-wording accuracy of
 # `python experiments/sft_steps.py --data many --steps 60,90,120,240 --dtype=float32` (experiments/README.md).
 MANY_STEPS = 120
+# The rich bases' pretraining steps (the others' are PRETRAIN_CONFIG's 300): chosen on the development seeds by the
+# same kind of rule, written down before those runs: the best trained-wording accuracy of five-wording SFT of
+# `python experiments/sft_steps.py --text bios_rich --pretrain_steps N --data diverse --steps 60 --dtype=float32`
+# for N = 300, 600, 900 (experiments/README.md, "A richer pretraining text").
+RICH_STEPS = 900
 # LoRA runs' learning rate (full SFT's is in SFT_CONFIG), fixed before measuring: the update starts at zero and
 # trains far fewer weights, and a few times the full rate is usual
 LORA_LR = 3e-3
@@ -73,7 +81,8 @@ LORA_LR = 3e-3
 # The trainings, in order: (name, trainer, what it starts from, its data, extra settings, which runs have it).
 # Data: a pretraining text of the world, or an SFT set ("all" questions, the first n, "named" answers, or
 # "diverse" or "many": all questions, each in one of five or eighteen wordings; the labels say five and eighteen).
-# Which: "quick" (always), "full" (not with --quick), "ablation" (neither --quick nor --no_ablation).
+# Which: "quick" (always), "full" (not with --quick), "ablation" (neither --quick nor --no_ablation), "rich"
+# (with --rich).
 TRAININGS = [
     ("base", "pretrain", None, "bios", [], "quick"),
     ("control_base", "pretrain", None, "bios_control", [], "quick"),
@@ -85,6 +94,15 @@ TRAININGS = [
     ("ablation_sft", "sft", "ablation_base", "all", [], "ablation"),
     ("sft_many", "sft", "base", "many", [f"--max_iters={MANY_STEPS}"], "full"),
     ("control_sft_many", "sft", "control_base", "many", [f"--max_iters={MANY_STEPS}"], "full"),
+    # The same three SFT sets on bases pretrained on the rich text (ten more phrasings of every fact)
+    ("base_rich", "pretrain", None, "bios_rich", [f"--max_iters={RICH_STEPS}"], "rich"),
+    ("control_base_rich", "pretrain", None, "bios_rich_control", [f"--max_iters={RICH_STEPS}"], "rich"),
+    ("sft_rich", "sft", "base_rich", "all", [], "rich"),
+    ("control_sft_rich", "sft", "control_base_rich", "all", [], "rich"),
+    ("sft_rich_diverse", "sft", "base_rich", "diverse", [], "rich"),
+    ("control_sft_rich_diverse", "sft", "control_base_rich", "diverse", [], "rich"),
+    ("sft_rich_many", "sft", "base_rich", "many", [f"--max_iters={MANY_STEPS}"], "rich"),
+    ("control_sft_rich_many", "sft", "control_base_rich", "many", [f"--max_iters={MANY_STEPS}"], "rich"),
     *[(f"sft_{n}", "sft", "base", n, [], "full") for n in CURVE],
     ("sft_named", "sft", "base", "named", [], "full"),
 ]
@@ -106,6 +124,12 @@ EVALUATIONS = [
     ("sft_many_chat_unseen", "sft_many", "unseen", "chat"),
     ("control_many_chat", "control_sft_many", "heldout", "chat"),
     ("control_many_chat_unseen", "control_sft_many", "unseen", "chat"),
+    ("base_rich_completion", "base_rich", "heldout", "completion"),
+    *[(f"{run}_chat{unseen}", model, questions, "chat")  # each of the six SFT models of the rich bases, both ways
+      for run, model in (("sft_rich", "sft_rich"), ("control_rich", "control_sft_rich"),
+                         ("sft_rich_diverse", "sft_rich_diverse"), ("control_rich_diverse", "control_sft_rich_diverse"),
+                         ("sft_rich_many", "sft_rich_many"), ("control_rich_many", "control_sft_rich_many"))
+      for unseen, questions in (("", "heldout"), ("_unseen", "unseen"))],
     ("base_completion_sft_entities", "base", "sft", "completion"),
     ("base_chat_sft_entities", "base", "sft", "chat"),
     ("sft_chat_sft_entities", "sft", "sft", "chat"),
@@ -130,6 +154,11 @@ LABELS = {
     "sft_many_chat_unseen": "SFT on eighteen wordings, unseen wordings",
     "control_many_chat": "control on eighteen wordings",
     "control_many_chat_unseen": "control on eighteen wordings, unseen wordings",
+    "base_rich_completion": "rich base (pretrained in 13-14 phrasings a fact), completion form",
+    **{f"{run}_rich{suffix}_chat{unseen}": f"{who} on {words}, {asked}"
+       for suffix, words in (("", "one wording"), ("_diverse", "five wordings"), ("_many", "eighteen wordings"))
+       for run, who in (("sft", "rich base: SFT"), ("control", "rich control: SFT"))
+       for unseen, asked in (("", "chat form"), ("_unseen", "unseen wordings"))},
     "ablation_completion": "ablation base (no augmentation), completion form",
     "ablation_chat": "ablation: SFT on a base pretrained without augmentation",
     "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
@@ -164,13 +193,17 @@ def learning_curve(out_dir: str) -> list[dict]:
         return [r for r in map(json.loads, f) if "loss" in r]
 
 
-def finished(ckpt: str, seed: int) -> bool:
-    """--reuse takes a run only if it ended (not one cut off mid-way) and trained with this seed."""
+def finished(ckpt: str, seed: int, overrides: list[str]) -> bool:
+    """--reuse takes a run only if it ended (not one cut off mid-way), trained with this seed, and has every
+    --key=value setting the run would be given now (a step count changed since is a run to do again)."""
     path = checkpoint.checkpoint_path(ckpt)
     if path is None:
         return False
     state = checkpoint.load_checkpoint(path)
-    return state["iter_num"] >= state["config"]["max_iters"] and state["config"]["seed"] == seed
+    config = state["config"]
+    settings = [arg[2:].split("=", 1) for arg in overrides]
+    return (state["iter_num"] >= config["max_iters"] and config["seed"] == seed
+            and all(str(config.get(key)) == value for key, value in dict(settings).items()))  # (the last wins)
 
 
 def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world_size: dict = WORLD
@@ -182,7 +215,7 @@ def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world
     qa = {split: eval_qa.read_json(os.path.join(world_dir, f"{split}_qa.json")) for split in ("heldout", "sft")}
     qa["unseen"] = eval_qa.read_json(os.path.join(world_dir, "heldout_qa_unseen.json"))
     folders = {}
-    for name in ("bios", "bios_control", "bios_single"):
+    for name in ("bios", "bios_control", "bios_single", "bios_rich", "bios_rich_control"):
         folders[name] = os.path.join(world_dir, f"{name}_text")
         prepare_text.prepare(input_path=os.path.join(world_dir, f"{name}.txt"), out_dir=folders[name])
     sft_sets = {n: qa["sft"][: n + SFT_VAL] for n in sizes}  # the file is shuffled: any prefix mixes entities
@@ -218,6 +251,9 @@ def main() -> None:
                         help="every training's dtype (auto: bf16 where the CPU has it); float32 measures, on a CPU "
                              "with native bf16, what one without it does")
     parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
+    parser.add_argument("--rich", action="store_true",
+                        help="also pretrain on the rich text (13-14 phrasings a fact) and SFT those bases: "
+                             "two long pretrainings more a seed")
     parser.add_argument("--lora_ranks", default="",
                         help="also SFT the main base model with LoRA at these ranks (e.g. 1,4,16), at learning rate "
                              f"{LORA_LR:g}, and compare with full SFT")
@@ -263,6 +299,8 @@ def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
     included = {"quick"} | ({"full"} if not args.quick else set())
     if not (args.quick or args.no_ablation):
         included.add("ablation")
+    if args.rich:
+        included.add("rich")
     trainings = [t for t in TRAININGS if t[5] in included]
     trainings += [(f"sft_lora{r}", "sft", "base", "all", [f"--lora_rank={r}", f"--learning_rate={LORA_LR}",
                                                              f"--min_lr={LORA_LR / 10}"], "lora") for r in lora_ranks]
@@ -286,11 +324,12 @@ def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
     for name, trainer, start, data_name, extra, _ in trainings:
         bar.set_postfix_str(name)
         ckpt = os.path.join(out, name)
-        if not (args.reuse and finished(ckpt, seed)):
+        overrides = extra + (SMOKE[trainer] if args.smoke else [])  # (smoke steps win)
+        if not (args.reuse and finished(ckpt, seed, overrides)):
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]
                        + ([f"--init_from={os.path.join(out, start)}"] if start else []) + [f"--dtype={args.dtype}"]
-                       + [f"--seed={seed}"] + extra + (SMOKE[trainer] if args.smoke else []))  # (smoke steps win)
+                       + [f"--seed={seed}"] + overrides)
             peaks[name] = run(command, os.path.join(logs, f"{name}.log"))
             write_json(peaks_file, peaks)
         bar.update(1)
@@ -377,7 +416,9 @@ def write_seeds_markdown(path: str, results: dict) -> str:
     # Each question wording against each SFT model (the trained wording, then the unseen ones), summed over seeds
     pairs = [("sft_chat", "sft_chat_unseen", "SFT on one wording"),
              ("sft_diverse_chat", "sft_diverse_chat_unseen", "SFT on five wordings"),
-             ("sft_many_chat", "sft_many_chat_unseen", "SFT on eighteen wordings")]
+             ("sft_many_chat", "sft_many_chat_unseen", "SFT on eighteen wordings"),
+             *[(f"sft_rich{s}_chat", f"sft_rich{s}_chat_unseen", f"rich base, {w}")
+               for s, w in (("", "one wording"), ("_diverse", "five"), ("_many", "eighteen"))]]
     columns = [c for c in pairs if c[0] in counts["by_wording"] and c[1] in counts["by_wording"]]
     if columns:
         lines += ["", "Correct answers per question wording, summed over the seeds (held-out entities):", "",

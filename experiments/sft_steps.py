@@ -4,15 +4,16 @@ How long to fine-tune: the knowledge experiment's held-out accuracy against the 
     python experiments/sft_steps.py                       # seeds 2001-2003, 40 to 240 steps -> out/sft_steps/
     python experiments/sft_steps.py --seeds 2001 --steps 60,120
     python experiments/sft_steps.py --data many          # the eighteen-wording SFT set's own curve
+    python experiments/sft_steps.py --text bios_rich --pretrain_steps 600 --data diverse --steps 60
 
 For each seed: the world, its data and the base model, as experiments/knowledge.py makes them (its functions,
-its configs); then each SFT set asked for (--data) from that base at each number of steps (everything else as
-in experiments/configs/world_sft.py, warmup included), each asked the held-out questions in the trained wording
-and in the unseen wordings (eval_qa.py's scoring rule). Also the share of answers that are the reference sentence:
-the form SFT teaches. The default seeds are not knowledge.py's (1337 and up), whose figures are reported:
-world_sft.py's steps were chosen on these seeds (by earlier scratch runs; experiments/README.md, "How long
-to fine-tune"). Written to out_dir: results.json, results.md, results.png, and each
-seed's world, checkpoints and logs in seed_K/.
+its configs; --text and --pretrain_steps change the base's text and steps); then each SFT set asked for (--data)
+from that base at each number of steps (everything else as in experiments/configs/world_sft.py, warmup
+included), each asked the held-out questions in the trained wording and in the unseen wordings (eval_qa.py's
+scoring rule). Also the share of answers that are the reference sentence: the form SFT teaches. The default
+seeds are not knowledge.py's (1337 and up), whose figures are reported: world_sft.py's steps were chosen on these
+seeds (by earlier scratch runs; experiments/README.md, "How long to fine-tune"). Written to out_dir:
+results.json, results.md, results.png, and each seed's world, checkpoints and logs in seed_K/.
 """
 
 import contextlib
@@ -54,6 +55,11 @@ def main() -> None:
     parser.add_argument("--steps", default="40,60,90,120,240", help="SFT steps (max_iters) to compare")
     parser.add_argument("--data", default="all,diverse",
                         help="SFT sets, comma-separated: all (one wording), diverse (five), many (eighteen)")
+    parser.add_argument("--text", default="bios", choices=["bios", "bios_rich"],
+                        help="the base model's pretraining text: the world's biographies in 3-4 phrasings a fact, or "
+                             "the rich text's 13-14 (prepare_world.PHRASINGS_RICH)")
+    parser.add_argument("--pretrain_steps", type=int, default=0,
+                        help="the base model's steps (0: experiments/configs/world_pretrain.py's)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it)")
@@ -61,6 +67,8 @@ def main() -> None:
                         help="a tiny world: checks the pipeline (the tests), measures nothing; give small --steps")
     args = parser.parse_args()
     seeds, steps = parse_ints(args.seeds, "--seeds"), parse_ints(args.steps, "--steps")
+    if args.pretrain_steps < 0:
+        raise errors.UserError(f"--pretrain_steps={args.pretrain_steps}: give 1 or more (0: the config's)")
     data_names = list(dict.fromkeys(d.strip() for d in args.data.split(",") if d.strip()))  # each once
     if not data_names or not set(data_names) <= {"all", "diverse", "many"}:
         raise errors.UserError(f"--data={args.data}: give one or more of all,diverse,many separated by commas")
@@ -84,9 +92,11 @@ def main() -> None:
         kinds = {e["name"]: e["kind"] for e in world["entities"]}
         base = os.path.join(seed_out, "base")
         bar.set_postfix_str(f"seed {seed}: base")
-        knowledge.run(["train_pretrain.py", knowledge.PRETRAIN_CONFIG, f"--data_dir={folders['bios']}",
+        knowledge.run(["train_pretrain.py", knowledge.PRETRAIN_CONFIG, f"--data_dir={folders[args.text]}",
                        f"--out_dir={base}", f"--dtype={args.dtype}", f"--seed={seed}",
-                       *(knowledge.SMOKE["pretrain"] if args.smoke else [])], os.path.join(logs, "base.log"))
+                       *(knowledge.SMOKE["pretrain"] if args.smoke else []),
+                       *([f"--max_iters={args.pretrain_steps}"] if args.pretrain_steps else [])],
+                      os.path.join(logs, "base.log"))
         bar.update(1)
         for n in steps:
             for data_name in data_names:
@@ -106,7 +116,8 @@ def main() -> None:
                                               "end_rate": r["end_rate"]})
                 bar.update(1)
     bar.close()
-    results = {"seeds": seeds, "steps": steps, "data": data_names, "rows": table, "wall_s": time.time() - t0}
+    results = {"seeds": seeds, "steps": steps, "data": data_names, "text": args.text,
+               "pretrain_steps": args.pretrain_steps or None, "rows": table, "wall_s": time.time() - t0}
     knowledge.write_json(os.path.join(out, "results.json"), results)
     print(write_markdown(os.path.join(out, "results.md"), results))
     plot(os.path.join(out, "results.png"), results)

@@ -27,6 +27,26 @@ def test_seeds_below_one_are_refused(tmp_path):
 
 
 @needs_bpe
+@pytest.mark.slow  # a tiny experiment of 14 trainings: about 60 s
+def test_rich_runs_pretrain_on_the_rich_texts_and_sft_from_those_bases(tmp_path):
+    run_knowledge(f"--out_dir={tmp_path}", "--smoke", "--quick", "--rich", "--seed=5")
+    import checkpoint
+
+    def config(name):
+        return checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / name)))["config"]
+
+    for base, text in (("base_rich", "bios_rich"), ("control_base_rich", "bios_rich_control")):
+        assert config(base)["data_dir"] == str(tmp_path / "world" / f"{text}_text")
+    for name, base, data in (("sft_rich", "base_rich", "all"), ("control_sft_rich_diverse", "control_base_rich",
+                                                                "diverse"), ("sft_rich_many", "base_rich", "many")):
+        assert (config(name)["init_from"], config(name)["data_dir"]) == (
+            str(tmp_path / base), str(tmp_path / "world" / f"sft_{data}"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"base_rich_completion", "sft_rich_diverse_chat_unseen", "control_rich_many_chat"} <= set(results)
+    assert "sft_many_chat" not in results  # --quick still leaves out the full run's rows
+
+
+@needs_bpe
 @pytest.mark.slow  # three tiny experiments of 6 trainings each: 125 s on 2 shared CPU cores
 def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
     run_knowledge(f"--out_dir={tmp_path / 'two'}", "--smoke", "--quick", "--seeds=2", "--seed=5")
@@ -67,9 +87,28 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
         tmp_path / "one" / "world" / "world.json").read_text()
 
 
+def test_reuse_takes_only_a_finished_run_with_this_seed_and_these_settings(monkeypatch):
+    """knowledge.py --reuse: a checkpoint stands for a run only if it ran to its end, with the seed and every
+    --key=value the run would be given now (RICH_STEPS changed from 300 to 900 once: the 300-step bases must
+    not be taken for 900-step ones)."""
+    import knowledge
+
+    state = {"iter_num": 900, "config": {"max_iters": 900, "seed": 5, "learning_rate": 0.003}}
+    monkeypatch.setattr(knowledge.checkpoint, "checkpoint_path", lambda ckpt: ckpt)
+    monkeypatch.setattr(knowledge.checkpoint, "load_checkpoint", lambda path: state)
+    assert knowledge.finished("run", 5, ["--max_iters=900", "--learning_rate=0.003"])
+    assert knowledge.finished("run", 5, [])
+    assert not knowledge.finished("run", 5, ["--max_iters=300"])  # trained for other steps
+    assert not knowledge.finished("run", 6, [])  # another seed
+    assert knowledge.finished("run", 5, ["--max_iters=300", "--max_iters=900"])  # the last setting wins
+    state["iter_num"] = 450  # cut off mid-way
+    assert not knowledge.finished("run", 5, [])
+
+
 @pytest.mark.parametrize("flag, message", [
     ("--steps=60,x", "error: --steps=60,x: give whole numbers of 1 or more separated by commas, e.g. 60,120"),
-    ("--data=all,five", "error: --data=all,five: give one or more of all,diverse,many separated by commas")])
+    ("--data=all,five", "error: --data=all,five: give one or more of all,diverse,many separated by commas"),
+    ("--pretrain_steps=-1", "error: --pretrain_steps=-1: give 1 or more (0: the config's)")])
 def test_sft_steps_refuses_bad_flags(tmp_path, flag, message):
     result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", flag],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -79,9 +118,11 @@ def test_sft_steps_refuses_bad_flags(tmp_path, flag, message):
 
 @needs_bpe
 @pytest.mark.slow  # one tiny pretraining and four SFTs: about 30 s
-def test_sft_steps_trains_each_step_count_from_one_base(tmp_path):
+@pytest.mark.parametrize("base_flags", [[], ["--text=bios_rich", "--pretrain_steps=4"]])
+def test_sft_steps_trains_each_step_count_from_one_base(tmp_path, base_flags):
     result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", "--smoke",
-                             "--seeds=5", "--steps=2,3"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             "--seeds=5", "--steps=2,3", *base_flags], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["steps"] == [2, 3] and results["seeds"] == [5]
@@ -93,4 +134,8 @@ def test_sft_steps_trains_each_step_count_from_one_base(tmp_path):
         for data in ("all", "diverse"):
             state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / f"sft_{data}_{n}")))
             assert state["iter_num"] == n and state["config"]["init_from"] == str(tmp_path / "seed_5" / "base")
+    base = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / "base")))
+    text = "bios_rich" if base_flags else "bios"  # the base read the text asked for, for the steps asked for
+    assert base["config"]["data_dir"] == str(tmp_path / "seed_5" / "world" / f"{text}_text")
+    assert base["iter_num"] == (4 if base_flags else 6)  # (--smoke's pretraining steps: knowledge.SMOKE)
     assert "| 3 |" in (tmp_path / "results.md").read_text() and (tmp_path / "results.png").stat().st_size > 0
