@@ -125,6 +125,7 @@ EVALUATIONS = [
     ("control_many_chat", "control_sft_many", "heldout", "chat"),
     ("control_many_chat_unseen", "control_sft_many", "unseen", "chat"),
     ("base_rich_completion", "base_rich", "heldout", "completion"),
+    ("base_rich_chat", "base_rich", "heldout", "chat"),
     *[(f"{run}_chat{unseen}", model, questions, "chat")  # each of the six SFT models of the rich bases, both ways
       for run, model in (("sft_rich", "sft_rich"), ("control_rich", "control_sft_rich"),
                          ("sft_rich_diverse", "sft_rich_diverse"), ("control_rich_diverse", "control_sft_rich_diverse"),
@@ -155,6 +156,7 @@ LABELS = {
     "control_many_chat": "control on eighteen wordings",
     "control_many_chat_unseen": "control on eighteen wordings, unseen wordings",
     "base_rich_completion": "rich base (pretrained in 13-14 phrasings a fact), completion form",
+    "base_rich_chat": "rich base, chat form",
     **{f"{run}_rich{suffix}_chat{unseen}": f"{who} on {words}, {asked}"
        for suffix, words in (("", "one wording"), ("_diverse", "five wordings"), ("_many", "eighteen wordings"))
        for run, who in (("sft", "rich base: SFT"), ("control", "rich control: SFT"))

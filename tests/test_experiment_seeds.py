@@ -42,7 +42,8 @@ def test_rich_runs_pretrain_on_the_rich_texts_and_sft_from_those_bases(tmp_path)
         assert (config(name)["init_from"], config(name)["data_dir"]) == (
             str(tmp_path / base), str(tmp_path / "world" / f"sft_{data}"))
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {"base_rich_completion", "sft_rich_diverse_chat_unseen", "control_rich_many_chat"} <= set(results)
+    assert {"base_rich_completion", "base_rich_chat", "sft_rich_diverse_chat_unseen",
+            "control_rich_many_chat"} <= set(results)
     assert "sft_many_chat" not in results  # --quick still leaves out the full run's rows
 
 
