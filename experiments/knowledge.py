@@ -4,7 +4,7 @@ The lesson, measured: SFT teaches format, not knowledge.
     python experiments/knowledge.py                     # the whole experiment -> out/knowledge/
     python experiments/knowledge.py --quick             # the CI test's run: base and control, and their SFTs
     python experiments/knowledge.py --seeds 3           # every run with seeds 1337, 1338, 1339: mean, min-max
-    python experiments/knowledge.py --seeds 3 --rich    # and the same SFTs on bases that read a richer text
+    python experiments/knowledge.py --seeds 3 --rich    # also the SFTs of bases that read a richer text
 
 A small world with known facts (prepare_world.py); a base model pretrained on its biographies until it knows
 them (train_pretrain.py); SFT on questions about some entities (train_sft.py); exact-match accuracy on
@@ -126,7 +126,9 @@ EVALUATIONS = [
     ("control_many_chat_unseen", "control_sft_many", "unseen", "chat"),
     ("base_rich_completion", "base_rich", "heldout", "completion"),
     ("base_rich_chat", "base_rich", "heldout", "chat"),
-    *[(f"{run}_chat{unseen}", model, questions, "chat")  # each of the six SFT models of the rich bases, both ways
+    # each of the six SFT models of the rich bases, both ways; run names the result ("control_rich" for
+    # the model "control_sft_rich")
+    *[(f"{run}_chat{unseen}", model, questions, "chat")
       for run, model in (("sft_rich", "sft_rich"), ("control_rich", "control_sft_rich"),
                          ("sft_rich_diverse", "sft_rich_diverse"), ("control_rich_diverse", "control_sft_rich_diverse"),
                          ("sft_rich_many", "sft_rich_many"), ("control_rich_many", "control_sft_rich_many"))
@@ -197,7 +199,8 @@ def learning_curve(out_dir: str) -> list[dict]:
 
 def finished(ckpt: str, seed: int, overrides: list[str]) -> bool:
     """--reuse takes a run only if it ended (not one cut off mid-way), trained with this seed, and has every
-    --key=value setting the run would be given now (a step count changed since is a run to do again)."""
+    --key=value setting the run would be given now (a step count changed since is a run to do again; a key
+    given twice: its last value counts, as in the trainer)."""
     path = checkpoint.checkpoint_path(ckpt)
     if path is None:
         return False
@@ -205,7 +208,7 @@ def finished(ckpt: str, seed: int, overrides: list[str]) -> bool:
     config = state["config"]
     settings = [arg[2:].split("=", 1) for arg in overrides]
     return (state["iter_num"] >= config["max_iters"] and config["seed"] == seed
-            and all(str(config.get(key)) == value for key, value in dict(settings).items()))  # (the last wins)
+            and all(str(config.get(key)) == value for key, value in dict(settings).items()))
 
 
 def prepare_data(world_dir: str, seed: int, sizes: list[int], named: bool, world_size: dict = WORLD
@@ -254,8 +257,8 @@ def main() -> None:
                              "with native bf16, what one without it does")
     parser.add_argument("--no_ablation", action="store_true", help="skip the ablation (its pretraining is long)")
     parser.add_argument("--rich", action="store_true",
-                        help="also pretrain on the rich text (13-14 phrasings a fact) and SFT those bases: "
-                             "two long pretrainings more a seed")
+                        help=f"also pretrain on the rich text (13-14 phrasings a fact) and SFT those bases: "
+                             f"two pretrainings of {RICH_STEPS} steps more per seed")
     parser.add_argument("--lora_ranks", default="",
                         help="also SFT the main base model with LoRA at these ranks (e.g. 1,4,16), at learning rate "
                              f"{LORA_LR:g}, and compare with full SFT")

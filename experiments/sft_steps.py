@@ -59,7 +59,8 @@ def main() -> None:
                         help="the base model's pretraining text: the world's biographies in 3-4 phrasings a fact, or "
                              "the rich text's 13-14 (prepare_world.PHRASINGS_RICH)")
     parser.add_argument("--pretrain_steps", type=int, default=0,
-                        help="the base model's steps (0: experiments/configs/world_pretrain.py's)")
+                        help="the base model's steps (0: experiments/configs/world_pretrain.py's); given, "
+                             "it wins over --smoke's")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it)")
