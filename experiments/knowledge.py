@@ -126,12 +126,10 @@ EVALUATIONS = [
     ("control_many_chat_unseen", "control_sft_many", "unseen", "chat"),
     ("base_rich_completion", "base_rich", "heldout", "completion"),
     ("base_rich_chat", "base_rich", "heldout", "chat"),
-    # each of the six SFT models of the rich bases, both ways; run names the result ("control_rich" for
-    # the model "control_sft_rich")
-    *[(f"{run}_chat{unseen}", model, questions, "chat")
-      for run, model in (("sft_rich", "sft_rich"), ("control_rich", "control_sft_rich"),
-                         ("sft_rich_diverse", "sft_rich_diverse"), ("control_rich_diverse", "control_sft_rich_diverse"),
-                         ("sft_rich_many", "sft_rich_many"), ("control_rich_many", "control_sft_rich_many"))
+    # each of the six SFT models of the rich bases, both ways ("control_sft_rich" -> "control_rich_chat")
+    *[(f"{model.replace('control_sft', 'control')}_chat{unseen}", model, questions, "chat")
+      for model in ("sft_rich", "control_sft_rich", "sft_rich_diverse", "control_sft_rich_diverse",
+                    "sft_rich_many", "control_sft_rich_many")
       for unseen, questions in (("", "heldout"), ("_unseen", "unseen"))],
     ("base_completion_sft_entities", "base", "sft", "completion"),
     ("base_chat_sft_entities", "base", "sft", "chat"),
