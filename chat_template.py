@@ -23,6 +23,8 @@ Run `python chat_template.py` to see a two-exchange conversation with its target
 import functools
 import hashlib
 import json
+import os
+import shutil
 import sys
 
 import tiktoken
@@ -39,6 +41,19 @@ ROLES = ("system", "user", "assistant")
 # Stanford Alpaca's preamble (their no-input prompt); a system message replaces it.
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
+
+
+# Offline, tiktoken finds GPT-2's two BPE files in $TIKTOKEN_CACHE_DIR named by their URL's SHA-1
+BPE_CACHE_NAMES = {"vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
+                   "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"}
+
+
+def fill_tiktoken_cache(bpe_dir: str, cache_dir: str) -> None:
+    """Copy vocab.bpe and encoder.json from bpe_dir into cache_dir, named as tiktoken wants them."""
+    os.makedirs(cache_dir, exist_ok=True)
+    for name, cached in BPE_CACHE_NAMES.items():
+        if not os.path.exists(os.path.join(cache_dir, cached)):
+            shutil.copy(os.path.join(bpe_dir, name), os.path.join(cache_dir, cached))
 
 
 @functools.cache
@@ -129,7 +144,8 @@ def _segments(messages, template, add_generation_prompt=False):
 
 def fingerprint(template: str) -> str:
     """A short hash of how this file renders a fixed two-turn conversation in template (with and
-    without its system message, and as a prompt): its pieces, and which are targets.
+    without its system message, and as a prompt): its pieces, which are targets, and the template's
+    Jinja rendering.
     prepare_alpaca.py records it in meta.json and the trainer compares it, so data that an older
     version of a template rendered differently is never trained on as if it were the current one."""
     probe = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
@@ -138,7 +154,8 @@ def fingerprint(template: str) -> str:
     # with its system message, without (alpaca's default preamble), and as a prompt for generation
     conversations = [(probe, False), (probe[1:], False), (probe[1:-1], True)]
     pieces = [_segments(c, template, add_generation_prompt=prompt) for c, prompt in conversations]
-    return hashlib.sha256(json.dumps(pieces).encode()).hexdigest()[:12]
+    jinja = [jinja_template(template, system) for system in (None, "S")]  # the export's rendering
+    return hashlib.sha256(json.dumps([pieces, jinja]).encode()).hexdigest()[:12]
 
 
 def render(messages, template: str = "chatml", add_generation_prompt: bool = False) -> str:
@@ -191,6 +208,98 @@ def show_mask(ids, mask, color: bool = True) -> str:
         else:
             out.append(f"[{text}]" if m else text)
     return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The same templates in Jinja, for transformers' apply_chat_template (export_hf.py writes them into
+# an export's tokenizer_config.json). They must render what _segments renders: tests/test_export.py
+# compares them on real records, and the fingerprint covers both.
+
+
+def jinja_string(s: str) -> str:
+    """s as a Jinja string literal. Anything past plain ASCII letters and punctuation is written as
+    a \\U escape, so quotes, backslashes, newlines, Jinja's {{ %} and emoji come back unchanged."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;!?'-()/")
+    return '"' + "".join(c if c in safe else f"\\U{ord(c):08x}" for c in s) + '"'
+
+
+# One Jinja statement per line, whitespace trimmed by {%- -%}: the text comes only from {{ }}.
+_CHECK_MESSAGES = """\
+{%- for message in messages -%}
+  {%- if message['role'] not in ['system', 'user', 'assistant'] -%}
+    {{- raise_exception('message ' ~ loop.index0 ~ ': role must be system, user or assistant')
+    -}}
+  {%- endif -%}
+  {%- if message['role'] == 'system' and not loop.first -%}
+    {{- raise_exception('message ' ~ loop.index0 ~ ': a system message may only come first') -}}
+  {%- endif -%}
+{%- endfor -%}
+"""
+
+_CHATML = """\
+{%- if messages[0]['role'] != 'system' and default_system -%}
+  {{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+  {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '<|im_start|>assistant\\n' -}}
+{%- endif -%}
+"""
+
+_ALPACA = """\
+{%- if messages[0]['role'] == 'system' -%}
+  {{- messages[0]['content'] -}}
+{%- else -%}
+  {{- default_system -}}
+{%- endif -%}
+{%- for message in messages -%}
+  {%- if message['role'] == 'user' -%}
+    {{- '\\n\\n### Instruction:\\n' + message['content'] -}}
+  {%- elif message['role'] == 'assistant' -%}
+    {{- '\\n\\n### Response:\\n' + message['content'] + '<|endoftext|>' -}}
+  {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '\\n\\n### Response:\\n' -}}
+{%- endif -%}
+"""
+
+_LLAMA2 = """\
+{%- set ns = namespace(system=default_system, first_user=true) -%}
+{%- if messages[0]['role'] == 'system' -%}
+  {%- set ns.system = messages[0]['content'] -%}
+{%- endif -%}
+{%- for message in messages -%}
+  {%- if message['role'] == 'user' -%}
+    {{- '[INST] ' -}}
+    {%- if ns.system is not none and ns.first_user -%}
+      {{- '<<SYS>>\\n' + ns.system + '\\n<</SYS>>\\n\\n' -}}
+    {%- endif -%}
+    {{- message['content'] + ' [/INST]' -}}
+    {%- set ns.first_user = false -%}
+  {%- elif message['role'] == 'assistant' -%}
+    {{- ' ' + message['content'] + '<|endoftext|>' -}}
+  {%- endif -%}
+{%- endfor -%}
+"""
+
+
+def jinja_template(template: str, system_prompt: str | None) -> str:
+    """The Jinja chat template that renders what render() renders. A conversation without a system
+    message gets the one the model was trained with (as sample.py adds it), or the template's own
+    default."""
+    if template == "chatml":
+        default, body = system_prompt, _CHATML
+    elif template == "alpaca":
+        default, body = system_prompt or ALPACA_PREAMBLE, _ALPACA
+    elif template == "llama2":
+        default, body = system_prompt, _LLAMA2
+    else:
+        raise ValueError(f"no Jinja version of template {template!r}")
+    default_literal = "none" if default is None else jinja_string(default)
+    return f"{{%- set default_system = {default_literal} -%}}\n" + _CHECK_MESSAGES + body
 
 
 if __name__ == "__main__":

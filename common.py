@@ -1,15 +1,20 @@
 """
-The runtime the scripts share: where and in what precision to run, and one process or several (DDP). It
-imports nothing else of this project. Checkpoints live in checkpoint.py, the data formats in data.py, and
-the one way a script stops on a user's mistake in errors.py.
+The runtime the scripts share: where and in what precision to run, on how many threads, with which kernels,
+one process or several (DDP), and how a run stops on a signal. It imports nothing of this project but
+errors.py. Checkpoints live in checkpoint.py, the data formats in data.py, metrics in metrics.py.
 """
 
 import os
+import signal
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,6 +60,62 @@ def pick_dtype(dtype: str, kind: str) -> str:
     return "float32"
 
 
+def idle_cores(seconds: float = 0.2) -> float | None:
+    """How many of this machine's cores sat idle over the next `seconds` (from /proc/stat); None where that
+    cannot be read (not Linux)."""
+
+    def idle_and_total():
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]  # the first line: all cores together
+        return ticks[3] + ticks[4], sum(ticks)  # idle and iowait; everything
+
+    try:
+        idle_0, total_0 = idle_and_total()
+        time.sleep(seconds)
+        idle_1, total_1 = idle_and_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (idle_1 - idle_0) / max(total_1 - total_0, 1)
+
+
+def pick_threads(threads: int, processes_here: int = 1) -> int:
+    """torch's CPU threads: `threads` if given, else the cores idle at the start, shared among this machine's
+    processes of the run (never more than torch's own default, the physical cores). More threads than idle
+    cores make every thread wait for the others: on a 2-core machine running another job, a run on 2 threads
+    was 3-4x slower than on 1 (BENCHMARKS.md)."""
+    if threads < 0:
+        raise UserError(f"threads={threads}: give a count of threads, or 0 for the cores idle at the start")
+    if threads > 0:
+        return threads
+    idle = idle_cores()
+    cores = torch.get_num_threads() if idle is None else min(torch.get_num_threads(), round(idle))
+    return max(1, cores // processes_here)
+
+
+def pick_kernels(attention: str, loss_path: str, device_type: str, compile: bool, dropout: float,
+                 eval_only: bool) -> tuple[str, str]:
+    """The run's attention for packed rows and its loss path (model.GPTConfig's fields of the same names).
+    'auto': compiling on a GPU, FlexAttention (which skips the blocks a document mask hides) and the fused
+    loss (one F.cross_entropy that the compiler fuses); elsewhere SDPA with a boolean mask, on every device,
+    and the chunked loss, which computes no logit without a target. A choice that cannot run is refused."""
+    for name, value, choices in (("attention", attention, ("auto", "sdpa", "flex")),
+                                 ("loss_path", loss_path, ("auto", "chunked", "fused"))):
+        if value not in choices:
+            raise UserError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    if attention == "auto":
+        attention = "flex" if device_type == "cuda" and compile and dropout == 0 else "sdpa"
+    if loss_path == "auto":
+        loss_path = "fused" if compile else "chunked"
+    if attention == "flex" and dropout > 0:
+        raise UserError(f"attention=flex: FlexAttention has no dropout (dropout={dropout}); use "
+                        f"--attention=sdpa, or --dropout=0.0")
+    if attention == "flex" and device_type != "cuda" and not eval_only:
+        raise UserError(f"attention=flex: torch {torch.__version__} has no FlexAttention backward on "
+                        f"{device_type}; train with --attention=sdpa (or auto), or only evaluate "
+                        f"(--eval_only=True)")
+    return attention, loss_path
+
+
 def tune_cpu_allocator() -> None:
     """Stop glibc from returning freed buffers to the OS after every step and mapping them again the next.
 
@@ -85,6 +146,7 @@ class Runtime:
     device: str
     device_type: str  # 'cuda', 'cpu' or 'mps': what autocast and the optimizer want
     dtype: str  # 'float32', 'bfloat16' or 'float16'
+    threads: int  # torch's CPU threads in this process
 
     @property
     def master(self) -> bool:
@@ -100,24 +162,22 @@ class Runtime:
         if self.ddp:
             dist.barrier()
 
-
-def single_process(device: str = "cpu", dtype: str = "float32") -> Runtime:
-    """The runtime of a plain `python script.py` on one device, without touching the process's global state."""
-    return Runtime(ddp=False, rank=0, local_rank=0, world_size=1, device=device, device_type=device_type(device),
-                   dtype=dtype)
+    def describe(self) -> str:
+        return (f"device {self.device}, dtype {self.dtype}, {self.threads} CPU thread(s), "
+                f"{self.world_size} process(es)")
 
 
-def setup_runtime(device: str, dtype: str, seed: int) -> Runtime:
+def setup_runtime(device: str, dtype: str, seed: int, threads: int = 0) -> Runtime:
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     device = pick_device(device)
+    # CPU processes of one machine share its cores instead of each taking all of them
+    torch.set_num_threads(pick_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
-        else:  # CPU processes share the cores instead of each taking all of them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     torch.manual_seed(seed + rank)
     kind = device_type(device)
@@ -126,4 +186,57 @@ def setup_runtime(device: str, dtype: str, seed: int) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     if kind == "cpu":
         tune_cpu_allocator()
-    return Runtime(ddp, rank, local_rank, world_size, device, kind, pick_dtype(dtype, kind))
+    return Runtime(ddp, rank, local_rank, world_size, device, kind, pick_dtype(dtype, kind),
+                   torch.get_num_threads())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stopping on a signal
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (what `timeout`, `kill` and job schedulers send) ask the training loop to
+    stop after the step it is in, so that it saves where it got to; a second Ctrl-C stops at once. Under
+    torchrun every process gets the signal, maybe at another step: requested() makes them agree. restore()
+    puts back the handlers that were there before (a trainer run inside another program leaves them as found).
+    """
+
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as a shell reports it
+
+    def __init__(self, runtime: Runtime):
+        self.received, self.rank = None, runtime.rank  # the first signal's number
+        self.previous = {s: signal.getsignal(s) for s in self.EXIT_CODES}
+        for s, handler in self.previous.items():
+            if handler != signal.SIG_IGN:  # a job started to ignore Ctrl-C (nohup, `cmd &`) keeps ignoring it
+                signal.signal(s, self._handle)
+        # The processes agree over the CPU (gloo), so that asking never waits for a GPU's queue of work
+        self.group = dist.new_group(backend="gloo") if runtime.ddp else None
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # the second Ctrl-C: at once
+        if self.received is None and self.rank == 0:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step, to save it (a second Ctrl-C "
+                  f"stops at once)", file=sys.stderr, flush=True)
+        self.received = self.received or signum
+
+    def requested(self) -> bool:
+        """Whether to stop after this step: on every process alike (a collective under DDP: call on all)."""
+        if self.group is not None:
+            flag = torch.tensor(self.received or 0)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            if int(flag) and self.received is None:  # another process got one: stop here too
+                self.received = int(flag)
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES[self.received]
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

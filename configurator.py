@@ -17,7 +17,10 @@ from errors import UserError
 
 
 def load_config(defaults: dict, argv: list[str]) -> dict:
+    """The settings: defaults, then each config file and --key=value of argv in order. Says which settings
+    differ from the defaults (or that none was given), so that a run's log tells what it is."""
     config = dict(defaults)
+    say = os.environ.get("RANK", "0") == "0"  # under torchrun, the first process speaks for all
     args = iter(argv)
     for arg in args:
         if arg.startswith("--"):
@@ -38,7 +41,8 @@ def load_config(defaults: dict, argv: list[str]) -> dict:
             if not os.path.isfile(arg):
                 what = "is a folder, not a config file" if os.path.isdir(arg) else "does not exist"
                 raise UserError(f"config file {arg} {what} (configs/ holds the shipped ones)")
-            print(f"config file: {arg}")
+            if say:
+                print(f"config file: {arg}")
             with open(arg) as f:
                 source = f.read()
             values = {}
@@ -46,6 +50,12 @@ def load_config(defaults: dict, argv: list[str]) -> dict:
             for key, value in values.items():
                 if not key.startswith("_") and not isinstance(value, types.ModuleType):
                     _set(config, key, value, arg)
+    changed = [f"{k}={v!r}" for k, v in config.items() if v != defaults[k]]
+    if say and not argv:
+        print("no config file and no --key=value: every setting is the script's default (the shipped runs "
+              "are configs/*.py, e.g. configs/gpt2_alpaca.py)")
+    elif say:
+        print(f"settings that differ from the defaults: {', '.join(changed) or 'none'}")
     return config
 
 

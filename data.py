@@ -74,8 +74,20 @@ def write_prepared(out_dir: str, arrays: dict, meta: dict, prompts: dict | None 
 
 
 def read_meta(data_dir: str) -> dict:
+    """meta.json of a prepared folder. One prepared by an older nanoSFT, without a field this one reads, is one
+    line saying to prepare it again, never a KeyError."""
     with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
-        return json.load(f)
+        meta = json.load(f)
+    text = meta.get("template") == "none"
+    needed = ("command", "template", "vocab_size", "end_token",
+              *(("n_train_tokens", "n_val_tokens") if text else ("template_fingerprint", "n_train", "n_val")))
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        script = "prepare_text.py" if text else "prepare_alpaca.py"
+        again = prepare_command(meta, data_dir) if "command" in meta else f"python {script} ... --out_dir {data_dir}"
+        raise UserError(f"data_dir={data_dir} was prepared by an older nanoSFT (its meta.json has no "
+                        f"{', '.join(missing)}): prepare it again: `{again}`")
+    return meta
 
 
 def prepare_command(meta: dict, data_dir: str) -> str:
@@ -107,18 +119,13 @@ def check_template_fingerprint(meta: dict, data_dir: str) -> None:
     """SFT data must have been rendered the way chat_template.py renders its template now: sample.py and the
     export render prompts with today's code. Pretraining text (template 'none') passes."""
     template = meta["template"]
-    if template not in chat_template.TEMPLATES:
+    if template == "none":
         return
-    found, current = meta.get("template_fingerprint"), chat_template.fingerprint(template)
-    if found == current:
-        return
-    why = (f"records no template fingerprint (it was prepared before nanoSFT recorded one), so whether "
-           f"chat_template.py still renders {template} the same cannot be told" if found is None else
-           f"was prepared by another version of chat_template.py (its {template} fingerprint is {found}, "
-           f"now {current})")
-    again = (f"`{prepare_command(meta, data_dir)}`" if "command" in meta else
-             f"with the command that made it, and --out_dir {data_dir}")
-    raise UserError(f"data_dir={data_dir} {why}: prepare it again: {again}")
+    found, current = meta["template_fingerprint"], chat_template.fingerprint(template)
+    if found != current:
+        raise UserError(f"data_dir={data_dir} was prepared by another version of chat_template.py (its "
+                        f"{template} fingerprint is {found}, now {current}): prepare it again: "
+                        f"`{prepare_command(meta, data_dir)}`")
 
 
 def _check_size(data_dir: str, meta: dict, name: str, expected_bytes: int) -> None:
@@ -130,8 +137,8 @@ def _check_size(data_dir: str, meta: dict, name: str, expected_bytes: int) -> No
         what = f"has {os.path.getsize(path):,} bytes, not the {expected_bytes:,} meta.json promises"
     else:
         return
-    again = f"`{prepare_command(meta, data_dir)}`" if "command" in meta else "with its prepare script"
-    raise UserError(f"data_dir={data_dir}: {name} {what}; prepare the folder again: {again}")
+    raise UserError(f"data_dir={data_dir}: {name} {what}; prepare the folder again: "
+                    f"`{prepare_command(meta, data_dir)}`")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,6 +150,19 @@ def read_tokens(data_dir: str, meta: dict, split: str) -> np.ndarray:
     name, n = f"{split}.bin", meta[f"n_{split}_tokens"]
     _check_size(data_dir, meta, name, n * np.dtype(TOKEN_DTYPE).itemsize)
     return np.memmap(os.path.join(data_dir, name), dtype=TOKEN_DTYPE, mode="r")
+
+
+def read_token_file(path: str) -> np.ndarray:
+    """A token file named by its path (data/shakespeare/val.bin), checked against the meta.json beside it."""
+    data_dir, name = os.path.split(path)
+    split = name.removesuffix(".bin")
+    if split not in ("train", "val") or not os.path.exists(os.path.join(data_dir or ".", "meta.json")):
+        raise UserError(f"{path}: not a token file of a prepared folder (prepare_text.py writes "
+                        f"<out_dir>/train.bin and val.bin beside their meta.json)")
+    meta = read_meta(data_dir or ".")
+    if meta["template"] != "none":
+        raise UserError(f"{path}: {data_dir} holds SFT examples, not a text; give a folder prepare_text.py made")
+    return read_tokens(data_dir or ".", meta, split)
 
 
 def read_examples(data_dir: str, meta: dict, split: str, block_size: int, verbose: bool = True) -> dict:
@@ -178,6 +198,41 @@ def read_prompts(data_dir: str, split: str = "val") -> list[str]:
         missing = "meta.json" if not os.path.exists(os.path.join(data_dir, "meta.json")) else f"{split}_prompts.json"
         raise UserError(f"{data_dir}: no prepared {split} split ({missing} is missing); --prompts_from takes a "
                         f"folder prepared by prepare_alpaca.py and a split, e.g. data/alpaca/val") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches: which windows or rows a batch takes (the trainers' get_batch), and what it holds
+
+
+def spread(n: int, i: int, batch_size: int, eval_iters: int) -> np.ndarray:
+    """Batch i of a fixed evaluation set: batch_size of the n items (windows or rows), spread evenly with a
+    stride that lets eval_iters batches cover the split, wrapping around when they are too few."""
+    stride = max(1, n // (eval_iters * batch_size))
+    return ((i * batch_size + np.arange(batch_size)) * stride) % n
+
+
+def epoch_rows(n_rows: int, drawn: int, batch_size: int, micro_batches_per_epoch: int, seed: int,
+               rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """A process's next micro-batch of rows, after it drew `drawn` of them: each epoch takes every row once, in
+    an order of its own, a function of (seed, epoch); each micro-batch of each process takes its own slice of
+    it, so the processes' batches of a step are disjoint and together the one-process step."""
+    epoch, n = divmod(drawn, micro_batches_per_epoch)
+    order = np.random.default_rng((seed, epoch)).permutation(n_rows)
+    start = (n * world_size + rank) * batch_size  # this process's slice
+    return order[start : start + batch_size]
+
+
+def random_starts(n_starts: int, batch_size: int, seed: int, rank: int, drawn: int) -> np.ndarray:
+    """Where batch_size random windows start, drawn from a seed that depends only on (seed, process, batch
+    number): a resumed run draws the very windows it would have, and each process its own."""
+    return np.random.default_rng((seed, rank, drawn)).integers(0, n_starts, size=batch_size)
+
+
+def windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of length tokens at starts (x) and their targets, the tokens one further on (y), int64."""
+    x = np.stack([tokens[s : s + length] for s in starts]).astype(np.int64)
+    y = np.stack([tokens[s + 1 : s + 1 + length] for s in starts]).astype(np.int64)
+    return x, y
 
 
 def pack(examples: dict, row_len: int, seed: int) -> dict:

@@ -7,6 +7,9 @@ One careful file download, shared by model.py (GPT-2 weights) and the prepare sc
   or a full disk never leaves a half-written file under the real name, where a later run would trust it.
 - The file is checked against a sha256 when one is known: given by the caller, or sent by the server
   (the Hugging Face hub sends it as `X-Linked-Etag` for large files). A mismatch deletes the bytes and raises.
+
+Every failure is a DownloadError: a UserError whose one line says what happened and where to put the file by
+hand (errors.py), so the scripts report it as it is.
 """
 
 import hashlib
@@ -16,7 +19,18 @@ import re
 import requests
 from tqdm import tqdm
 
+from errors import UserError
+
 CHUNK = 1 << 20
+
+
+class DownloadError(UserError):
+    """A download that did not come: offline, a server's error, a cut-off or corrupt file. status is the HTTP
+    status when the server answered (404: it has no such file)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def sha256_of(path: str) -> str:
@@ -50,15 +64,14 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
     try:
         response = requests.get(url, stream=True, headers=headers, timeout=30)
     except requests.RequestException as e:
-        raise RuntimeError(
-            f"could not download {url} ({type(e).__name__}). If this machine is offline, "
-            f"put the file there yourself: {path}"
-        ) from None
+        raise DownloadError(f"could not download {url} ({type(e).__name__}). If this machine is offline, "
+                            f"put the file there yourself: {path}") from None
     with response:
         if response.status_code == 404:
-            raise FileNotFoundError(f"{url} does not exist (HTTP 404)")
+            raise DownloadError(f"{url} does not exist (HTTP 404)", status=404)
         if response.status_code not in (200, 206, 416):
-            raise RuntimeError(f"could not download {url}: HTTP {response.status_code}. Put the file at {path}")
+            raise DownloadError(f"could not download {url}: HTTP {response.status_code}. Put the file at {path}",
+                                status=response.status_code)
         expected = sha256 or _sha256_from_headers(response)
         if response.status_code == 416:
             # Nothing left to send after our partial file. Trust it only if it is exactly the remote size;
@@ -66,14 +79,14 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
             remote_size = response.headers.get("Content-Range", "").rpartition("/")[2]
             if not remote_size.isdigit() or int(remote_size) != have:
                 os.remove(partial)
-                raise RuntimeError(f"stale partial download of {url} removed ({have} bytes, remote "
+                raise DownloadError(f"stale partial download of {url} removed ({have} bytes, remote "
                                    f"{remote_size or 'unknown'}); run again to download afresh")
         else:
             if response.status_code == 200:
                 have = 0  # the server ignored our Range header: start again from byte 0
             elif not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
                 os.remove(partial)
-                raise RuntimeError(f"{url} resumed at the wrong offset; the partial file was removed, run again")
+                raise DownloadError(f"{url} resumed at the wrong offset; the partial file was removed, run again")
             total = int(response.headers.get("Content-Length", 0)) + have or None
             with open(partial, "ab" if have else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
@@ -84,15 +97,15 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
                         f.write(block)
                         bar.update(len(block))
                 except requests.RequestException as e:
-                    raise RuntimeError(
+                    raise DownloadError(
                         f"download of {url} was cut off ({type(e).__name__}); run again to resume from {partial}"
                     ) from None
             if total is not None and os.path.getsize(partial) < total:  # the server closed early, silently
-                raise RuntimeError(f"download of {url} was cut off; run again to resume from {partial}")
+                raise DownloadError(f"download of {url} was cut off; run again to resume from {partial}")
     if expected is not None:
         got = sha256_of(partial)
         if got != expected:
             os.remove(partial)  # never keep bytes we know are wrong; the next call starts afresh
-            raise RuntimeError(f"sha256 mismatch for {url}: expected {expected}, got {got}. Nothing was saved.")
+            raise DownloadError(f"sha256 mismatch for {url}: expected {expected}, got {got}. Nothing was saved.")
     os.replace(partial, path)
     return path

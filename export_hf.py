@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 import chat_template
 import checkpoint
 import errors
-from chat_template import ALPACA_PREAMBLE, EOT, IM_END, IM_START, SPECIAL_TOKENS
+from chat_template import EOT, IM_END, IM_START, SPECIAL_TOKENS, jinja_template
 from errors import UserError
 from hf_checkpoint import CONV1D_WEIGHTS  # the weights HF stores transposed: the list that loading transposes
 
@@ -169,94 +169,6 @@ def bpe_files(enc) -> tuple[dict[str, int], list[str]]:
         assert len(parts) == 2, f"token {token!r} (rank {rank}) is not the merge of two earlier tokens"
         merges.append(f"{spell(parts[0])} {spell(parts[1])}")
     return vocab, merges
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The chat templates as Jinja: the same text as chat_template._segments, for transformers' apply_chat_template
-
-
-def jinja_string(s: str) -> str:
-    """s as a Jinja string literal. Anything beyond plain ASCII letters and punctuation is written as a \\U
-    escape, so quotes, backslashes, newlines, Jinja's own {{ %} and emoji all come back unchanged."""
-    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;!?'-()/")
-    return '"' + "".join(c if c in safe else f"\\U{ord(c):08x}" for c in s) + '"'
-
-
-# One Jinja statement per line, whitespace trimmed by {%- -%}: the text comes only from {{ }} expressions.
-_CHECK_MESSAGES = """\
-{%- for message in messages -%}
-  {%- if message['role'] not in ['system', 'user', 'assistant'] -%}
-    {{- raise_exception('message ' ~ loop.index0 ~ ': role must be system, user or assistant') -}}
-  {%- endif -%}
-  {%- if message['role'] == 'system' and not loop.first -%}
-    {{- raise_exception('message ' ~ loop.index0 ~ ': a system message may only come first') -}}
-  {%- endif -%}
-{%- endfor -%}
-"""
-
-_CHATML = """\
-{%- if messages[0]['role'] != 'system' and default_system -%}
-  {{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' -}}
-{%- endif -%}
-{%- for message in messages -%}
-  {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-  {{- '<|im_start|>assistant\\n' -}}
-{%- endif -%}
-"""
-
-_ALPACA = """\
-{%- if messages[0]['role'] == 'system' -%}
-  {{- messages[0]['content'] -}}
-{%- else -%}
-  {{- default_system -}}
-{%- endif -%}
-{%- for message in messages -%}
-  {%- if message['role'] == 'user' -%}
-    {{- '\\n\\n### Instruction:\\n' + message['content'] -}}
-  {%- elif message['role'] == 'assistant' -%}
-    {{- '\\n\\n### Response:\\n' + message['content'] + '<|endoftext|>' -}}
-  {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-  {{- '\\n\\n### Response:\\n' -}}
-{%- endif -%}
-"""
-
-_LLAMA2 = """\
-{%- set ns = namespace(system=default_system, first_user=true) -%}
-{%- if messages[0]['role'] == 'system' -%}
-  {%- set ns.system = messages[0]['content'] -%}
-{%- endif -%}
-{%- for message in messages -%}
-  {%- if message['role'] == 'user' -%}
-    {{- '[INST] ' -}}
-    {%- if ns.system is not none and ns.first_user -%}
-      {{- '<<SYS>>\\n' + ns.system + '\\n<</SYS>>\\n\\n' -}}
-    {%- endif -%}
-    {{- message['content'] + ' [/INST]' -}}
-    {%- set ns.first_user = false -%}
-  {%- elif message['role'] == 'assistant' -%}
-    {{- ' ' + message['content'] + '<|endoftext|>' -}}
-  {%- endif -%}
-{%- endfor -%}
-"""
-
-
-def jinja_template(template: str, system_prompt: str | None) -> str:
-    """The Jinja chat template that renders what chat_template.render renders. A conversation without a system
-    message gets the one the model was trained with (as sample.py adds it), or the template's own default."""
-    if template == "chatml":
-        default, body = system_prompt, _CHATML
-    elif template == "alpaca":
-        default, body = system_prompt or ALPACA_PREAMBLE, _ALPACA
-    elif template == "llama2":
-        default, body = system_prompt, _LLAMA2
-    else:
-        raise ValueError(f"no Jinja version of template {template!r}")
-    default_literal = "none" if default is None else jinja_string(default)
-    return f"{{%- set default_system = {default_literal} -%}}\n" + _CHECK_MESSAGES + body
 
 
 def tokenizer_config(template: str, system_prompt: str | None, end_token: str, block_size: int) -> dict:

@@ -6,12 +6,15 @@ one caller; the layout facts (names, the Conv1D transpose) live here so that the
 A folder in this layout holds config.json and model.safetensors (or the older pytorch_model.bin).
 """
 
+import glob
 import json
 import os
+import re
 
 import torch
 
-from download import download
+from download import DownloadError, download
+from errors import UserError
 
 HF_NAMES = {
     "gpt2": "openai-community/gpt2",
@@ -30,34 +33,45 @@ def cache_root() -> str:
 
 
 def looks_local(name: str) -> bool:
-    """A path, never a hub id: it exists, starts like a path, has more than one '/', or its first part is a
-    local folder (out/shakespear is a typo of a folder in out/, not the hub repo 'out/shakespear')."""
-    if os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    """A path on this machine, never a hub id, decided before any request: it exists, starts like a path (out/,
+    data/, ., /, ~), or has two or more '/'. Only GPT-2's names and 'org/name' ids go to the hub: a folder the
+    project writes itself (out/shakespeare before its pretraining) must never turn into a download."""
+    if os.path.exists(name) or name.startswith(("out/", "data/", ".", "/", "~")) or name.count("/") > 1:
         return True
-    if os.sep != "/" and os.sep in name:  # a Windows path
-        return True
-    return "/" in name and os.path.isdir(name.split("/")[0])
+    return os.sep != "/" and os.sep in name  # a Windows path
+
+
+def what_makes(folder: str) -> str:
+    """How a missing model folder comes to exist: the shipped config whose out_dir it is, else any run."""
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    for path in sorted(glob.glob(os.path.join(configs, "*.py"))):
+        with open(path) as f:
+            text = f.read()
+        if re.search(rf'^out_dir = "{re.escape(os.path.normpath(folder))}"', text, re.M):
+            command = re.search(rf"python train_\w+\.py (\S+ )*configs/{os.path.basename(path)}", text)
+            if command:
+                return f"run `{command.group(0)}` first"
+    return "train a model into it first (--out_dir), or give the folder of one"
 
 
 def find(name: str, cache_dir: str | None = None) -> str:
     """The local folder of a checkpoint in Hugging Face's layout: name itself, or the hub's copy, downloaded."""
-    if looks_local(name):
-        if not os.path.isfile(os.path.join(name, "config.json")):
-            what = "is a folder without config.json" if os.path.isdir(name) else "does not exist"
-            raise FileNotFoundError(f"{name} {what}: a model folder holds our ckpt.pt, or Hugging Face's "
-                                    f"config.json and model.safetensors")
+    if not looks_local(name):
+        return fetch(name, cache_dir)
+    if os.path.isfile(os.path.join(name, "config.json")):
         return name
-    return fetch(name, cache_dir)
+    if os.path.isdir(name):
+        raise UserError(f"{name} is a folder without config.json: a model folder holds our ckpt.pt, or Hugging "
+                        f"Face's config.json and model.safetensors")
+    raise UserError(f"{name} does not exist: {what_makes(name)}")
 
 
 def fetch(name: str, cache_dir: str | None = None) -> str:
     """Download config.json and the weights of a hub repo (once) and return the local folder."""
     repo = HF_NAMES.get(name, name)
     if repo.count("/") != 1:
-        raise ValueError(
-            f"{name!r} is neither a local directory nor a hub repo: use one of {sorted(HF_NAMES)}, "
-            f"'org/name', or a folder holding config.json and model.safetensors"
-        )
+        raise UserError(f"{name!r} is neither a local folder nor a hub repo: use one of {sorted(HF_NAMES)}, "
+                        f"'org/name', or a folder holding config.json and model.safetensors")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     root = cache_dir or cache_root()
     folder = os.path.join(root, repo)
@@ -72,18 +86,20 @@ def fetch(name: str, cache_dir: str | None = None) -> str:
                f"in {folder}")
     try:
         get("config.json")
-    except (RuntimeError, FileNotFoundError) as e:
+    except DownloadError as e:
         _remove_empty_folders(folder, stop=made_from)  # a failed name leaves nothing behind
-        raise RuntimeError(f"{name!r} is not a local folder (with config.json, or our ckpt.pt) and the hub did "
-                           f"not serve it: {e}. {offline}") from None
+        raise DownloadError(f"{name!r} is not a local folder (with config.json, or our ckpt.pt) and the hub did "
+                            f"not serve it: {e}. {offline}") from None
     if not os.path.exists(os.path.join(folder, "pytorch_model.bin")):
         try:
             try:
                 get("model.safetensors")
-            except FileNotFoundError:
+            except DownloadError as e:
+                if e.status != 404:
+                    raise
                 get("pytorch_model.bin")  # older repos publish only the pickle; read with weights_only=True
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}. {offline}") from None
+        except DownloadError as e:
+            raise DownloadError(f"{e}. {offline}") from None
     return folder
 
 
@@ -93,16 +109,16 @@ def read_config(folder: str) -> dict:
     with open(os.path.join(folder, "config.json")) as f:
         hf = json.load(f)
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{folder}: model_type is {hf.get('model_type')!r}; only GPT-2 checkpoints load")
+        raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}; only GPT-2 checkpoints load")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"{folder}: activation_function {hf['activation_function']!r} is not GPT-2's")
+        raise UserError(f"{folder}: activation_function {hf['activation_function']!r} is not GPT-2's")
     unsupported = {k: hf[k] for k, ok in (("scale_attn_by_inverse_layer_idx", False),
                                           ("reorder_and_upcast_attn", False), ("scale_attn_weights", True))
                    if k in hf and hf[k] != ok}
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         unsupported["n_inner"] = hf["n_inner"]
     if unsupported:
-        raise ValueError(f"{folder}: unsupported GPT-2 options {unsupported}")
+        raise UserError(f"{folder}: unsupported GPT-2 options {unsupported}")
     return dict(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
                 n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True,
                 layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
@@ -117,7 +133,7 @@ def read_state_dict(folder: str) -> dict:
     path = os.path.join(folder, "pytorch_model.bin")
     if os.path.exists(path):
         return torch.load(path, map_location="cpu", weights_only=True)  # never run pickled code from a download
-    raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    raise UserError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
 
 
 def load_weights(model: torch.nn.Module, hf_state: dict, ckpt_vocab: int, source: str) -> None:
@@ -155,11 +171,9 @@ def load_weights(model: torch.nn.Module, hf_state: dict, ckpt_vocab: int, source
         loaded.add(name)
     missing = [k for k in ours if k not in loaded and k != "lm_head.weight"]
     if missing or unexpected or misshaped:
-        lines = [f"cannot load {source} into GPT:"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  wrong shape: {k}" for k in misshaped]
-        raise ValueError("\n".join(lines))
+        problems = ([f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected]
+                    + [f"wrong shape: {k}" for k in misshaped])
+        raise UserError(f"cannot load {source} into GPT: {'; '.join(problems)}")
 
 
 def _remove_empty_folders(folder: str, stop: str) -> None:

@@ -27,9 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from chat_template import IM_START, SPECIAL_TOKENS
 from errors import UserError
 
-FIRST_NEW_TOKEN = 50257  # GPT-2's tokens are 0..50256; the chat template's special tokens follow
+FIRST_NEW_TOKEN = SPECIAL_TOKENS[IM_START]  # GPT-2's tokens end at <|endoftext|>; the chat tokens follow
 LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the Linear layers of a Block
 
 

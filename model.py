@@ -13,7 +13,8 @@ into another.
 
 The one cross-entropy of the project lives at the bottom (`cross_entropy`): both training scripts
 call it through `model(idx, targets, positions)`. Positions whose target is -100 are not learned
-from; that is how SFT masks prompts.
+from; that is how SFT masks prompts. How it is computed (chunked or fused) and which attention
+kernel runs are each run's choice (GPTConfig's last fields), never the model's.
 """
 
 import math
@@ -23,10 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils.checkpoint import checkpoint
+
+from chunked_loss import chunked_cross_entropy_sum
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's convention for "no target here"
-LOSS_CHUNK = 2**27  # logits the loss holds at once, at most: 512 MB in fp32 (whole rows of vocab)
-LOSS_ROWS_MULTIPLE = 256  # in bf16 on a CPU, the loss's matmuls see rows in multiples of this
 PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 tokens, room for the chat tokens, a multiple of 64
 
 
@@ -40,28 +42,38 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # GPT-2 has biases in its Linear and LayerNorm layers
     layer_norm_epsilon: float = 1e-5
+    # How to compute, not what is learned: each run chooses these (the trainers' settings of the
+    # same names); a checkpoint never keeps them, so a model trained one way runs anywhere.
+    attention: str = "sdpa"  # packed rows' document mask: "sdpa" (booleans), "flex" (FlexAttention)
+    loss_path: str = "chunked"  # "chunked" (logits at targets only), "fused" (one F.cross_entropy)
+    gradient_checkpointing: bool = False  # keep no activations inside blocks: recompute them
+
+    def __post_init__(self):  # (the trainers check their settings; this, a library caller's typo)
+        assert self.attention in ("sdpa", "flex") and self.loss_path in ("chunked", "fused"), self
 
 
-def document_mask(positions: torch.Tensor, dropout: bool) -> torch.Tensor | BlockMask:
+RUN_CHOICES = ("attention", "loss_path", "gradient_checkpointing")  # GPTConfig's per-run fields
+
+
+def document_mask(positions: torch.Tensor, flex: bool = False) -> torch.Tensor | BlockMask:
     """Who may attend to whom in rows of packed examples: query q sees key k when k is at or before
-    q and in q's own example, which starts at q - positions[q]. Padding restarts its positions too,
-    so it forms examples of its own and no row of the mask is empty (an empty one would make softmax
-    0/0 = NaN).
+    q and in q's own example, which began positions[q] tokens before q. Padding restarts its
+    positions too, so it forms examples of its own and no row of the mask is empty (an empty one
+    would make softmax 0/0 = NaN).
 
     The mask as booleans (B, 1, T, T), for scaled_dot_product_attention: the reference, on every
-    device. Inside torch.compile on a GPU, the same rule as a FlexAttention BlockMask instead: its
-    kernel skips the blocks no query may see, and compiles to one fused kernel (it has no dropout).
+    device. flex=True: the same rule as a FlexAttention BlockMask, whose compiled kernel skips the
+    blocks no query may see (it has no dropout, and on a CPU no backward).
     """
     B, T = positions.shape
-    q = torch.arange(T, device=positions.device)
-    first = q - positions  # (B, T): the position in the row where each token's example starts
-    if positions.is_cuda and torch.compiler.is_compiling() and not dropout:
+    if flex:
         def same_example_causal(b, h, q_idx, kv_idx):
-            return (kv_idx <= q_idx) & (kv_idx >= first[b, q_idx])
+            return (kv_idx <= q_idx) & (q_idx - kv_idx <= positions[b, q_idx])
 
         return create_block_mask(same_example_causal, B, None, T, T, device=positions.device)
-    key, query = q[None, None, :], q[None, :, None]
-    return ((key <= query) & (key >= first[:, :, None]))[:, None]
+    q = torch.arange(T, device=positions.device)
+    key, query, first = q[None, None, :], q[None, :, None], (q - positions)[:, :, None]
+    return ((key <= query) & (key >= first))[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -82,17 +94,15 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if kv_cache is not None:
-            # Generation: keep every key/value computed so far: each new token costs one position,
-            # not T.
+            # Generation: keep every key/value so far: each new token costs one position, not T.
             k_cache, v_cache = kv_cache
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
             k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
-        # A single new token may attend to everything before it, so it needs no mask. Several tokens
-        # need the causal mask, and SDPA's is_causal is only right when they start at position 0
-        # (the prefill).
+        # A single new token may attend to everything before it: no mask. Several need the causal
+        # mask, and SDPA's is_causal is only right when they start at position 0 (the prefill).
         assert T == 1 or pos == 0, "multi-token steps with a KV cache must start at position 0"
-        if isinstance(mask, BlockMask):  # packed examples, compiled on a GPU: FlexAttention
+        if isinstance(mask, BlockMask):  # packed examples, attention="flex"
             y = flex_attention(q, k, v, block_mask=mask)
         else:  # one sequence per row (mask None: causal), or packed examples (a boolean mask)
             dropout = self.dropout if self.training else 0.0
@@ -146,8 +156,7 @@ class GPT(nn.Module):
         # it also saves vocab_size * n_embd parameters). One Parameter, two uses.
         self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch adds to the stream, so shrink the projections
-        # into it.
+        # GPT-2's scaled init: each residual branch adds to the stream: shrink its projection
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -178,10 +187,15 @@ class GPT(nn.Module):
         if positions is None:
             positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
         else:
-            mask = document_mask(positions, dropout=self.training and self.config.dropout > 0)
+            mask = document_mask(positions, flex=self.config.attention == "flex")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_cache is None else kv_cache[i], pos, mask)
+            cache = None if kv_cache is None else kv_cache[i]
+            if recompute:  # the backward pass runs the block again for its activations
+                x = checkpoint(block, x, cache, pos, mask, use_reentrant=False)
+            else:
+                x = block(x, cache, pos, mask)
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, positions=None):
@@ -190,28 +204,25 @@ class GPT(nn.Module):
         h = self.hidden(idx, positions=positions)
         if targets is None:
             return self.lm_head(h), None
-        return None, cross_entropy(h, self.lm_head.weight, targets)
+        fused = self.config.loss_path == "fused"
+        return None, cross_entropy(h, self.lm_head.weight, targets, fused)
 
     # ---------------------------------------------------------------------------------------------
     # Loading GPT-2 (or any GPT-2-architecture checkpoint in Hugging Face's layout)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str, vocab_size: int | None = None, dropout: float = 0.0,
-                        cache_dir: str | None = None) -> "GPT":
+    def from_pretrained(cls, name_or_dir: str, vocab_size: int | None = None,
+                        cache_dir: str | None = None, **settings) -> "GPT":
         """Load "gpt2" (-medium/-large/-xl), "distilgpt2", a hub repo "org/name", or a local
         directory in Hugging Face's layout. vocab_size larger than the checkpoint's grows the
         embedding (new rows at the mean of the pretrained ones), making room for the chat template's
-        special tokens."""
+        special tokens. settings: GPTConfig's dropout and RUN_CHOICES."""
         import hf_checkpoint  # the checkpoint layout (and downloads): needed only here
 
         folder = hf_checkpoint.find(name_or_dir, cache_dir)
         args = hf_checkpoint.read_config(folder)
-        ckpt_vocab = args["vocab_size"]
-        if vocab_size is not None and vocab_size < ckpt_vocab:
-            raise ValueError(f"vocab_size={vocab_size} is smaller than the checkpoint's "
-                             f"{ckpt_vocab}")
-        model = cls(GPTConfig(**(args | {"vocab_size": vocab_size or ckpt_vocab,
-                                         "dropout": dropout})))
+        ckpt_vocab = args["vocab_size"]  # (a smaller vocab_size: load_weights names the misfit)
+        model = cls(GPTConfig(**(args | {"vocab_size": vocab_size or ckpt_vocab} | settings)))
         state = hf_checkpoint.read_state_dict(folder)
         hf_checkpoint.load_weights(model, state, ckpt_vocab, source=folder)
         return model
@@ -227,8 +238,7 @@ class GPT(nn.Module):
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        # The fused kernel does the whole update in one pass instead of a dozen, over every
-        # parameter (torch >= 2.5 has it on these devices).
+        # The fused kernel: the whole update in one pass over every parameter, instead of a dozen
         fused = device_type in ("cpu", "cuda", "mps")
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
@@ -281,8 +291,7 @@ class GPT(nn.Module):
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token id per row of logits (B, V): greedy at temperature 0, else sampled after top-k and
-    top-p."""
+    """One token id per row of logits (B, V): greedy at temperature 0, else sampled (top-k/p)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -305,92 +314,23 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
 # The loss
 
 
-def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                  fused: bool = False) -> torch.Tensor:
     """The loss of both trainers: mean next-token cross-entropy of the logits h @ weight.T (the
-    output layer) over the positions whose target is not -100. It is exactly
+    output layer) over the positions whose target is not -100. A batch with no targets gives 0.0
+    (zero gradients), not the NaN of 0/0: a micro-batch can be all prompt in SFT, and one NaN would
+    poison the whole update.
 
-        F.cross_entropy((h @ weight.T).float().flatten(0, -2), targets.flatten(), ignore_index=-100)
-
-    Eager (a CPU's default), it is computed so that the logits of a whole batch (rows x vocab_size,
-    a small model's largest tensor by far) never exist at once, and not at all for prompt and
-    padding. Inside torch.compile that one line is what runs, over every position: its shapes are
-    the batch's, known when compiling (one graph), and the compiler fuses the softmax into the loss.
-    A batch with no targets gives 0.0 (zero gradients), not the NaN of 0/0: a micro-batch can be all
-    prompt in SFT, and one NaN would poison the whole update.
+    fused=True is the one line below over every position, whose shapes are the batch's: what
+    torch.compile fuses best (loss_path='fused'). Otherwise (loss_path='chunked', eager) the same
+    sum runs only over positions with a target, a chunk of rows at a time (chunked_loss.py), so the
+    logits of a whole batch never exist at once, and none for prompt and padding.
     """
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     has_target = targets != IGNORE_INDEX
-    if torch.compiler.is_compiling():
+    if fused:
         logits = (h @ weight.t()).float()
         loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    else:  # (under no_grad, evaluation, only the loss is wanted: the gradient matmuls are skipped)
-        loss_sum = _ChunkedCrossEntropy.apply(h[has_target], weight, targets[has_target],
-                                              torch.is_grad_enabled())
+    else:
+        loss_sum = chunked_cross_entropy_sum(h[has_target], weight, targets[has_target])
     return loss_sum / has_target.sum().clamp(min=1)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of (h @ weight.T, targets), a chunk of rows at a time. The gradient is
-    worked out in the same pass, while each chunk's logits are at hand (softmax - one_hot), so
-    nothing is recomputed in the backward pass: the fused linear-cross-entropy of Liger-Kernel and
-    torchtune."""
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, grad_enabled):
-        # Without autocast and in fp32 the gradients can be written in place (mm out=, addmm_): no
-        # temporaries.
-        plain_fp32 = (not torch.is_autocast_enabled(h.device.type)
-                      and h.dtype == weight.dtype == torch.float32)
-        # A CPU's bf16 matmul kernels are prepared, and kept, one shape at a time (memory grew all
-        # run), so there zero rows pad h to a multiple of LOSS_ROWS_MULTIPLE: the matmuls below see
-        # few distinct shapes however many targets a batch has. (fp32 keeps nothing per shape, and
-        # would only pay for the extra rows.) A zero row adds nothing to the weight's gradient; its
-        # loss and its gradient are left out.
-        multiple = LOSS_ROWS_MULTIPLE if h.device.type == "cpu" and not plain_fp32 else 1
-        n_rows, n_pad = h.size(0), -h.size(0) % multiple
-        h, targets = F.pad(h, (0, 0, 0, n_pad)), F.pad(targets, (0, n_pad))
-        rows_per_chunk = max(multiple, LOSS_CHUNK // weight.size(0) // multiple * multiple)
-        # Only the gradients autograd will ask for: a frozen output layer (LoRA) needs none for its
-        # weight.
-        needs_grad_h = grad_enabled and ctx.needs_input_grad[0]
-        needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]
-        needs_grad = needs_grad_h or needs_grad_weight
-        grad_h = torch.empty_like(h) if needs_grad_h else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad_weight else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-        for i in range(0, h.size(0), rows_per_chunk):
-            h_chunk, t_chunk = h[i : i + rows_per_chunk], targets[i : i + rows_per_chunk]
-            logits = (h_chunk @ weight.t()).float()  # the softmax wants fp32, even under autocast
-            # loss = logsumexp(logits) - logits[target], computed in place: no second buffer this
-            # size
-            target_logit = logits.gather(1, t_chunk[:, None]).squeeze(1)
-            row_max = logits.max(dim=-1, keepdim=True).values
-            probs = logits.sub_(row_max).exp_()
-            sum_exp = probs.sum(dim=-1, keepdim=True)
-            row_loss = row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit
-            loss_sum += row_loss[: max(0, n_rows - i)].sum()  # the real rows only
-            if needs_grad:
-                dlogits = probs.div_(sum_exp)  # d loss / d logits = softmax - one_hot(target)
-                dlogits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-                if not plain_fp32:  # bf16/fp16 weights, or autocast, which picks the precision
-                    dlogits = dlogits.to(weight.dtype)
-                if needs_grad_h and plain_fp32:
-                    torch.mm(dlogits, weight, out=grad_h[i : i + rows_per_chunk])
-                elif needs_grad_h:
-                    grad_h[i : i + rows_per_chunk] = dlogits @ weight
-                if needs_grad_weight and plain_fp32:
-                    grad_weight.addmm_(dlogits.t(), h_chunk)
-                elif needs_grad_weight:
-                    grad_weight += dlogits.t() @ h_chunk
-        ctx.save_for_backward(None if grad_h is None else grad_h[:n_rows], grad_weight)
-        ctx.weight_dtype = weight.dtype
-        return loss_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_weight = ctx.saved_tensors  # None where forward was not asked for it
-        if grad_h is not None:
-            grad_h = grad_h * grad_loss
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_h, grad_weight, None, None

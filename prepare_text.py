@@ -51,11 +51,8 @@ def prepare(
         raise UserError(f"--val_fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
     if input_path is not None:
         source, path = input_path, input_path
-    else:
-        try:
-            source, path = url, download(url, os.path.join(out_dir, "input.txt"))
-        except (RuntimeError, FileNotFoundError) as e:  # offline, or no such file
-            raise UserError(str(e)) from None
+    else:  # (offline, or no such file: a DownloadError, one line)
+        source, path = url, download(url, os.path.join(out_dir, "input.txt"))
     text = read_text(path)
 
     # Split the characters, then tokenise each part: the two files never share a token.

@@ -112,8 +112,8 @@ def respond(model, ids: list[int], template: str, args, device: str, stream: boo
 @torch.no_grad()
 def text_loss(model, path: str, device: str, max_tokens: int) -> tuple[float, int]:
     """Mean next-token loss on a plain-text corpus (.bin of token ids from prepare_text.py, or a text file)."""
-    if path.endswith(".bin"):
-        tokens = np.memmap(path, dtype=data.TOKEN_DTYPE, mode="r")[: max_tokens + 1].astype(np.int64)
+    if path.endswith(".bin"):  # prepare_text.py's token file, checked against its meta.json
+        tokens = data.read_token_file(path)[: max_tokens + 1].astype(np.int64)
     else:
         with open(path, encoding="utf-8") as f:
             tokens = np.array(get_tokenizer().encode_ordinary(f.read())[: max_tokens + 1], dtype=np.int64)
@@ -260,6 +260,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", *common.DTYPES],
                    help="the weights' precision; auto = bf16 where the hardware has it, else fp32")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = the cores idle at the start")
     args = p.parse_args(argv)
     if not args.ckpt and not args.init_from:
         raise UserError("give --ckpt (our checkpoint) or --init_from (a GPT-2 name or folder)")
@@ -268,14 +269,16 @@ def main(argv=None):
     if not prompts and not args.eval_text and not args.chat:
         raise UserError("nothing to do: give --prompt, --prompts_file, --prompts_from, --chat or --eval_text")
 
+    torch.set_num_threads(common.pick_threads(args.threads))
     device = common.pick_device(args.device)
     dtype = common.DTYPES[common.pick_dtype(args.dtype, common.device_type(device))]
     # The models: the fine-tuned one last. A checkpoint also tells us which model it was fine-tuned from.
     models = [load(local_checkpoint(args.ckpt), device, dtype, "fine-tuned")] if args.ckpt else []
-    if args.compare or not args.ckpt:
-        base = args.init_from or (models[0].meta.get("init_from") if models else None)
-        if not base or base in ("scratch", "resume"):
-            raise UserError("--compare needs the base model: pass --init_from=gpt2 (or a folder/checkpoint)")
+    if args.compare or not args.ckpt:  # the base: what the checkpoint's run began from, or --init_from
+        base = args.init_from or (models[0].meta["base_model"] if models else None)
+        if not base or base == "scratch":
+            raise UserError("--compare needs the base model: the run began from scratch (random weights); "
+                            "pass --init_from=gpt2 (or a folder/checkpoint)")
         models.insert(0, load(base, device, dtype, "base"))
     template = args.template or models[-1].meta["template"]
     system_prompt = args.system_prompt if args.system_prompt is not None else models[-1].meta.get("system_prompt")

@@ -10,14 +10,11 @@ instruction/response examples, targets of -100 on the prompt, so only the answer
     torchrun --standalone --nproc_per_node=4 train_sft.py configs/gpt2_alpaca.py --batch_size=3
 """
 
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -28,6 +25,7 @@ import common
 import data
 import errors
 import lora
+import metrics
 from configurator import load_config
 from errors import UserError
 from model import PADDED_VOCAB_SIZE, GPTConfig
@@ -38,18 +36,20 @@ errors.report_user_errors()  # from here on, a UserError ends the run with one `
 # Settings: the defaults (the same in both training scripts); a run's own values live in configs/.
 out_dir = "out"
 init_from = "scratch"  # 'scratch', 'resume' (out_dir), 'gpt2' (-medium/-large/-xl), HF dir or ckpt
+overwrite = False  # a new run into an out_dir that holds another run replaces it (else: refused)
 data_dir = ""  # '' = the loader's own default: data/shakespeare (pretraining), data/alpaca (SFT)
-eval_interval = 250  # evaluate (and checkpoint) every this many steps
+eval_interval = 250  # evaluate every this many steps (best.pt: the model at the best val loss)
 eval_iters = 20  # batches per evaluation
 log_interval = 10  # steps between metrics.jsonl lines
-always_save_checkpoint = True  # ckpt.pt at every evaluation (best.pt follows the best val loss)
+checkpoint_interval = 0  # ckpt.pt (resumable) every this many steps, 0 = at every evaluation; and
+# always at the end, and when a run is stopped (Ctrl-C, SIGTERM)
 eval_only = False
 seed = 1337
 # the model, when init_from='scratch'
 n_layer = 12
 n_head = 12
 n_embd = 768
-block_size = 1024
+block_size = 0  # the context window, every row's length: 0 = a loaded model's own (scratch: 1024)
 vocab_size = PADDED_VOCAB_SIZE  # GPT-2's 50257 tokens and room for the chat tokens
 dropout = 0.0
 bias = True
@@ -73,36 +73,52 @@ grad_clip = 1.0  # 0 = off
 # system
 device = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto' (bf16 where the hardware has it), 'float32', 'bfloat16', 'float16'
+threads = 0  # CPU threads: 0 = the cores idle at the start (1 on a machine busy with other work)
 compile = False  # torch.compile the model
+attention = "auto"  # packed rows: 'sdpa' (any device), 'flex'; auto = flex when compiling on CUDA
+loss_path = "auto"  # 'chunked' (logits at targets only), 'fused'; auto = fused when compiling
+gradient_checkpointing = False  # recompute activations in the backward pass: less memory
+# logging, beside metrics.jsonl (docs/GUIDE.md)
+wandb_log = False  # Weights & Biases (pip install wandb)
+wandb_project = "nanosft"
+wandb_run_name = ""  # '' = out_dir's name
+tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (pip install tensorboard)
 config = load_config({k: v for k, v in globals().items() if not k.startswith("_") and
                       isinstance(v, (int, float, bool, str))}, sys.argv[1:])
 globals().update(config)
 
 # --------------------------------------------------------------------------------------------------
 # The runtime: one process per GPU under torchrun (DDP), else a single process. See common.py.
-runtime = common.setup_runtime(device, dtype, seed)
+runtime = common.setup_runtime(device, dtype, seed, threads)
 autocast = runtime.autocast()  # bf16/fp16 autocast, or nothing for fp32
+attention, loss_path = common.pick_kernels(attention, loss_path, runtime.device_type, compile,
+                                           dropout, eval_only)  # how to compute (model.GPTConfig)
 if runtime.master:
-    print(f"device {runtime.device}, dtype {runtime.dtype}, {runtime.world_size} process(es)")
+    print(f"runtime: {runtime.describe()}; loss {loss_path}"
+          + (", gradient checkpointing" if gradient_checkpointing else ""))
 
 # --------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
 # The shape below is used from scratch. A loaded model keeps its own (a resumed one comes back as
 # saved); a checkpoint of ours takes this run's dropout, GPT-2 its dropout and vocab_size.
-model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                         vocab_size=vocab_size, dropout=dropout, bias=bias)
+model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
+                         block_size=block_size or 1024, dropout=dropout, bias=bias,
+                         attention=attention, loss_path=loss_path,
+                         gradient_checkpointing=gradient_checkpointing)
 if lora_rank != 0:
     lora.check_settings(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before gigabytes load
-model, resumed = checkpoint.init_model(init_from, out_dir, model_config, runtime)
+if init_from != "resume" and not eval_only:
+    checkpoint.check_out_dir(out_dir, overwrite)  # a new run never silently replaces another
+model, resumed, source = checkpoint.init_model(init_from, out_dir, model_config, runtime)
 if init_from == "resume":  # resumed: its checkpoint. It must go on as it was, before anything loads
     checkpoint.check_resume(resumed, config, runtime.world_size, os.path.basename(__file__))
-block_size = model.config.block_size  # a loaded model brings its own context window
+block_size = config["block_size"] = checkpoint.context_window(block_size, model, source)
 if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters
     lora.apply_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
 model.to(runtime.device)
 if runtime.master:
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}; "
-          f"{lora.trainable_summary(model)}")
+    print(f"model: {source}; {model.num_params() / 1e6:.2f}M parameters, block_size "
+          f"{block_size}; {lora.trainable_summary(model)}")
 
 
 def to_device(array):
@@ -121,6 +137,8 @@ def to_device(array):
 # -100 where the next token is prompt or padding: the loss (and gradient) comes from the answers.
 default_dir, script = os.path.join("data", "alpaca"), "prepare_alpaca.py"
 data_dir = data_dir or default_dir
+if init_from == "resume":  # the data it trained on, before anything is read
+    checkpoint.check_resume_data(resumed, data_dir)
 meta = data.prepare_on_demand(data_dir, default_dir, script, runtime)
 examples = {split: data.read_examples(data_dir, meta, split, block_size, verbose=runtime.master)
             for split in ("train", "val")}
@@ -132,23 +150,22 @@ if steps_per_epoch == 0:
     raise UserError(f"train packs into {n_rows['train']} rows of {block_size} tokens; a step needs "
                     f"{rows_per_step} (batch_size x gradient_accumulation_steps x processes)")
 if runtime.master:
-    print(f"data: {data_dir}, {len(examples['train']['usable']):,} train examples in "
-          f"{n_rows['train']:,} rows ({packed['train']['fill']:.1%} filled); {steps_per_epoch} "
-          f"steps per epoch: max_iters {max_iters} is {max_iters / steps_per_epoch:.1f} epochs")
+    print(f"data: {data_dir}, {len(examples['train']['usable']):,} train examples packed in "
+          f"{n_rows['train']:,} rows ({packed['train']['fill']:.1%} full; attention {attention}), "
+          f"{steps_per_epoch} steps an epoch: max_iters {max_iters} is "
+          f"{max_iters / steps_per_epoch:.1f} epochs")
 
 
 def get_batch(split, i=None):
     """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set."""
-    if i is None:  # each epoch its own order of the rows, a function of (seed, epoch)
-        epoch, n = divmod(batches_drawn[split], steps_per_epoch * gradient_accumulation_steps)
-        order = np.random.default_rng((seed, epoch)).permutation(n_rows[split])
-        start = (n * runtime.world_size + runtime.rank) * batch_size  # this process's slice
-        batch = order[start : start + batch_size]
+    if i is None:  # each epoch its own order of the rows; each process its own slice of it
+        rows = data.epoch_rows(n_rows[split], batches_drawn[split], batch_size,
+                               steps_per_epoch * gradient_accumulation_steps, seed,
+                               runtime.rank, runtime.world_size)
         batches_drawn[split] += 1
     else:  # rows spread over the split: pack put the longest examples first, neighbours are alike
-        stride = max(1, n_rows[split] // (eval_iters * batch_size))
-        batch = ((i * batch_size + np.arange(batch_size)) * stride) % n_rows[split]
-    x, y, positions = data.packed_batch(examples[split], packed[split], batch, block_size,
+        rows = data.spread(n_rows[split], i, batch_size, eval_iters)
+    x, y, positions = data.packed_batch(examples[split], packed[split], rows, block_size,
                                         meta["end_token"])  # pad: never a target, never attended to
     return to_device(x), to_device(y), to_device(positions)
 
@@ -162,25 +179,27 @@ if meta["vocab_size"] > model.config.vocab_size:
 
 # The optimizer, and everything a resumed run needs back.
 iter_num, best_val_loss, tokens_before = 0, float("inf"), 0  # tokens_before: before a resume
+base_model = init_from  # the model the run began from, kept through resumes (sample.py --compare)
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2),
                                       runtime.device_type)
 scaler = torch.amp.GradScaler(runtime.device_type, enabled=(runtime.dtype == "float16"))
 if init_from == "resume":
-    checkpoint.check_resume_data(resumed, data_dir)
     optimizer.load_state_dict(resumed["optimizer"])
     scaler.load_state_dict(resumed["scaler"])
     iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
-    tokens_before = resumed.get("tokens", 0)
+    tokens_before, base_model = resumed["tokens"], resumed["base_model"]
     batches_drawn.update(resumed["batches_drawn"])
     checkpoint.restore_rng_state(resumed["rng_state"], runtime)
-    evaluates_again = iter_num % eval_interval == 0 or iter_num >= max_iters  # loop's, or last
-    if runtime.master:
-        print(f"resuming from step {iter_num}")
-        checkpoint.truncate_metrics(out_dir, iter_num, evaluates_again)
-if runtime.master:
-    os.makedirs(out_dir, exist_ok=True)  # for metrics.jsonl (checkpoints make their own folder too)
-    checkpoint.remove_stale_temp_files(out_dir)
 resumed = None  # free the memory
+checkpoint_every = checkpoint_interval or eval_interval
+if runtime.master:
+    if overwrite and init_from != "resume" and not eval_only:
+        checkpoint.clear_out_dir(out_dir)  # (after the model loaded: it may have come from here)
+    checkpoint.remove_stale_temp_files(out_dir)
+    print(f"out_dir: {out_dir}/, ckpt.pt every {checkpoint_every} steps, at the end and on a stop"
+          + (f"; resuming from step {iter_num}" if init_from == "resume" else ""))
+resume_step = iter_num if init_from == "resume" else None
+log = metrics.MetricsLog(out_dir, config, runtime.master, resume_step)  # metrics.jsonl and trackers
 raw_model = model
 if compile:  # every batch has one shape: one graph for training, and one for evaluation
     if runtime.master:
@@ -223,59 +242,47 @@ def estimate_loss():
     return out
 
 
-def save_checkpoint(path, with_optimizer=True):
-    """Everything a resumed run needs (checkpoint.py lists it), written atomically. Call on every
-    process."""
+def save_checkpoint(name, with_optimizer=True):
+    """out_dir/name: everything a resumed run needs (checkpoint.py lists it), written atomically.
+    Call on every process."""
+    global saved_iter
     rng_states = checkpoint.rng_states(runtime) if with_optimizer else None  # a DDP collective
     if not runtime.master:
         return
-    state = {"model": raw_model.state_dict(), "model_args": asdict(raw_model.config),
-             "config": config, "meta": meta, "script": os.path.basename(__file__),
-             "data_dir": data_dir, "iter_num": iter_num, "best_val_loss": best_val_loss}
-    if with_optimizer:
-        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                     rng_state=rng_states, batches_drawn=batches_drawn,
-                     tokens=tokens_before + tokens_seen)
-    try:
-        checkpoint.save_atomic(state, path)
-    except OSError as e:
-        if pbar is not None:
-            pbar.close()  # the message on a line of its own, not glued to the progress bar
-        raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint is "
-                        f"intact") from None
+    resume = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                  rng_state=rng_states, batches_drawn=batches_drawn,
+                  tokens=tokens_before + tokens_seen)
+    checkpoint.save(os.path.join(out_dir, name), raw_model, config=config, meta=meta,
+                    script=os.path.basename(__file__), data_dir=data_dir, iter_num=iter_num,
+                    best_val_loss=best_val_loss, base_model=base_model,
+                    resume=resume if with_optimizer else None)
+    saved_iter = iter_num if with_optimizer else saved_iter
 
 
-def evaluate_and_save():
-    global best_val_loss, saved_iter
+def evaluate():
+    global best_val_loss
+    started = time.time()
     losses = estimate_loss()  # the same fixed batches on every process: all agree on "best"
     is_best = losses["val"] < best_val_loss
     best_val_loss = min(best_val_loss, losses["val"])
     if runtime.master:
         tqdm.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss "
                    f"{losses['val']:.4f}" + (" (best)" if is_best else ""))
-        log_metrics({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
-    if eval_only:
-        return  # measuring must never overwrite the run's checkpoint
-    if (always_save_checkpoint and iter_num > 0) or iter_num == max_iters:
-        save_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # the latest state: what resume continues
-        saved_iter = iter_num
-    if is_best and iter_num > 0:
-        save_checkpoint(os.path.join(out_dir, "best.pt"), with_optimizer=False)
-
-
-def log_metrics(record):
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+        log.write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                   "eval_s": time.time() - started})
+    if is_best and iter_num > 0 and not eval_only:  # (measuring never touches the run's files)
+        save_checkpoint("best.pt", with_optimizer=False)
 
 
 # --------------------------------------------------------------------------------------------------
 # The training loop: the heartbeat. Next-token cross-entropy, gradient accumulation, clipping,
 # AdamW.
-pbar = None  # the progress bar, while the loop runs
 if eval_only:
-    evaluate_and_save()
+    evaluate()
+    log.close()
     sys.exit(0)
-saved_iter = iter_num if init_from == "resume" else None  # the newest ckpt.pt's step, for Ctrl-C
+saved_iter = iter_num if init_from == "resume" else None  # the newest ckpt.pt's step
+stop = common.StopSignals(runtime)  # Ctrl-C or SIGTERM: finish the step, save, and stop
 pbar = tqdm(total=max_iters, initial=iter_num, disable=not runtime.master, unit="step",
             dynamic_ncols=True)
 t0, tokens_seen = time.time(), 0
@@ -286,7 +293,10 @@ try:
         for group in optimizer.param_groups:
             group["lr"] = lr
         if iter_num % eval_interval == 0:
-            evaluate_and_save()
+            evaluate()
+            pbar.unpause()  # the bar's rate and ETA count training steps only
+        if iter_num % checkpoint_every == 0 and iter_num > 0:
+            save_checkpoint("ckpt.pt")
 
         # Draw the whole step first, to know how many target tokens it holds across micro-batches
         # and processes.
@@ -324,19 +334,33 @@ try:
             record = {"iter": iter_num, "loss": step_loss.item(), "lr": lr, "time_s": elapsed,
                       "tokens": tokens_before + tokens_seen, "tokens_per_s": tokens_seen / elapsed,
                       "targets_per_s": targets_seen.item() / elapsed}
-            if runtime.master:
-                log_metrics(record)
-            pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
-                             tok_s=f"{record['tokens_per_s']:.0f}",
-                             sup_tok_s=f"{record['targets_per_s']:.0f}")
+            log.write(record)
+            pbar.set_postfix({"loss": f"{record['loss']:.4f}", "lr": f"{lr:.2e}",
+                              "tok/s": f"{record['tokens_per_s']:.0f}",
+                              "targets/s": f"{record['targets_per_s']:.0f}"})
         pbar.update(1)
-except KeyboardInterrupt:
+        if iter_num == 1:
+            pbar.unpause()  # (the first step warms up: its time would make the first ETAs hours)
+        if stop.requested():
+            break
     pbar.close()
-    last = (f"the last checkpoint is step {saved_iter}; --init_from=resume continues from it"
-            if saved_iter is not None else "no checkpoint was written")
-    raise UserError(f"stopped at step {iter_num}; {last}") from None
-pbar.close()
-evaluate_and_save()
+    if stop.received:  # the step reached, saved: --init_from=resume goes on from here exactly
+        save_checkpoint("ckpt.pt")
+        print(f"stopped by {stop.name} at step {iter_num}: saved {out_dir}/ckpt.pt; "
+              "--init_from=resume continues from it", file=sys.stderr)
+        log.close()
+        sys.exit(stop.exit_code)
+except KeyboardInterrupt:  # a second Ctrl-C: stop at once (a checkpoint being written is not kept)
+    pbar.close()
+    last = f"step {saved_iter}" if saved_iter is not None else "none was written"
+    print(f"stopped at once at step {iter_num}; the last checkpoint: {last}", file=sys.stderr)
+    sys.exit(130)
+finally:
+    pbar.close()  # (before any error line: it gets a line of its own)
+    stop.restore()
+evaluate()
+save_checkpoint("ckpt.pt")
+log.close()
 if runtime.master:
     print(f"done: {iter_num} steps, best val loss {best_val_loss:.4f}; checkpoints and "
           f"metrics.jsonl in {out_dir}/")

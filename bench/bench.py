@@ -11,14 +11,17 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (f) AdamW: default vs foreach vs fused
     (g) allocator: glibc's default vs tune_cpu_allocator()
     (h) GPU only: the main job (train_sft.py configs/gpt2_alpaca.py, random GPT-2 124M, Alpaca sample),
-        compiled and eager: tokens/s, MFU, start-up, peak memory, the full recipe's projected time
+        compiled (cold and warm cache) and eager: tokens/s, MFU two ways, set-up and compile time, the host's
+        and the GPU's time a step, peak memory, the whole recipe's projected time (--full: timed)
+    (j) checkpoint writes of GPT-2 124M, with and without AdamW's state
 
-    python bench/bench.py                    # every CPU section, a-g (~10 minutes on 2 CPU cores)
+    python bench/bench.py                    # every CPU section (~10 minutes on 2 CPU cores)
     python bench/bench.py --quick            # tiny shapes, 2 reps: a smoke test (seconds)
     python bench/bench.py --only a,f --reps 7 --json bench.json
 """
 
 import argparse
+import ast
 import atexit
 import contextlib
 import ctypes
@@ -34,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,15 +44,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: bench/ is one level down
 sys.path.insert(0, ROOT)
 
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from loader_section import data_loader_section  # noqa: E402  (tests/loader_section.py)
-
 import common  # noqa: E402
+import data  # noqa: E402
+import errors  # noqa: E402
 import lora  # noqa: E402
 from common import DTYPES, cpu_has_native_bf16, pick_device, pick_dtype, tune_cpu_allocator  # noqa: E402
 from hf_checkpoint import CONV1D_WEIGHTS  # noqa: E402
-from model import GPT, PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")  # the same place tests/conftest.py looks
 ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
@@ -380,31 +380,22 @@ def alpaca_ready():
     """None if the Alpaca file and a GPT-2 tokenizer are at hand, else why not."""
     if not os.path.exists(ALPACA_5000):
         return f"{ALPACA_5000} not found"
-    # No network here: point tiktoken at ../shared's copy of the GPT-2 BPE files, under the names its cache
-    # uses (sha1 of the download URL), exactly as tests/conftest.py does.
-    bpe = {"vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
-           "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"}
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in bpe):
+    import chat_template
+
+    # No network here: point tiktoken at ../shared's copy of the GPT-2 BPE files, as tests/conftest.py does
+    shared_bpe = os.path.join(SHARED, "gpt2")
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and all(os.path.exists(os.path.join(shared_bpe, f))
+                                                       for f in chat_template.BPE_CACHE_NAMES):
         cache = tempfile.mkdtemp(prefix="bench-tiktoken-")
-        for name, sha1 in bpe.items():
-            shutil.copy(os.path.join(SHARED, "gpt2", name), os.path.join(cache, sha1))
+        chat_template.fill_tiktoken_cache(shared_bpe, cache)
         os.environ["TIKTOKEN_CACHE_DIR"] = cache
         atexit.register(shutil.rmtree, cache, True)
-    import chat_template
 
     try:
         chat_template.get_tokenizer()
-    except RuntimeError as e:
-        return str(e)
+    except errors.UserError as e:  # no BPE files in tiktoken's cache, and no network
+        return f"{e} (or put GPT-2's BPE files in ../shared/data/gpt2)"
     return None
-
-
-def sft_loader(data_dir, batch_size=8, block_size=1024):
-    """train_sft.py's own DATA LOADER section (tests/loader_section.py): the figures are those of exactly
-    the code the trainer runs."""
-    model = SimpleNamespace(config=SimpleNamespace(vocab_size=PADDED_VOCAB_SIZE, block_size=block_size))
-    return data_loader_section("train_sft.py", data_dir=data_dir, block_size=block_size, batch_size=batch_size,
-                               gradient_accumulation_steps=1, seed=1337, eval_iters=20, max_iters=1000, model=model)
 
 
 def bench_loader(args):
@@ -414,19 +405,22 @@ def bench_loader(args):
     import prepare_alpaca
 
     batch_size, block_size = 12, 1024  # configs/gpt2_alpaca.py's micro-batch
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # train_sft.py's loader: the data.py functions it calls
         quietly(prepare_alpaca.prepare, inputs=[ALPACA_5000], out_dir=tmp)
-        ns = quietly(sft_loader, tmp, batch_size, block_size)
-        train, n_batches = ns["examples"]["train"], ns["steps_per_epoch"]  # one epoch (a step is one batch)
+        meta = data.read_meta(tmp)
+        train = data.read_examples(tmp, meta, "train", block_size, verbose=False)
+        packed = data.pack(train, block_size, seed=1337)
+        n_rows = len(packed["starts"]) - 1
+        n_batches = n_rows // batch_size  # one epoch (a step is one batch)
         positions = targets = 0
         t0 = time.perf_counter()
-        for _ in range(n_batches):
-            X, Y, _ = ns["get_batch"]("train")
-            positions += X.numel()
+        for n in range(n_batches):
+            rows = data.epoch_rows(n_rows, n, batch_size, n_batches, seed=1337)
+            X, Y, _ = data.packed_batch(train, packed, rows, block_size, meta["end_token"])
+            positions += X.size
             targets += int((Y != -100).sum())
         loader_s = time.perf_counter() - t0
         usable, lengths = train["usable"], train["lengths"]
-        n_rows = ns["n_rows"]["train"]
     real = int((lengths[usable] - 1).sum())  # an example of n tokens gives n-1 (input, next token) positions
     # The simple alternatives, from the same examples: pad every example to the context window, or pad each
     # random batch of 8 examples to its longest one.
@@ -658,96 +652,292 @@ def bench_allocator(args):
 # ----------------------------------------------------------------------------------------------------------
 # (h) CUDA: the real SFT setting
 
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]  # dense TFLOP/s
+# ----------------------------------------------------------------------------------------------------------
+# (h) the main job on a GPU: the real train_sft.py configs/gpt2_alpaca.py, its speed, and the whole recipe's time
+
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]  # dense, datasheet
+MAIN_JOB = os.path.join(ROOT, "configs", "gpt2_alpaca.py")
+# --quick: a tiny model on short rows, to run the measuring code (not to measure a speed)
+TINY_JOB = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--batch_size=2", "--block_size=256", "--eval_iters=2"]
 
 
-ALPACA_FULL_TRAIN = 52002 * 0.95  # training examples of the full recipe (prepare_alpaca.py's 5% val split)
+def recipe() -> dict:
+    """configs/gpt2_alpaca.py's settings (a config file is plain assignments of literals)."""
+    with open(MAIN_JOB) as f:
+        tree = ast.parse(f.read())
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
 
 
-def run_main_job(data_dir, out_dir, steps, compile, quick):
-    """train_sft.py configs/gpt2_alpaca.py, as a user runs it, on a random GPT-2 124M (init_from=scratch: the
-    weights' values do not change the speed) for `steps` steps: its output and its metrics.jsonl records."""
-    cmd = [sys.executable, os.path.join(ROOT, "train_sft.py"), os.path.join(ROOT, "configs", "gpt2_alpaca.py"),
-           "--init_from=scratch", f"--data_dir={data_dir}", f"--out_dir={out_dir}", f"--max_iters={steps}",
-           f"--eval_interval={steps}", "--eval_iters=2", "--log_interval=5", f"--compile={compile}",
-           "--always_save_checkpoint=False"]
-    if quick:  # a tiny model, for the smoke test of this code on a GPU
-        cmd += ["--n_layer=2", "--n_head=2", "--n_embd=64", "--batch_size=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+def run_main_job(data_dir, out_dir, steps, extra=(), env=None, full=False) -> dict:
+    """train_sft.py configs/gpt2_alpaca.py as a user runs it, from a random GPT-2 124M (init_from=scratch: the
+    weights' values do not change the speed), its output streamed as it comes (a hang shows where). steps
+    steps, evaluating at the first and the last only, unless full: the recipe as it is. Returns the wall
+    seconds, the seconds to the end of its set-up (its "out_dir:" line: imports, data, model), its
+    metrics.jsonl records and its output."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_sft.py"), MAIN_JOB, "--init_from=scratch",
+           f"--data_dir={data_dir}", f"--out_dir={out_dir}"]
+    if not full:
+        cmd += [f"--max_iters={steps}", f"--eval_interval={steps}", f"--checkpoint_interval={steps}",
+                "--log_interval=5"]
+    cmd += list(extra)
+    print("  $ " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    setup_s, output = None, []
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    for line in proc.stdout:  # (a progress bar's \r ends a line here too: those are not echoed)
+        output.append(line)
+        if setup_s is None and line.startswith("out_dir:"):
+            setup_s = time.perf_counter() - t0
+        if "step/s" not in line and "?step" not in line and line.strip():
+            print(f"    | {line.rstrip()}", flush=True)
+    wall_s = time.perf_counter() - t0
+    if proc.wait() != 0:
+        raise errors.UserError(f"the main job failed (exit {proc.returncode}); its output is above")
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        records = [r for r in map(json.loads, f) if "time_s" in r]
-    return proc.stdout, records
+        records = [json.loads(line) for line in f]
+    return {"wall_s": wall_s, "setup_s": setup_s, "records": records, "output": "".join(output)}
+
+
+def main_job_figures(run: dict, model: GPT, peak: float) -> dict:
+    """What a run's metrics say: the steady step (its last two thirds), the evaluations, and the seconds before
+    the steady state that compiling (or an eager run's warm-up) cost, with MFU counted two ways."""
+    steps = [r for r in run["records"] if "loss" in r]
+    evals = [r for r in run["records"] if "val_loss" in r]
+    first, last = steps[len(steps) // 3], steps[-1]
+    seconds = last["time_s"] - first["time_s"]
+    step_s = seconds / (last["iter"] - first["iter"])
+    tokens_per_s = (last["tokens"] - first["tokens"]) / seconds
+    targets_per_s = (last["targets_per_s"] * last["time_s"] - first["targets_per_s"] * first["time_s"]) / seconds
+    cfg = model.config
+    six_n = 6 * model.num_params()
+    attention = 12 * cfg.n_layer * cfg.n_embd * cfg.block_size  # every position of the row: no mask counted
+    out = run["output"]
+    return {"step_s": step_s, "tokens_per_s": tokens_per_s, "targets_per_s": targets_per_s,
+            "mfu_6n": tokens_per_s * six_n / peak, "mfu_6n_attention": tokens_per_s * (six_n + attention) / peak,
+            "setup_s": run["setup_s"], "first_eval_s": evals[0]["eval_s"], "eval_s": evals[-1]["eval_s"],
+            # the first logged steps, less their steady time and the step-0 evaluation: compiling the training
+            # graph (and the evaluation's, in first_eval_s), or an eager run's warm-up
+            "compile_s": steps[0]["time_s"] - evals[0]["eval_s"] - steps[0]["iter"] * step_s,
+            "wall_s": run["wall_s"],
+            "peak_gib": float(out.split("peak GPU memory: ")[1].split(" GiB")[0]) if "peak GPU" in out else None,
+            "graphs": out.split("torch.compile: ")[1].split("\n")[0] if "torch.compile: " in out else None,
+            "attention": out.split("attention ")[1].split(")")[0] if "attention " in out else None}
+
+
+def time_checkpoint_write(shape: dict, dev: str, folder: str) -> dict:
+    """Seconds to write a checkpoint of a model of this shape through checkpoint.save (fsync'd), with AdamW's
+    state (ckpt.pt, resumable) and without (best.pt), and their sizes."""
+    import checkpoint
+
+    model = GPT(GPTConfig(**shape)).to(dev)
+    optimizer = model.configure_optimizer(0.0, 5e-5, (0.9, 0.999), common.device_type(dev))
+    model(*random_batch(model.config.vocab_size, 1, 8, dev))[1].backward()
+    optimizer.step()  # AdamW's two moments now exist
+    fields = dict(config={}, meta={}, script="train_sft.py", data_dir="", iter_num=1, best_val_loss=0.0,
+                  base_model="scratch")
+    resume = dict(optimizer=optimizer.state_dict(), scaler={}, rng_state=[], batches_drawn={}, tokens=0)
+    out = {}
+    for name, extra in (("ckpt", {"resume": resume}), ("best", {})):
+        path = os.path.join(folder, f"{name}.pt")
+        sync(common.device_type(dev))
+        t0 = time.perf_counter()
+        checkpoint.save(path, model, **fields, **extra)
+        out[f"{name}_s"], out[f"{name}_gb"] = time.perf_counter() - t0, os.path.getsize(path) / 1e9
+        os.remove(path)
+    return out
+
+
+def projected_recipe_s(fig: dict, write: dict, settings: dict) -> tuple[float, dict]:
+    """The whole recipe's seconds from a short run's figures: set-up, compiling, max_iters steady steps, an
+    evaluation every eval_interval steps and at the end (eval_iters batches of each split), ckpt.pt every
+    checkpoint_interval steps and at the end, and best.pt at every evaluation that improves (counted as all).
+    Returns the total and its parts."""
+    max_iters, every_eval = settings["max_iters"], settings["eval_interval"]
+    every_ckpt = settings.get("checkpoint_interval") or every_eval
+    n_evals = len(range(0, max_iters, every_eval)) + 1
+    parts = {"set-up": fig["setup_s"],
+             "compiling (training and evaluation graphs)": fig["compile_s"] + fig["first_eval_s"] - fig["eval_s"],
+             f"{max_iters} steps": max_iters * fig["step_s"],
+             f"{n_evals} evaluations": n_evals * fig["eval_s"],
+             f"{len(range(every_ckpt, max_iters, every_ckpt)) + 1} ckpt.pt writes":
+                 (len(range(every_ckpt, max_iters, every_ckpt)) + 1) * write["ckpt_s"],
+             f"{n_evals - 1} best.pt writes (at most)": (n_evals - 1) * write["best_s"]}
+    return sum(parts.values()), parts
+
+
+def profile_steps(data_dir, shape, dev, n=5, batch_size=None) -> dict:
+    """The main job's step (compiled, packed rows of the data, bf16 autocast on a GPU) profiled for n steps
+    after a warm-up: the host's ms a step (launching the work: the time to enqueue n steps without waiting,
+    over n) against the GPU's (its kernels' time, from torch.profiler), and the wall ms a step."""
+    dev_type = common.device_type(dev)
+    settings = recipe()
+    flex = "flex" if dev_type == "cuda" else "sdpa"
+    model = GPT(GPTConfig(**shape, attention=flex, loss_path="fused")).to(dev)
+    optimizer = model.configure_optimizer(0.0, settings["learning_rate"], (0.9, 0.999), dev_type)
+    compiled = torch.compile(model) if dev_type == "cuda" else model
+    meta = data.read_meta(data_dir)
+    train = data.read_examples(data_dir, meta, "train", model.config.block_size, verbose=False)
+    packed = data.pack(train, model.config.block_size, seed=1337)
+    rows = np.arange(batch_size or settings["batch_size"]) % (len(packed["starts"]) - 1)
+    X, Y, P = (torch.from_numpy(a).to(dev) for a in data.packed_batch(train, packed, rows, model.config.block_size,
+                                                                       meta["end_token"]))
+    amp = autocast("bfloat16" if dev_type == "cuda" else "float32", dev_type)
+
+    def step():
+        with amp:
+            loss = compiled(X, Y, P)[1]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3 if n > 2 else 1):  # warm-up (compiling, on a GPU)
+        step()
+    sync(dev_type)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    host_s = time.perf_counter() - t0
+    sync(dev_type)
+    wall_s = time.perf_counter() - t0
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if dev_type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(n):
+            step()
+        sync(dev_type)
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:5]
+    return {"host_ms": 1000 * host_s / n, "gpu_ms": gpu_us / 1000 / n if kernels else None,
+            "wall_ms": 1000 * wall_s / n, "top_kernels": [(e.key, e.self_device_time_total / 1000 / n) for e in top]}
 
 
 def bench_cuda(args):
-    """(h) The main job on a GPU: the real train_sft.py with configs/gpt2_alpaca.py, compiled and eager."""
-    if not torch.cuda.is_available():
-        return skipped("no CUDA device")
-    name = torch.cuda.get_device_name()
+    """(h) The main job on a GPU: the real train_sft.py with configs/gpt2_alpaca.py, compiled (a cold compile
+    cache, then a warm one) and eager. --quick on a CPU runs the same measurement on a tiny model, eager."""
+    on_gpu = device_type == "cuda"
+    if not on_gpu and not args.quick:
+        return skipped("no CUDA device (on a CPU, --quick runs this section on a tiny model)")
+    why_not = alpaca_ready() if args.data_dir is None else None
+    if why_not:
+        return skipped(why_not)
+    name = torch.cuda.get_device_name() if on_gpu else machine()["cpu"]
     peak = next((flops for key, flops in PEAK_BF16 if all(w in name for w in key.split())), None)
-    source = "datasheet, dense bf16"
+    source = f"{name}, datasheet, dense bf16"
     if peak is None:
-        peak, source = matmul_peak(["bfloat16"], 8192, 10, "cuda")["bfloat16"], "measured 8192^3 bf16 matmul"
+        dtype = "bfloat16" if on_gpu else "float32"
+        peak = matmul_peak([dtype], 8192 if on_gpu else 512, 10 if on_gpu else 2, device)[dtype]
+        source = f"{name}, measured {dtype} matmul"
     steps = 20 if args.quick else args.steps
     tmp = tempfile.mkdtemp(prefix="bench-h-")
     atexit.register(shutil.rmtree, tmp, True)
     data_dir = args.data_dir
     if data_dir is None:
-        why_not = alpaca_ready()
-        if why_not:
-            return skipped(why_not)
         import prepare_alpaca
 
         data_dir = os.path.join(tmp, "alpaca")
         quietly(prepare_alpaca.prepare, inputs=[ALPACA_5000], out_dir=data_dir)
-    import data
-
-    meta = data.read_meta(data_dir)
-    train = data.read_examples(data_dir, meta, "train", 1024, verbose=False)
-    epoch_positions = int((train["lengths"][train["usable"]] - 1).sum())
-    shape = dict(n_layer=2, n_head=2, n_embd=64) if args.quick else GPT2_124M
+    shape = dict(n_layer=2, n_head=2, n_embd=64, block_size=256) if args.quick else GPT2_124M
+    extra = []
+    if args.quick:  # a tiny model: the measurement's code, not a speed
+        extra = TINY_JOB + ([] if on_gpu else ["--device=cpu", "--dtype=float32", "--threads=1"])
     with torch.device("meta"):
         model = GPT(GPTConfig(**shape))
+    # compiled twice on one fresh cache: the first compiles everything (cold), the second reuses it (warm)
+    cache = {"TORCHINDUCTOR_CACHE_DIR": os.path.join(tmp, "inductor"), "TRITON_CACHE_DIR": os.path.join(tmp, "triton")}
+    runs = {"compiled, cold cache": (["--compile=True"], cache), "compiled, warm cache": (["--compile=True"], cache),
+            "eager": (["--compile=False"], {})}
+    if not on_gpu:  # a CPU compiles for minutes: --quick times the eager run only
+        runs = {"eager": runs["eager"]}
+    figures = {}
+    for key, (flags, env) in runs.items():
+        print(f"\n  ({key})", flush=True)
+        run = run_main_job(data_dir, os.path.join(tmp, key.replace(", ", "_").replace(" ", "_")), steps,
+                           [*extra, *flags], env)
+        figures[key] = main_job_figures(run, model, peak)
+    write = time_checkpoint_write(shape, device, tmp)
+    settings = recipe()
+    compiled = figures.get("compiled, warm cache", figures["eager"])
+    total_s, parts = projected_recipe_s({**compiled, **{k: figures.get("compiled, cold cache", compiled)[k]
+                                                        for k in ("compile_s", "first_eval_s")}}, write, settings)
+    profile = profile_steps(data_dir, shape, device, *((2, 2) if args.quick else ()))
+    out = {"device": name, "peak_flops": peak, "peak_source": source, "steps": steps, "data_dir": data_dir,
+           "runs": figures, "checkpoint_write": write, "projected_recipe_s": total_s, "projected_parts": parts,
+           "profile": profile}
+    if "compiled, warm cache" in figures:
+        out["compiled_over_eager"] = figures["compiled, warm cache"]["tokens_per_s"] / figures["eager"]["tokens_per_s"]
+    rows = [[key, f"{f['tokens_per_s']:,.0f}", f"{f['targets_per_s']:,.0f}", f"{1000 * f['step_s']:.1f}",
+             f"{100 * f['mfu_6n']:.1f}% / {100 * f['mfu_6n_attention']:.1f}%", f"{f['setup_s']:.1f}",
+             f"{f['compile_s'] + f['first_eval_s'] - f['eval_s']:.1f}", f"{f['eval_s']:.2f}",
+             "-" if f["peak_gib"] is None else f"{f['peak_gib']:.1f}", f["graphs"] or "-", f["attention"] or "-"]
+            for key, f in figures.items()]
     cfg = model.config
-    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-    rows, out = [], {"device": name, "peak_flops": peak, "peak_source": source, "steps": steps,
-                     "flops_per_token": flops_per_token, "data_dir": data_dir}
-    for compile in (True, False):
-        stdout, records = run_main_job(data_dir, os.path.join(tmp, f"compile_{compile}"), steps, compile, args.quick)
-        first, last = records[len(records) // 3], records[-1]  # steady: the last two thirds of the run
-        tokens_per_s = (last["tokens"] - first["tokens"]) / (last["time_s"] - first["time_s"])
-        targets = [r["targets_per_s"] * r["time_s"] for r in (first, last)]
-        targets_per_s = (targets[1] - targets[0]) / (last["time_s"] - first["time_s"])
-        step_s = (last["time_s"] - first["time_s"]) / (last["iter"] - first["iter"])
-        start_s = records[0]["time_s"] - records[0]["iter"] * step_s  # to the first step: compiling, evaluation
-        mfu = tokens_per_s * flops_per_token / peak
-        peak_gib = float(stdout.split("peak GPU memory: ")[1].split(" GiB")[0]) if "peak GPU" in stdout else 0.0
-        graphs = stdout.split("torch.compile: ")[1].split("\n")[0] if compile else "not compiled"
-        full_s = 3 * epoch_positions * ALPACA_FULL_TRAIN / len(train["usable"]) / tokens_per_s + start_s
-        key = "compiled" if compile else "eager"
-        out[key] = {"tokens_per_s": tokens_per_s, "targets_per_s": targets_per_s, "step_s": step_s, "mfu": mfu,
-                    "start_s": start_s, "peak_gib": peak_gib, "graphs": graphs, "full_recipe_s": full_s}
-        rows.append([key, f"{tokens_per_s:,.0f}", f"{targets_per_s:,.0f}", f"{1000 * step_s:.1f}",
-                     f"{100 * mfu:.1f}%", f"{start_s:.0f}", f"{peak_gib:.1f}", graphs, f"{full_s / 60:.1f}"])
-    out["compiled_over_eager"] = out["compiled"]["tokens_per_s"] / out["eager"]["tokens_per_s"]
-    notes = [f"MFU = tokens/s x (6N + 12 L d T) / peak: N = {model.num_params() / 1e6:.1f}M weights (all but the "
-             f"position embedding), L = {cfg.n_layer}, d = {cfg.n_embd}, T = {cfg.block_size}; peak "
-             f"{peak / 1e12:.0f} TFLOP/s ({source})",
-             f"steady = the last two thirds of {steps} steps; start = the seconds before the first step "
-             f"(torch.compile's compiling and the step-0 evaluation included)",
-             f"full recipe: 3 epochs of the 52K records' ~{ALPACA_FULL_TRAIN:,.0f} training examples at this "
-             f"data's {epoch_positions / len(train['usable']):.1f} positions each, at the steady rate, plus start",
-             f"compiled / eager: {out['compiled_over_eager']:.2f}x"]
-    show(f"{name}: train_sft.py configs/gpt2_alpaca.py (12 rows x 1024, bf16 autocast), random GPT-2 "
-         f"{'124M' if not args.quick else 'tiny'}, {steps} steps",
-         ["run", "tokens/s", "target tokens/s", "ms/step", "MFU", "start s", "peak GiB", "torch.compile",
-          "full recipe min"], rows, notes)
+    notes = [f"peak {peak / 1e12:.1f} TFLOP/s ({source}); MFU = tokens/s x 6N / peak, and x (6N + 12 L d T) / "
+             f"peak, N = {model.num_params() / 1e6:.1f}M weights, L = {cfg.n_layer}, d = {cfg.n_embd}, T = "
+             f"{cfg.block_size} (attention counted over whole rows, though the document mask skips most of it)",
+             f"steady = the last two thirds of {steps} steps; set-up = process start to the training loop; compile "
+             f"= the seconds before the steady state (the first evaluation's graph included), less a warm one",
+             f"checkpoint writes here: ckpt.pt {write['ckpt_gb']:.2f} GB in {write['ckpt_s']:.1f} s, best.pt "
+             f"{write['best_gb']:.2f} GB in {write['best_s']:.1f} s",
+             f"projected recipe (max_iters {settings['max_iters']}, the 52K records' 3 epochs, cold compile): "
+             f"{total_s / 60:.1f} min = " + " + ".join(f"{k} {v:.0f} s" for k, v in parts.items()),
+             f"profile of the step ({'compiled' if on_gpu else 'eager'}): host {profile['host_ms']:.1f} ms a step to "
+             f"launch it, GPU "
+             + (f"{profile['gpu_ms']:.1f} ms" if profile["gpu_ms"] is not None else "-")
+             + f", wall {profile['wall_ms']:.1f} ms"]
+    if "compiled_over_eager" in out:
+        notes.append(f"compiled (warm) / eager: {out['compiled_over_eager']:.2f}x tokens/s")
+    show(f"{name}: train_sft.py configs/gpt2_alpaca.py, random GPT-2 {'tiny' if args.quick else '124M'}, {steps} "
+         f"steps", ["run", "tokens/s", "targets/s", "ms/step", "MFU 6N / +attn", "set-up s", "compile s", "eval s",
+                    "peak GiB", "torch.compile", "attention"], rows, notes)
+    if args.full:
+        out["full_recipe"] = bench_full_recipe(tmp, extra)
     return out
 
 
+def bench_full_recipe(tmp: str, extra: list) -> dict:
+    """--full: the recipe timed as it is, on the 5,000-record sample repeated to the 52,002 records of the full
+    Alpaca set (the same step count and shapes as the real set; not its text)."""
+    import prepare_alpaca
+
+    with open(ALPACA_5000) as f:
+        records = json.load(f)
+    big = os.path.join(tmp, "alpaca_52002.json")
+    with open(big, "w") as f:
+        json.dump((records * 11)[:52002], f)
+    data_dir = os.path.join(tmp, "alpaca_52002")
+    quietly(prepare_alpaca.prepare, inputs=[big], out_dir=data_dir)
+    print("\n  (the full recipe, on the sample repeated to 52,002 records)", flush=True)
+    run = run_main_job(data_dir, os.path.join(tmp, "full"), 0, extra, full=True)
+    steps = [r for r in run["records"] if "loss" in r]
+    show("the full recipe, timed", ["records", "steps", "wall min"],
+         [["52,002 (the 5,000 repeated)", steps[-1]["iter"], f"{run['wall_s'] / 60:.1f}"]])
+    return {"wall_s": run["wall_s"], "steps": steps[-1]["iter"]}
+
+
 # ----------------------------------------------------------------------------------------------------------
+
+def bench_checkpoint_write(args):
+    """(j) The seconds a checkpoint write of GPT-2 124M costs a run: with AdamW's state (ckpt.pt, resumable)
+    and without (best.pt), through checkpoint.save (fsync'd) to a temporary folder on this machine's disk."""
+    shape = dict(n_layer=2, n_head=2, n_embd=64) if args.quick else GPT2_124M
+    reps = reps_for(args, 3, quick=1)
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "out") if os.path.isdir(os.path.join(ROOT, "out"))
+                                     else None) as tmp:
+        runs = [time_checkpoint_write(shape, device, tmp) for _ in range(reps)]
+    out = {k: med([r[k] for r in runs]) for k in runs[0]}
+    settings = recipe()
+    every = settings.get("checkpoint_interval") or settings["eval_interval"]
+    n_ckpt = len(range(every, settings["max_iters"], every)) + 1
+    rows = [["ckpt.pt (model + AdamW)", f"{out['ckpt_gb']:.2f}", f"{out['ckpt_s']:.2f}"],
+            ["best.pt (model only)", f"{out['best_gb']:.2f}", f"{out['best_s']:.2f}"]]
+    show(f"checkpoint writes, {'tiny' if args.quick else 'GPT-2 124M'}: median of {reps}", ["file", "GB", "s"], rows,
+         [f"configs/gpt2_alpaca.py writes ckpt.pt {n_ckpt} times (checkpoint_interval {every}): "
+          f"{n_ckpt * out['ckpt_s']:.1f} s on this disk"])
+    return out
+
 
 SECTIONS = {
     "a": ("train step: ours vs Hugging Face GPT2LMHeadModel", bench_train_step),
@@ -758,6 +948,7 @@ SECTIONS = {
     "f": ("AdamW: default vs foreach vs fused", bench_adamw),
     "g": ("allocator: glibc default vs tune_cpu_allocator()", bench_allocator),
     "h": ("GPU: the main job, train_sft.py configs/gpt2_alpaca.py, compiled and eager", bench_cuda),
+    "j": ("checkpoint writes: GPT-2 124M with and without AdamW's state", bench_checkpoint_write),
 }
 
 
@@ -780,13 +971,15 @@ def machine():
 
 def main():
     global device, device_type
-    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    errors.report_user_errors()
+    parser = errors.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 reps: a smoke test")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,b,f")
     parser.add_argument("--reps", type=int, default=0, help="timed repetitions (default: per section)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--steps", type=int, default=100, help="(h): steps of each main-job run")
+    parser.add_argument("--full", action="store_true", help="(h): also time the whole recipe (52K records)")
     parser.add_argument("--data_dir", help="(h): prepared SFT data (default: the 5,000-record Alpaca sample)")
     parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)  # internal: section (e)'s fresh process
     parser.add_argument("--_alloc_probe", help=argparse.SUPPRESS)  # internal: section (g)'s fresh processes

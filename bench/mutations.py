@@ -22,6 +22,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import errors  # noqa: E402
+
 FAST = ["tests/test_model.py", "tests/test_chat_template.py", "tests/test_prepare.py", "tests/test_download.py"]
 TRAIN = ["tests/test_train.py"]
 PACKING = ["tests/test_packing.py"]
@@ -60,15 +63,16 @@ mutation("loss averaged over every position, masked ones included", FAST,
          [("model.py", "return loss_sum / has_target.sum().clamp(min=1)", "return loss_sum / targets.numel()")])
 mutation("all-masked batch gives NaN (no guard)", FAST + TRAIN,
          [("model.py", "return loss_sum / has_target.sum().clamp(min=1)", "return loss_sum / has_target.sum()")])
-mutation("loss gradient off (softmax - one_hot broken)", FAST, [("model.py", "t_chunk] -= 1.0", "t_chunk] -= 0.5")])
+mutation("loss gradient off (softmax - one_hot broken)", FAST,
+         [("chunked_loss.py", "t_chunk] -= 1.0", "t_chunk] -= 0.5")])
 mutation("the loss counts the zero rows that pad it to a multiple of 256", FAST,
-         [("model.py", "loss_sum += row_loss[: max(0, n_rows - i)].sum()", "loss_sum += row_loss.sum()")])
+         [("chunked_loss.py", "loss_sum += row_loss[: max(0, n_rows - i)].sum()", "loss_sum += row_loss.sum()")])
 mutation("the compiled loss averages where the eager one sums", PACKING,
          [("model.py", 'F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")',
            'F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="mean")')])
 mutation("the model's forward breaks the compiled graph (a value read on the host)", PACKING,
-         [("model.py", "return None, cross_entropy(h, self.lm_head.weight, targets)",
-           "return None, cross_entropy(h, self.lm_head.weight, targets) + 0 * float(h.sum())")])
+         [("model.py", "return None, cross_entropy(h, self.lm_head.weight, targets, fused)",
+           "return None, cross_entropy(h, self.lm_head.weight, targets, fused) + 0 * float(h.sum())")])
 # Token-weighted accumulation, DDP
 mutation("accumulation: naive mean of micro-batch means", TRAIN,
          in_both_scripts("loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)",
@@ -77,11 +81,13 @@ mutation("accumulation: DDP's averaging over processes not undone", TRAIN,
          in_both_scripts("loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)",
                          "loss = loss * (Y != -100).sum() / n_step_targets.clamp(min=1)"))
 mutation("DDP: every SFT process takes the same slice", TRAIN,
-         [("train_sft.py", "start = (n * runtime.world_size + runtime.rank) * batch_size",
-           "start = (n * runtime.world_size + 0) * batch_size")])
+         [("data.py", "start = (n * world_size + rank) * batch_size", "start = (n * world_size + 0) * batch_size")])
+mutation("DDP: the SFT trainer gives every process rank 0's slice", TRAIN,
+         [("train_sft.py", "                               runtime.rank, runtime.world_size)",
+           "                               0, runtime.world_size)")])
 mutation("DDP: every pretraining process draws the same windows", TRAIN,
-         [("train_pretrain.py", "rng = np.random.default_rng((seed, runtime.rank, batches_drawn[split]))",
-           "rng = np.random.default_rng((seed, 0, batches_drawn[split]))")])
+         [("train_pretrain.py", "data.random_starts(n_starts, batch_size, seed, runtime.rank, batches_drawn[split])",
+           "data.random_starts(n_starts, batch_size, seed, 0, batches_drawn[split])")])
 # The packed SFT batch (data.py) and the document mask (model.py)
 mutation("SFT targets not shifted by one", TRAIN + PACKING,
          [("data.py", 'next_ids = examples["ids"][source + 1].astype(np.int64)',
@@ -95,19 +101,33 @@ mutation("SFT padding is a target", TRAIN + PACKING,
 mutation("packed positions do not restart (an example sits where it is in the row)", PACKING + TRAIN,
          [("data.py", "positions[target] = position", "positions[target] = column[token_of] + position")])
 mutation("attention crosses examples (no document mask)", PACKING,
-         [("model.py", "mask = document_mask(positions, dropout=self.training and self.config.dropout > 0)",
-           "mask = None")])
+         [("model.py", 'mask = document_mask(positions, flex=self.config.attention == "flex")', "mask = None")])
 mutation("the document mask lets a token see the last token of the example before", PACKING,
-         [("model.py", "return ((key <= query) & (key >= first[:, :, None]))[:, None]",
-           "return ((key <= query) & (key >= first[:, :, None] - 1))[:, None]")])
+         [("model.py", "return ((key <= query) & (key >= first))[:, None]",
+           "return ((key <= query) & (key >= first - 1))[:, None]")])
+mutation("flex: the FlexAttention mask leaks across examples (sees the example before)", PACKING,
+         [("model.py", "return (kv_idx <= q_idx) & (q_idx - kv_idx <= positions[b, q_idx])",
+           "return (kv_idx <= q_idx) & (q_idx - kv_idx <= positions[b, q_idx] + 1)")])
+mutation("flex: the attention setting is ignored (always the boolean mask)", PACKING,
+         [("model.py", 'mask = document_mask(positions, flex=self.config.attention == "flex")',
+           "mask = document_mask(positions, flex=False)")])
+mutation("flex: the trainer's attention setting never reaches the model", PACKING,
+         [("train_sft.py", "                         attention=attention, loss_path=loss_path,",
+           "                         loss_path=loss_path,")])
+mutation("the fused loss averages where the chunked one sums", FAST,
+         [("model.py", 'loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")',
+           'loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="mean")')])
+mutation("gradient checkpointing is ignored", FAST,
+         [("model.py", "            if recompute:  # the backward pass runs the block again for its activations",
+           "            if False:")])
 mutation("packing loses an example", PACKING + TRAIN,
          [("data.py", "    for example in order:\n", "    for example in order[1:]:\n")])
 mutation("packing is worst-fit (the roomiest row), not best-fit", PACKING,
          [("data.py", "room = size + fitting[0]  # the least room that still holds it",
            "room = size + fitting[-1]  # the least room that still holds it")])
 mutation("every epoch the same order of rows", TRAIN,
-         [("train_sft.py", "order = np.random.default_rng((seed, epoch)).permutation(n_rows[split])",
-           "order = np.random.default_rng(seed).permutation(n_rows[split])")])
+         [("data.py", "order = np.random.default_rng((seed, epoch)).permutation(n_rows)",
+           "order = np.random.default_rng(seed).permutation(n_rows)")])
 mutation("the trainers differ by more than 70 lines (in the loader, where they may differ)", TRAIN,
          [("train_sft.py", "\ndef get_batch(split, i=None):\n",
            "\n# one\n# two\n# three\ndef get_batch(split, i=None):\n")])
@@ -117,10 +137,9 @@ mutation("resume: the data loader's position is not restored", TRAIN,
 mutation("resume: the optimizer state is not restored", TRAIN,
          in_both_scripts('    optimizer.load_state_dict(resumed["optimizer"])\n', "    pass\n"))
 mutation("resume: another data folder goes unnoticed", ERRORS,
-         [("checkpoint.py", "if trained_on is not None and os.path.normpath(trained_on) != os.path.normpath(data_dir):",
-           "if False:")])
+         [("checkpoint.py", "if os.path.normpath(trained_on) != os.path.normpath(data_dir):", "if False:")])
 mutation("resume: another trainer goes unnoticed", ERRORS,
-         [("checkpoint.py", 'if checkpoint.get("script", script) != script:', "if False:")])
+         [("checkpoint.py", 'if checkpoint["script"] != script:', "if False:")])
 # Weights: tying, Conv1D, vocabulary growth
 mutation("weight tying removed", FAST,
          [("model.py", "        self.lm_head.weight = self.transformer.wte.weight\n", "")])
@@ -133,6 +152,33 @@ mutation("grown vocabulary rows start at zero, not the mean", FAST,
            "target[ckpt_vocab:].zero_()")])
 mutation("generation samples padded vocabulary rows", FAST,
          [("model.py", "                logits = logits[:, :vocab_size]\n", "                logits = logits\n")])
+
+# A run's life: stops, lineage, fresh files (tests/test_run_life.py)
+LIFE = ["tests/test_run_life.py"]
+STOPPED = "    if stop.received:  # the step reached, saved: --init_from=resume goes on from here exactly\n"
+mutation("a SIGTERM stop saves nothing", LIFE,
+         in_both_scripts(STOPPED + '        save_checkpoint("ckpt.pt")\n', STOPPED + "        pass\n"))
+mutation("a resumed run forgets the model it began from", LIFE,
+         in_both_scripts('    tokens_before, base_model = resumed["tokens"], resumed["base_model"]',
+                         '    tokens_before = resumed["tokens"]'))
+mutation("a new run appends to the metrics of the run before", LIFE,
+         [("metrics.py", '            open(self.path, "w").close()', "            pass")])
+mutation("a new run silently replaces the run in its out_dir", LIFE,
+         [("checkpoint.py", "    if found and not overwrite:", "    if False:")])
+mutation("a second Ctrl-C waits for the step to end", LIFE,
+         [("common.py", "            raise KeyboardInterrupt  # the second Ctrl-C: at once", "            pass")])
+
+# The house: local paths never go to the hub, one writer of checkpoints, one chat template in two renderings
+mutation("a local path is sent to the hub", ERRORS,
+         [("hf_checkpoint.py", 'name.startswith(("out/", "data/", ".", "/", "~"))',
+           'name.startswith((".", "/", "~"))')])
+mutation("the Jinja chat template drifts from _segments (a space after ChatML's <|im_start|>)",
+         ["tests/test_export.py"],
+         [("chat_template.py", "  {{- '<|im_start|>' + message['role'] + ",
+           "  {{- '<|im_start|> ' + message['role'] + ")])
+mutation("the checkpoint writer drops a field (data_dir)", TRAIN,
+         [("checkpoint.py", '"script": script, "data_dir": data_dir, "iter_num": iter_num,',
+           '"script": script, "iter_num": iter_num,')])
 
 # LoRA
 LORA = ["tests/test_lora.py"]
@@ -152,15 +198,15 @@ mutation("LoRA: the chat tokens' rows stay frozen (the model could never learn t
 mutation("LoRA: the adapted layer drops its frozen bias", LORA,
          [("lora.py", "out = F.linear(x, self.weight, self.bias)", "out = F.linear(x, self.weight)")])
 mutation("LoRA: a resumed run's adapters are merged away", LORA,
-         [("checkpoint.py", "return model_from_checkpoint(checkpoint, merge=False), checkpoint",
-           "return model_from_checkpoint(checkpoint), checkpoint")])
+         [("checkpoint.py", "return model_from_checkpoint(checkpoint, merge=False, **run), checkpoint, source",
+           "return model_from_checkpoint(checkpoint, **run), checkpoint, source")])
 mutation("loss forms a weight gradient for a frozen output layer", FAST,
-         [("model.py", "needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]",
+         [("chunked_loss.py", "needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]",
            "needs_grad_weight = grad_enabled and any(ctx.needs_input_grad[:2])")])
 
 # Stale or broken prepared data, and the one way to fail
 mutation("data prepared by another template rendering is trained on", ERRORS,
-         [("data.py", "    if found == current:\n", "    if True:\n")])
+         [("data.py", "    if found != current:\n", "    if False:\n")])
 mutation("the template fingerprint ignores which pieces are targets", FAST,
          [("chat_template.py",
            "pieces = [_segments(c, template, add_generation_prompt=prompt) for c, prompt in conversations]",
@@ -228,7 +274,8 @@ def run_tests(copy, tests, timeout):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    errors.report_user_errors()
+    p = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default=".")
     p.add_argument("--out", default="mutations.json")
     p.add_argument("--timeout", type=int, default=900)

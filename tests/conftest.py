@@ -1,11 +1,9 @@
 """Shared test fixtures and helpers: the real GPT-2 BPE files and data from ../shared, when that folder is
 present, and the tiny model and training run that many tests start in-process."""
 
-import dataclasses
 import json
 import os
 import runpy
-import shutil
 import sys
 
 import pytest
@@ -16,12 +14,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "experiments"))  # the knowledge experiment's modules
 
-# tiktoken looks for its GPT-2 files in $TIKTOKEN_CACHE_DIR under sha1(url) names (see ../shared/README.md).
-_TIKTOKEN_FILES = {
-    "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
-    "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
-}
-HAVE_BPE = all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in _TIKTOKEN_FILES)
+HAVE_BPE = all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in ("vocab.bpe", "encoder.json"))
 ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
 SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
 
@@ -29,12 +22,10 @@ SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
 def pytest_configure(config):
     # Populate a tiktoken cache once per run and point every test (and its subprocesses) at it.
     if HAVE_BPE and "TIKTOKEN_CACHE_DIR" not in os.environ:
+        import chat_template
+
         cache = os.path.join(ROOT, ".pytest_cache", "tiktoken")
-        os.makedirs(cache, exist_ok=True)
-        for name, sha1 in _TIKTOKEN_FILES.items():
-            dest = os.path.join(cache, sha1)
-            if not os.path.exists(dest):
-                shutil.copy(os.path.join(SHARED, "gpt2", name), dest)
+        chat_template.fill_tiktoken_cache(os.path.join(SHARED, "gpt2"), cache)
         os.environ["TIKTOKEN_CACHE_DIR"] = cache
 
 
@@ -60,7 +51,7 @@ def one_thread():
 # A tiny model, and the settings of a tiny training run that tests start in this process
 TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)
 TINY_RUN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=4", "--eval_iters=2",
-            "--log_interval=1", "--dtype=float32", "--device=cpu", "--seed=1337", "--warmup_iters=2",
+            "--log_interval=1", "--dtype=float32", "--device=cpu", "--threads=1", "--seed=1337", "--warmup_iters=2",
             "--lr_decay_iters=40"]  # fixed, so runs of different max_iters share one learning-rate schedule
 
 
@@ -115,12 +106,13 @@ def make_hf(seed: int = 0, initializer_range: float = 0.5, **kw):
     return hf.eval()
 
 
-def save_ckpt(path, model, meta: dict) -> str:
-    """A checkpoint with the keys train_sft.py's save_checkpoint writes (what sample.py, export_hf and
-    init_from read)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config),
-                "config": {"init_from": "scratch"}, "meta": meta, "iter_num": 0, "best_val_loss": 0.0}, path)
+def save_ckpt(path, model, meta: dict, base_model: str = "scratch") -> str:
+    """A checkpoint as a trainer writes one, without the resume part (what sample.py, export_hf and init_from
+    read), through checkpoint.py's one writer."""
+    import checkpoint
+
+    checkpoint.save(str(path), model, config={"init_from": base_model, "lora_rank": 0}, meta=meta,
+                    script="train_sft.py", data_dir="", iter_num=0, best_val_loss=0.0, base_model=base_model)
     return str(path)
 
 

@@ -200,7 +200,7 @@ def test_corrupted_bytes_raise_and_leave_nothing(hub, ckpt, tmp_path):
     hf, files = ckpt
     hub.publish(REPO, {n: files[n] for n in ("config.json", "model.safetensors")})
     hub.corrupt.add(f"/{REPO}/resolve/main/model.safetensors")
-    with pytest.raises(RuntimeError, match="sha256"):
+    with pytest.raises(dl.DownloadError, match="sha256"):
         GPT.from_pretrained(REPO)
     folder = cache_dir(tmp_path)
     assert not (folder / "model.safetensors").exists()
@@ -215,7 +215,7 @@ def _cut_once(hub, tmp_path, files):
     """Publish the checkpoint, cut the weights' download half-way; return the size of the .incomplete file."""
     hub.publish(REPO, {n: files[n] for n in ("config.json", "model.safetensors")})
     hub.cut_next.add(f"/{REPO}/resolve/main/model.safetensors")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(dl.DownloadError):
         GPT.from_pretrained(REPO)
     folder = cache_dir(tmp_path)
     assert not (folder / "model.safetensors").exists()
@@ -277,7 +277,7 @@ def _closed_port() -> int:
 def test_no_server_and_no_cache_names_where_to_put_the_file(monkeypatch, tmp_path, ckpt):
     _offline_env(monkeypatch, tmp_path, f"http://127.0.0.1:{_closed_port()}")
     folder = cache_dir(tmp_path)
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(dl.DownloadError) as e:
         GPT.from_pretrained(REPO)
     assert str(folder / "config.json") in str(e.value)
     assert "config.json and model.safetensors" in str(e.value), "one message names every file to place"
@@ -287,7 +287,7 @@ def test_no_server_and_no_cache_names_where_to_put_the_file(monkeypatch, tmp_pat
     _, files = ckpt
     folder.mkdir(parents=True)
     (folder / "config.json").write_bytes(files["config.json"])
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(dl.DownloadError) as e:
         GPT.from_pretrained(REPO)
     assert str(folder / "model.safetensors") in str(e.value)
 
@@ -300,7 +300,7 @@ def test_download_with_a_wrong_explicit_sha256_raises_and_leaves_nothing(hub, tm
     data = os.urandom(300_000)
     hub.files["/data/blob.bin"] = data
     url, path = f"{hub.url}/data/blob.bin", tmp_path / "d" / "blob.bin"
-    with pytest.raises(RuntimeError, match="sha256"):
+    with pytest.raises(dl.DownloadError, match="sha256"):
         dl.download(url, str(path), sha256="0" * 64)  # the server's (right) X-Linked-Etag must not override it
     assert not path.exists() and not (tmp_path / "d" / "blob.bin.incomplete").exists()
 
@@ -322,9 +322,13 @@ def test_small_file_etag_sha1_is_not_taken_for_a_sha256(hub, tmp_path):
 
 
 def test_404_raises_file_not_found_and_leaves_nothing(hub, tmp_path):
+    """A failed download is a user's error (errors.UserError: one line), with the 404 told apart."""
+    from errors import UserError
+
     path = tmp_path / "missing.bin"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(dl.DownloadError) as e:
         dl.download(f"{hub.url}/nothing/here", str(path))
+    assert e.value.status == 404 and isinstance(e.value, UserError)
     assert not path.exists() and not (tmp_path / "missing.bin.incomplete").exists()
 
 
@@ -353,6 +357,6 @@ def test_partial_file_longer_than_the_remote_file_is_never_promoted(hub, tmp_pat
     (tmp_path / "blob.bin.incomplete").write_bytes(data + b"junk appended by an earlier, different file")
     try:
         dl.download(f"{hub.url}/data/blob.bin", str(path))
-    except RuntimeError:
+    except dl.DownloadError:
         pass  # refusing is fine; installing wrong bytes under the real name is not
     assert not path.exists() or path.read_bytes() == data, "a wrong file was moved into place under the real name"

@@ -10,13 +10,13 @@ from conftest import ROOT
 # From the bottom up. A file may import files of its own layer or below, never above. Scripts never import
 # each other: what two scripts share lives in a layer below them.
 LAYERS = [
-    ("base", ["errors", "chat_template", "download", "common"]),  # import nothing of the project but errors
+    ("base", ["errors", "chat_template", "download", "common", "chunked_loss"]),  # import only errors
     ("model and data", ["model", "hf_checkpoint", "lora", "data", "configurator"]),
-    ("the trainers' plumbing", ["checkpoint"]),
+    ("the trainers' plumbing", ["checkpoint", "metrics"]),
     ("scripts", ["train_pretrain", "train_sft", "sample", "export_hf", "prepare_alpaca", "prepare_text", "plot"]),
     ("experiments and benchmarks", ["experiments/knowledge", "experiments/eval_qa", "experiments/prepare_world",
                                     "experiments/alpaca_chats", "experiments/sft_steps", "bench/bench",
-                                    "bench/mutations"]),
+                                    "bench/mutations", "bench/gpu_check"]),
 ]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 BY_MODULE = {name.split("/")[-1]: name for name in LAYER}  # the name an import statement uses

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
+from errors import UserError
 from model import GPT, GPTConfig, cross_entropy, sample_next_token
 
 hf_logging.set_verbosity_error()
@@ -202,7 +203,7 @@ def test_bad_checkpoint_names_every_bad_key(small, tmp_path):
     state["transformer.h.0.attn.rotary.weight"] = torch.zeros(4)  # unexpected
     state["transformer.h.2.mlp.c_fc.bias"] = torch.zeros(7)  # wrong shape
     bad = _write_checkpoint(tmp_path, state, os.path.join(folder, "config.json"))
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(UserError) as e:
         GPT.from_pretrained(bad)
     msg = str(e.value)
     for key in ("h.1.ln_2.bias", "transformer.h.0.attn.rotary.weight", "h.2.mlp.c_fc.bias"):
@@ -213,16 +214,17 @@ def test_bad_checkpoint_names_every_bad_key(small, tmp_path):
 def test_misshaped_wte_is_rejected_even_when_growing_the_vocabulary(small, tmp_path, width):
     """The vocabulary-growth branch of _load_hf_weights copies wte without the shape check every other tensor
     gets: a wte of the right row count but the wrong width must still be a ValueError that names it (width 1
-    broadcasts into (V, n_embd) and loads silently; a wider one dies in copy_ with a RuntimeError)."""
+    broadcasts into (V, n_embd) and loads silently; a wider one dies in copy_ with a RuntimeError): a UserError
+    naming it."""
     _, folder, _ = small
     state = load_file(os.path.join(folder, "model.safetensors"))
     V, C = state["transformer.wte.weight"].shape
     assert width != C
     state["transformer.wte.weight"] = torch.zeros(V, width)
     bad = _write_checkpoint(tmp_path, state, os.path.join(folder, "config.json"))
-    with pytest.raises(ValueError, match="wte.weight"):
+    with pytest.raises(UserError, match="wte.weight"):
         GPT.from_pretrained(bad)  # without growth: the ordinary shape check catches it
-    with pytest.raises(ValueError, match="wte.weight"):
+    with pytest.raises(UserError, match="wte.weight"):
         GPT.from_pretrained(bad, vocab_size=V + 20)
 
 
@@ -249,7 +251,7 @@ def test_weight_tying_and_vocabulary_growth(ckpt):
     assert logits.shape[-1] == V + 37
     assert (logits[..., :V] - hf_logits(hf, idx)).abs().max().item() < ATOL_LOGITS
 
-    with pytest.raises(ValueError, match="smaller"):
+    with pytest.raises(UserError, match=r"wrong shape: transformer\.wte\.weight"):  # (it cannot shrink)
         GPT.from_pretrained(folder, vocab_size=V - 1)
 
 
@@ -428,11 +430,11 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, ro
     must be those of PyTorch's F.cross_entropy over the whole logits, whatever the chunking (a last chunk
     shorter than the others included, and the zero rows that pad the rows to a multiple under bf16 autocast:
     29 targets become 32 or 256 rows), in fp32 and under bf16 autocast."""
-    import model as model_module
+    import chunked_loss
 
     V, C = 37, 16
-    monkeypatch.setattr(model_module, "LOSS_CHUNK", rows_per_chunk * V)
-    monkeypatch.setattr(model_module, "LOSS_ROWS_MULTIPLE", rows_multiple)
+    monkeypatch.setattr(chunked_loss, "LOSS_CHUNK", rows_per_chunk * V)
+    monkeypatch.setattr(chunked_loss, "LOSS_ROWS_MULTIPLE", rows_multiple)
     torch.manual_seed(1)
     h = torch.randn(4, 9, C, requires_grad=True)
     weight = torch.randn(V, C, requires_grad=True)
@@ -452,6 +454,58 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy(rows_per_chunk, ro
     for got, want in zip(ours_grads, (h.grad, weight.grad), strict=True):
         assert got.dtype == want.dtype
         assert torch.allclose(got, want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_fused_loss_equals_the_chunked_one_forward_and_backward(dtype):
+    """loss_path="fused" (one F.cross_entropy over every position, what a compiled run uses) and "chunked" (the
+    eager path, logits at the targets only) are one loss: the same value and the same gradients, through the
+    model, masked positions and an all-masked row included, in fp32 and under bf16 autocast."""
+    torch.manual_seed(3)
+    losses, grads = {}, {}
+    for path in ("chunked", "fused"):
+        torch.manual_seed(3)
+        model = GPT(GPTConfig(block_size=16, vocab_size=61, n_layer=2, n_head=2, n_embd=16, loss_path=path))
+        idx, targets = random_idx(61, (3, 16), seed=26), _masked_targets((3, 16), 61, seed=27)
+        targets[1] = -100  # a row with no target at all
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            _, loss = model(idx, targets)
+        loss.backward()
+        losses[path], grads[path] = loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    tol = 1e-6 if dtype == "float32" else 2e-2
+    assert losses["fused"] == pytest.approx(losses["chunked"], rel=tol)
+    for name, g in grads["chunked"].items():
+        assert (grads["fused"][name] - g).norm() <= tol * g.norm() + 1e-8, name
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """gradient_checkpointing recomputes each block's activations in the backward pass instead of keeping them:
+    the loss and every gradient must be the same (fp32, within 1e-6), with dropout on (the recomputation replays
+    the same random masks) and packed rows (the document mask passes through)."""
+    results, kept = [], []
+    for recompute in (False, True):
+        torch.manual_seed(4)
+        model = GPT(GPTConfig(block_size=16, vocab_size=61, n_layer=3, n_head=2, n_embd=16, dropout=0.1,
+                              gradient_checkpointing=recompute)).train()
+        idx, targets = random_idx(61, (2, 16), seed=28), _masked_targets((2, 16), 61, seed=29)
+        positions = torch.tensor([list(range(10)) + list(range(6)), list(range(16))])
+        torch.manual_seed(5)
+        saved = []  # every tensor autograd keeps for the backward pass during the forward
+
+        def keep(t, saved=saved):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            _, loss = model(idx, targets, positions)
+        kept.append(sum(saved))
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+    assert kept[1] < kept[0] / 2, f"checkpointing kept {kept[1]} numbers for the backward pass, plain {kept[0]}"
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert abs(loss_a - loss_b) <= 1e-6 * abs(loss_a)
+    for name, g in grads_a.items():
+        assert (grads_b[name] - g).abs().max().item() <= 1e-6 * max(1.0, g.abs().max().item()), name
 
 
 def test_loss_with_bf16_weights_and_no_autocast():

@@ -18,18 +18,16 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, needs_bpe
-from loader_section import data_loader_section
+from conftest import ROOT, needs_bpe, run_script
 
 import chat_template
 import checkpoint
-import common
+import data
 from configurator import load_config
 from errors import UserError
 from model import GPT, GPTConfig
@@ -113,11 +111,35 @@ def exp_avg_by_name(ckpt) -> dict:
     return {name: ckpt["optimizer"]["state"][i]["exp_avg"] for i, name in zip(ids, names, strict=True)}
 
 
-def sft_loader(data_dir, batch_size, gradient_accumulation_steps=1, world_size=1, rank=0, block_size=64):
-    """train_sft.py's own DATA LOADER section, executed in-process: its get_batch() with these settings."""
-    return loader_section("train_sft.py", data_dir=data_dir, block_size=block_size, batch_size=batch_size,
-                          gradient_accumulation_steps=gradient_accumulation_steps, ddp_world_size=world_size,
-                          ddp_rank=rank)
+class SFTBatches:
+    """The batches train_sft.py's get_batch draws from a prepared folder, made by the data.py functions its
+    DATA LOADER section calls (read_examples, pack, epoch_rows, spread, packed_batch), in-process."""
+
+    def __init__(self, data_dir, batch_size, block_size=64, gradient_accumulation_steps=1, world_size=1, rank=0,
+                 seed=SEED, eval_iters=2):
+        self.meta = data.read_meta(data_dir)
+        self.examples = {s: data.read_examples(data_dir, self.meta, s, block_size) for s in ("train", "val")}
+        self.packed = {s: data.pack(self.examples[s], block_size, seed) for s in ("train", "val")}
+        self.n_rows = {s: len(self.packed[s]["starts"]) - 1 for s in ("train", "val")}
+        self.batch_size, self.block_size, self.seed, self.eval_iters = batch_size, block_size, seed, eval_iters
+        self.accum, self.world_size, self.rank = gradient_accumulation_steps, world_size, rank
+        self.steps_per_epoch = self.n_rows["train"] // (batch_size * gradient_accumulation_steps * world_size)
+        self.drawn = 0
+
+    def train(self):
+        """The next training micro-batch of this process."""
+        rows = data.epoch_rows(self.n_rows["train"], self.drawn, self.batch_size, self.steps_per_epoch * self.accum,
+                               self.seed, self.rank, self.world_size)
+        self.drawn += 1
+        return self.batch("train", rows)
+
+    def eval(self, split, i):
+        return self.batch(split, data.spread(self.n_rows[split], i, self.batch_size, self.eval_iters))
+
+    def batch(self, split, rows):
+        arrays = data.packed_batch(self.examples[split], self.packed[split], rows, self.block_size,
+                                   self.meta["end_token"])
+        return tuple(torch.from_numpy(a) for a in arrays)
 
 
 def example_keys(X, Y, P) -> list[tuple]:
@@ -277,7 +299,7 @@ def test_diff_shape_check_has_teeth():
     assert loop != sft
     violations, _ = check_diff_shape(pre, loop)
     assert any("grad_clip >= 0" in v for v in violations), violations
-    inserted = sft.replace("\npbar.close()\n", "\npbar.close()\nprint('extra')\n", 1)
+    inserted = sft.replace("\nlog.close()\n", "\nlog.close()\nprint('extra')\n", 1)
     violations, _ = check_diff_shape(pre, inserted)
     assert any("print('extra')" in v for v in violations), violations
     deleted = pre.replace("        scaler.update()\n", "", 1)  # a line missing from one side only
@@ -304,7 +326,8 @@ def masked_step_data(tmp_path):
              (list(range(200, 265)), [0] * 30 + [1] * 35), (list(range(300, 365)), [0] * 10 + [1] * 55)]
     write_sft_split(str(out), "train", train)
     write_sft_split(str(out), "val", train[2:])
-    (out / "meta.json").write_text(json.dumps({"template": "chatml", "vocab_size": 50259, "end_token": PAD,
+    (out / "meta.json").write_text(json.dumps({"command": ["python", "prepare_alpaca.py", "--input", "hand"],
+                                               "template": "chatml", "vocab_size": 50259, "end_token": PAD,
                                                "template_fingerprint": chat_template.fingerprint("chatml"),
                                                "n_train": len(train), "n_val": len(train[2:])}))
     return str(out)
@@ -315,9 +338,8 @@ def test_all_masked_micro_batches_give_finite_loss_and_weights(masked_step_data,
     leaves every weight finite; the steps with targets log a positive loss. The loader's own batches (for a
     seed where such a step comes up in the first two epochs) say which steps those are."""
     for seed in range(100):
-        ns = loader_section("train_sft.py", data_dir=masked_step_data, block_size=64, batch_size=1,
-                            gradient_accumulation_steps=2, seed=seed)
-        masked = [all([bool((ns["get_batch"]("train")[1] == IGNORE).all()) for _ in range(2)])  # both drawn
+        loader = SFTBatches(masked_step_data, batch_size=1, gradient_accumulation_steps=2, seed=seed)
+        masked = [all([bool((loader.train()[1] == IGNORE).all()) for _ in range(2)])  # both drawn
                   for _ in range(4)]
         if any(masked):
             break
@@ -369,14 +391,14 @@ def test_sft_script_accumulation_matches_full_batch(one_step_runs, sft_data):
     # full-batch gradient, and the naive scheme would be far off on this very step (the check has teeth).
     torch.manual_seed(SEED)
     model = GPT(GPTConfig(**MODEL))
-    X, Y, P = sft_loader(sft_data, batch_size=8)["get_batch"]("train")
+    X, Y, P = SFTBatches(sft_data, batch_size=8).train()
     ref = full_batch_grads(model, X, Y, P)
     _, ref_loss = model(X, Y, P)
     ref_err = rel_err(g_full, ref)
     assert ref_err < 1e-6, f"the script's step-0 gradient is not the full-batch gradient ({ref_err:.2e})"
     assert loss_full == pytest.approx(ref_loss.item(), rel=1e-6)
-    loader = sft_loader(sft_data, batch_size=2, gradient_accumulation_steps=4)
-    micro = [loader["get_batch"]("train") for _ in range(4)]
+    loader = SFTBatches(sft_data, batch_size=2, gradient_accumulation_steps=4)
+    micro = [loader.train() for _ in range(4)]
     assert sorted(k for batch in micro for k in example_keys(*batch)) == sorted(example_keys(X, Y, P)), \
         "both configurations should see the same examples in step 0"
     counts = [int((Y_ != IGNORE).sum()) for _, Y_, _ in micro]
@@ -618,7 +640,9 @@ def test_script_stops_on_wrong_type(config_error_runs):
 # 6. checkpoints: atomic, complete, and a seed for a new run
 
 CKPT_KEYS = {"model", "model_args", "config", "iter_num", "best_val_loss", "meta", "script", "data_dir",
-             "optimizer", "batches_drawn", "rng_state", "scaler", "tokens"}
+             "base_model", "optimizer", "batches_drawn", "rng_state", "scaler", "tokens"}
+# what the model is: how a run computed it (attention, loss path, gradient checkpointing) is never saved
+MODEL_ARGS = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "layer_norm_epsilon"}
 
 
 @needs_bpe
@@ -627,7 +651,8 @@ def test_checkpoints_are_complete_and_atomic(resume_runs, one_step_runs):
     for d in dirs:
         assert not [f for f in os.listdir(d) if f.endswith(".tmp")], f"{d}: a .tmp file was left behind"
         ckpt = load_ckpt(os.path.join(d, "ckpt.pt"))
-        assert set(ckpt) == CKPT_KEYS
+        assert set(ckpt) == CKPT_KEYS and set(ckpt["model_args"]) == MODEL_ARGS
+        assert ckpt["base_model"] == "scratch" and ckpt["config"]["block_size"] == 64
         best = load_ckpt(os.path.join(d, "best.pt"))
         assert set(best) == CKPT_KEYS - {"optimizer", "scaler", "batches_drawn", "rng_state", "tokens"}
         assert best["iter_num"] > 0 and best["best_val_loss"] == min(e["val_loss"] for e in evals(d))
@@ -711,15 +736,6 @@ def test_a_data_dir_that_does_not_exist_is_an_error_not_a_download(tmp_path):
 # 8. the data loaders on hand-written data: exact batches, the epoch order, DDP slices, the windows
 
 
-def loader_section(script, ddp_world_size=1, ddp_rank=0, device_type="cuda", **settings):
-    """The DATA LOADER section of a script, executed in-process with these settings: its namespace."""
-    runtime = common.Runtime(ddp=ddp_world_size > 1, rank=ddp_rank, local_rank=ddp_rank, world_size=ddp_world_size,
-                             device=device_type, device_type=device_type, dtype="float32")
-    model = types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=MODEL["vocab_size"]))
-    return data_loader_section(script, **{"seed": SEED, "gradient_accumulation_steps": 1, "eval_iters": 2,
-                                          "runtime": runtime, "model": model, "max_iters": 100, **settings})
-
-
 PAD = 50258  # chatml's end token: the SFT loader pads X with it
 # (ids, loss mask) of each example, in the order they are stored; block_size 4 fits up to 5 tokens.
 SFT_TRAIN = [
@@ -753,7 +769,8 @@ def hand_sft_data(tmp_path):
     out.mkdir()
     write_sft_split(str(out), "train", SFT_TRAIN)
     write_sft_split(str(out), "val", SFT_VAL)
-    meta = {"template": "chatml", "template_fingerprint": chat_template.fingerprint("chatml"), "system_prompt": None,
+    meta = {"command": ["python", "prepare_alpaca.py", "--input", "hand-written"], "template": "chatml",
+            "template_fingerprint": chat_template.fingerprint("chatml"), "system_prompt": None,
             "train_on_prompt": False, "tokenizer": "gpt2",
             "vocab_size": 50259, "end_token": PAD, "n_train": len(SFT_TRAIN), "n_val": len(SFT_VAL)}
     (out / "meta.json").write_text(json.dumps(meta))
@@ -786,61 +803,58 @@ def rows_of(batch) -> list[tuple]:
     return [tuple(map(tuple, r)) for r in zip(X.tolist(), Y.tolist(), P.tolist(), strict=True)]
 
 
-def test_sft_get_batch_packs_hand_written_examples(hand_sft_data, capsys):
-    ns = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=2)
-    get_batch = ns["get_batch"]
+def test_sft_batches_pack_hand_written_examples(hand_sft_data, capsys):
+    """What train_sft.py's get_batch draws (data.py's functions, as its loader section calls them) on the
+    hand-written examples: exact rows, each epoch its own order, disjoint DDP slices."""
+    loader = SFTBatches(hand_sft_data, block_size=4, batch_size=2)
     out = capsys.readouterr().out
     assert "train: leaving out 2 examples longer than block_size 4" in out, out
     assert "val:" not in out, "no val example is too long"
-    assert ns["examples"]["train"]["usable"].tolist() == [0, 2, 3, 4, 5, 6, 7, 8], "usable: all but the two long ones"
-    assert "8 train examples in 5 rows (100.0% filled); 2 steps per epoch" in out, out
+    assert loader.examples["train"]["usable"].tolist() == [0, 2, 3, 4, 5, 6, 7, 8], "all but the two long ones"
+    assert loader.n_rows["train"] == 5 and loader.packed["train"]["fill"] == 1.0 and loader.steps_per_epoch == 2
 
     # the evaluation batches: the 5 rows in packing order (the two full rows first), wrapping around
-    X, Y, P = get_batch("train", 0)
+    X, Y, P = loader.eval("train", 0)
     assert X.dtype == Y.dtype == P.dtype == torch.int64 and X.shape == Y.shape == P.shape == (2, 4)
-    rows = rows_of((X, Y, P)) + rows_of(get_batch("train", 1)) + rows_of(get_batch("train", 2))
+    rows = rows_of((X, Y, P)) + rows_of(loader.eval("train", 1)) + rows_of(loader.eval("train", 2))
     assert set(rows[:2]) == {row(A), row(E)}
     assert set(rows[:5]) in PACKINGS and rows[5] == rows[0], rows
-    assert rows_of(get_batch("val", 0)) == [row(*SFT_VAL)] * 2  # one row; padding restarts its positions
+    assert rows_of(loader.eval("val", 0)) == [row(*SFT_VAL)] * 2  # one row; padding restarts its positions
     assert row(*SFT_VAL) == ((5, 6, 8, PAD), (6, 7, 9, IGNORE), (0, 1, 0, 0))  # (the helper, by hand)
-    assert ns["batches_drawn"] == {"train": 0, "val": 0}, "evaluation batches do not move the training stream"
 
     # with block_size 6 nothing is left out: the 6- and 7-token examples come back whole, and nothing is said
     capsys.readouterr()
-    ns = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=6, batch_size=2)
+    wide = SFTBatches(hand_sft_data, block_size=6, batch_size=2)
     assert "leaving out" not in capsys.readouterr().out
-    first = rows_of(ns["get_batch"]("train", 0))
+    first = rows_of(wide.eval("train", 0))
     assert ((100, 101, 102, 103, 104, 105), (IGNORE, IGNORE, 103, 104, 105, 106), (0, 1, 2, 3, 4, 5)) in first
 
     # the training stream: each epoch takes every row once, in its own order
-    ns = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=2)
-    packing = set(rows)
-    epochs = []
+    packing, epochs = set(rows), []
     for _ in range(3):
         seen = []
         for _ in range(2):  # 5 rows, steps of 2: 2 steps per epoch (the fifth row waits for another epoch)
-            X, Y, P = ns["get_batch"]("train")
-            assert X.shape == (2, 4)
+            X, Y, P = loader.train()
+            assert X.shape == Y.shape == P.shape == (2, 4), "every batch: batch_size rows of block_size"
             seen += rows_of((X, Y, P))
         assert len(set(seen)) == 4 and set(seen) <= packing
         epochs.append(seen)
-    assert ns["batches_drawn"]["train"] == 6
+    assert loader.drawn == 6
     assert len({tuple(e) for e in epochs}) == 3, "each epoch should be a new permutation"
     assert set(epochs[0] + epochs[1] + epochs[2]) == packing, "over epochs, every row is seen"
 
     # DDP: in each step, the two ranks' batches are disjoint and together the single-process step
-    single = loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=4)
-    ranks = [loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=2,
-                            ddp_world_size=2, ddp_rank=r) for r in (0, 1)]
-    accum = [loader_section("train_sft.py", data_dir=hand_sft_data, block_size=4, batch_size=1,
-                            gradient_accumulation_steps=2, ddp_world_size=2, ddp_rank=r) for r in (0, 1)]
+    single = SFTBatches(hand_sft_data, block_size=4, batch_size=4)
+    ranks = [SFTBatches(hand_sft_data, block_size=4, batch_size=2, world_size=2, rank=r) for r in (0, 1)]
+    accum = [SFTBatches(hand_sft_data, block_size=4, batch_size=1, gradient_accumulation_steps=2, world_size=2,
+                        rank=r) for r in (0, 1)]
     for step in range(3):  # three epochs of one step of 4 rows
-        want = rows_of(single["get_batch"]("train"))
-        got = [rows_of(ns_["get_batch"]("train")) for ns_ in ranks]
+        want = rows_of(single.train())
+        got = [rows_of(r.train()) for r in ranks]
         assert not set(got[0]) & set(got[1]), f"step {step}: the ranks share rows {got}"
         assert sorted(got[0] + got[1]) == sorted(want), f"step {step}: ranks {got} vs one process {want}"
         # and with 2 micro-batches of 1 per rank: still the same 4 rows per step
-        got = [rows_of(ns_["get_batch"]("train")) + rows_of(ns_["get_batch"]("train")) for ns_ in accum]
+        got = [rows_of(r.train()) + rows_of(r.train()) for r in accum]
         assert not set(got[0]) & set(got[1]) and sorted(got[0] + got[1]) == sorted(want), (step, got, want)
 
 
@@ -848,82 +862,66 @@ def write_text_data(out_dir, train, val):
     os.makedirs(out_dir, exist_ok=True)
     np.asarray(train, dtype=np.uint16).tofile(os.path.join(out_dir, "train.bin"))
     np.asarray(val, dtype=np.uint16).tofile(os.path.join(out_dir, "val.bin"))
-    meta = {"template": "none", "tokenizer": "gpt2", "vocab_size": 50257, "end_token": 50256,
+    meta = {"command": ["python", "prepare_text.py", "--input", "hand-written"], "template": "none",
+            "tokenizer": "gpt2", "vocab_size": 50257, "end_token": 50256,
             "n_train_tokens": len(train), "n_val_tokens": len(val)}
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f)
     return out_dir
 
 
-def test_pretrain_get_batch_targets_are_next_tokens(tmp_path):
-    # train: 0..99; val: ids above 2**15 (uint16 on disk, int64 in the batch)
-    data_dir = write_text_data(str(tmp_path / "text"), np.arange(100), np.arange(50000, 50040))
-    ns = loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=3, eval_iters=2)
-    get_batch = ns["get_batch"]
-
+def test_text_windows_and_their_targets():
+    """What train_pretrain.py's get_batch draws (data.spread, data.random_starts, data.windows): windows of
+    consecutive tokens whose targets are the next ones; evaluation windows spread evenly; random starts that
+    reach every window and depend only on (seed, process, batch number)."""
+    tokens = np.arange(100, dtype=np.uint16)
+    n_starts = 100 - 8  # train_pretrain.py's: a window and its next-token targets must fit
     # evaluation: windows spread evenly; stride (100 - 8) // (2 * 3) = 15 over 92 possible starts
-    X, Y, P = get_batch("train", 0)
-    assert P is None, "a window is one text: positions 0 .. block_size-1"
-    assert X.dtype == Y.dtype == torch.int64 and X.shape == Y.shape == (3, 8)
-    assert X.tolist() == [list(range(s, s + 8)) for s in (0, 15, 30)]
-    assert Y.tolist() == [list(range(s + 1, s + 9)) for s in (0, 15, 30)]
-    X, Y, _ = get_batch("train", 1)
-    assert X.tolist() == [list(range(s, s + 8)) for s in (45, 60, 75)]
-    assert torch.equal(Y, X + 1)
-    X, Y, _ = get_batch("train", 2)  # (6, 7, 8) * 15 = 90, 105, 120 wrap around 92 starts
-    assert X[:, 0].tolist() == [90, 13, 28] and torch.equal(Y, X + 1)
-    X, Y, _ = get_batch("val", 1)  # stride (40 - 8) // 6 = 5
-    assert X.tolist() == [list(range(50000 + s, 50008 + s)) for s in (15, 20, 25)]
-    assert Y.tolist() == [list(range(50001 + s, 50009 + s)) for s in (15, 20, 25)]
-    assert ns["batches_drawn"] == {"train": 0, "val": 0}, "evaluation batches do not move the training stream"
+    assert data.spread(n_starts, 0, 3, 2).tolist() == [0, 15, 30]
+    assert data.spread(n_starts, 1, 3, 2).tolist() == [45, 60, 75]
+    assert data.spread(n_starts, 2, 3, 2).tolist() == [90, 13, 28], "(6, 7, 8) * 15 wrap around 92 starts"
+    X, Y = data.windows(tokens, np.array([0, 15, 91]), 8)
+    assert X.dtype == Y.dtype == np.int64 and X.shape == Y.shape == (3, 8)
+    assert X.tolist() == [list(range(s, s + 8)) for s in (0, 15, 91)]
+    assert Y.tolist() == [list(range(s + 1, s + 9)) for s in (0, 15, 91)], "the last window's targets fit"
+    high = np.arange(50000, 50040, dtype=np.uint16)  # ids above 2**15: uint16 on disk, int64 in the batch
+    X, Y = data.windows(high, data.spread(40 - 8, 1, 3, 2), 8)  # stride (40 - 8) // 6 = 5
+    assert X.tolist() == [list(range(50000 + s, 50008 + s)) for s in (15, 20, 25)] and (Y == X + 1).all()
 
-    # training: random windows of block_size consecutive tokens, targets one ahead, every start reachable
-    ns = loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=16)
-    starts = []
-    for _ in range(100):
-        X, Y, _ = ns["get_batch"]("train")
-        assert X.shape == Y.shape == (16, 8)
-        assert torch.equal(X, X[:, :1] + torch.arange(8)), "each row is a window of consecutive tokens"
-        assert torch.equal(Y, X + 1), "the targets are the next tokens"
-        starts += X[:, 0].tolist()
-    assert ns["batches_drawn"]["train"] == 100
-    assert set(starts) == set(range(92)), "every window start from 0 to len - block_size - 1, and no other"
-    X, _, _ = ns["get_batch"]("val")
-    assert X.min() >= 50000 and X.max() <= 50038
-    ranks = [loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=16, ddp_world_size=2,
-                            ddp_rank=r)["get_batch"]("train")[0] for r in (0, 1)]
-    assert not torch.equal(*ranks), "the two ranks should draw different windows"
-
-    # exactly block_size + 1 tokens: one window; one token fewer: the run stops, naming the split
-    short = write_text_data(str(tmp_path / "exact"), np.arange(9), np.arange(9))
-    X, Y, _ = loader_section("train_pretrain.py", data_dir=short, block_size=8, batch_size=2)["get_batch"]("val")
-    assert X.tolist() == [list(range(8))] * 2 and Y.tolist() == [list(range(1, 9))] * 2
-    for split, train, val in (("train", np.arange(8), np.arange(50)), ("val", np.arange(50), np.arange(3))):
-        data_dir = write_text_data(str(tmp_path / f"short_{split}"), train, val)
-        with pytest.raises(UserError) as e:
-            loader_section("train_pretrain.py", data_dir=data_dir, block_size=8, batch_size=2)
-        msg = str(e.value)
-        assert msg.startswith(f"{split}.bin has {len(train if split == 'train' else val)} tokens"), msg
-        assert "block_size + 1 = 9" in msg, msg
+    starts = np.concatenate([data.random_starts(n_starts, 16, SEED, 0, n) for n in range(100)])
+    assert set(starts.tolist()) == set(range(92)), "every window start from 0 to len - block_size - 1, no other"
+    batch_7 = data.random_starts(n_starts, 16, SEED, 0, 7)
+    assert np.array_equal(batch_7, data.random_starts(n_starts, 16, SEED, 0, 7)), "a function of its seed"
+    assert not np.array_equal(batch_7, data.random_starts(n_starts, 16, SEED, 1, 7)), "each process its own"
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_text_shorter_than_a_window_stops_the_run_naming_the_split(tmp_path, split):
+    """train_pretrain.py's loader: exactly block_size + 1 tokens make one window; one token fewer stops the run
+    with one line naming the split."""
+    train, val = (np.arange(8), np.arange(50)) if split == "train" else (np.arange(50), np.arange(3))
+    data_dir = write_text_data(str(tmp_path / "short"), train, val)
+    with pytest.raises(UserError) as e:
+        run_script("train_pretrain.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}",
+                   "--block_size=8", "--batch_size=2", "--max_iters=1")
+    msg = str(e.value)
+    assert msg.startswith(f"{split}.bin has {len(train if split == 'train' else val)} tokens"), msg
+    assert "block_size + 1 = 9" in msg, msg
+    exact = write_text_data(str(tmp_path / "exact"), np.arange(9), np.arange(9))
+    run_script("train_pretrain.py", f"--data_dir={exact}", f"--out_dir={tmp_path / split}", "--block_size=8",
+               "--batch_size=2", "--max_iters=1")
 
-def test_every_sft_batch_has_one_shape_on_every_device(hand_sft_data):
-    """Training and evaluation batches are batch_size rows of block_size, whatever the examples' lengths, on
-    CPU and GPU alike: one shape for torch.compile, and targets unchanged."""
-    for device_type in ("cuda", "cpu"):
-        ns = loader_section("train_sft.py", data_dir=hand_sft_data, batch_size=2, block_size=8,
-                            device_type=device_type)
-        batches = [ns["get_batch"]("train") for _ in range(3)] + [ns["get_batch"](s, 0) for s in ("train", "val")]
-        for X, Y, P in batches:
-            assert X.shape == Y.shape == P.shape == (2, 8), device_type
-        # all 10 examples (31 positions) fit in 4 rows of 8: evaluation batches 0 and 1. A is in one, whole.
-        X, Y, P = (torch.cat(t) for t in zip(ns["get_batch"]("train", 0), ns["get_batch"]("train", 1), strict=True))
-        starts = [(r, c) for r in range(4) for c in range(8) if X[r, c] == 10 and P[r, c] == 0]
-        assert len(starts) == 1, starts
-        r, c = starts[0]
-        assert X[r, c:c + 4].tolist() == [10, 11, 12, 13] and Y[r, c:c + 4].tolist() == [IGNORE, 12, 13, 14]
-        assert P[r, c:c + 4].tolist() == [0, 1, 2, 3]
+
+def test_ddp_pretraining_processes_draw_their_own_windows(text_data, tmp_path):
+    """train_pretrain.py under torchrun: each process draws windows of its own (its rank in the seed). Were they
+    the same, the two-process run would be the one-process run of the same batch size, step for step."""
+    args = [f"--data_dir={text_data}", "--max_iters=2", "--warmup_iters=1"]
+    ddp, single = str(tmp_path / "ddp"), str(tmp_path / "single")
+    run_parallel((("train_pretrain.py", *args, f"--out_dir={ddp}"), {"torchrun": True}),
+                 (("train_pretrain.py", *args, f"--out_dir={single}"), {}))
+    a, b = step_losses(ddp), step_losses(single)
+    assert sorted(a) == sorted(b) == [1, 2]
+    assert a[1] != pytest.approx(b[1], rel=1e-6), "the two processes drew the same windows"
 
 
 @needs_bpe
