@@ -14,6 +14,7 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
         compiled (cold and warm cache) and eager: tokens/s, MFU two ways, set-up and compile time, the host's
         and the GPU's time a step, peak memory, the whole recipe's projected time (--full: timed)
     (j) checkpoint writes of GPT-2 124M, with and without AdamW's state
+    (k) the trainers' thread count: 1, every core, the default (idle cores), on an idle machine and a busy one
 
     python bench/bench.py                    # every CPU section (~10 minutes on 2 CPU cores)
     python bench/bench.py --quick            # tiny shapes, 2 reps: a smoke test (seconds)
@@ -603,8 +604,9 @@ def bench_adamw(args):
 
 
 def alloc_probe(spec):
-    """Run by `bench.py --_alloc_probe SPEC` in a fresh process: median train-step time under one malloc setting."""
-    torch.set_num_threads(spec["threads"])
+    """Run by `bench.py --_alloc_probe SPEC` in a fresh process: median train-step time under one malloc setting
+    and one thread count (0: the trainers' default, common.pick_threads)."""
+    torch.set_num_threads(spec["threads"] or common.pick_threads(0))
     if spec["setting"] == "tuned":
         tune_cpu_allocator()
     torch.manual_seed(1337)
@@ -617,7 +619,55 @@ def alloc_probe(spec):
         train_step(model, optimizer, X, Y, spec["dtype"])
         if i > 0:  # the first step builds the heap
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"step_s": med(times)}))
+    print(json.dumps({"step_s": med(times), "threads": torch.get_num_threads()}), flush=True)
+
+
+def step_probe(spec) -> dict:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_alloc_probe", json.dumps(spec)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train-step probe failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_threads(args):
+    """(k) The trainers' thread count: 1, every core, and their default (the cores idle at the start), on an idle
+    machine and beside another job (a training process on every core, torch's own default), fresh processes."""
+    if device_type != "cpu":
+        return skipped("threads matter on CPU only")
+    reps = reps_for(args, 3)
+    shape, seq, batch = (TINY, 32, 2) if args.quick else (dict(n_layer=4, n_head=4, n_embd=128, block_size=256), 256, 6)
+    cores = os.cpu_count() or 1
+    settings = {"1 thread": 1, f"{cores} threads (every core)": cores, "threads=0 (the default)": 0}
+    spec = {"setting": "tuned", "shape": shape, "seq": seq, "batch": batch, "dtype": "float32",
+            "steps": 2 if args.quick else 8}
+    results, rows = {}, []
+    for load in ("idle",) if args.quick else ("idle", "beside another job"):
+        other = None
+        if load != "idle":  # another training run, on every core, until we stop it
+            other = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_alloc_probe",
+                                      json.dumps({**spec, "steps": 100000, "threads": cores})], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(3)  # (started and training)
+        try:
+            times = {name: [] for name in settings}
+            chosen = []
+            for _ in range(reps):
+                for name, threads in settings.items():
+                    out = step_probe({**spec, "threads": threads})
+                    times[name].append(out["step_s"])
+                    chosen += [out["threads"]] if threads == 0 else []
+        finally:
+            if other is not None:
+                other.kill()
+                other.wait()
+        results[load] = {name: med(ts) for name, ts in times.items()} | {"default_chose": sorted(set(chosen))}
+        rows += [[load, name, f"{1000 * med(ts):,.0f}"] for name, ts in times.items()]
+        rows.append([load, "(the default chose)", ", ".join(f"{n} thread(s)" for n in sorted(set(chosen)))])
+    show(f"train step {shape['n_layer']}L/{shape['n_embd']}d, batch {batch} x {seq}, fp32, fresh processes, "
+         f"alternating: median of {reps}", ["machine", "threads", "ms/step"], rows,
+         ["beside another job: a second process training the same model on every core (torch's default)"])
+    return results
 
 
 def bench_allocator(args):
@@ -648,9 +698,6 @@ def bench_allocator(args):
     return {name: {"tokens_per_s": tokens / med(ts), "step_s": med(ts)} for name, ts in times.items()} | {
         "tuned_over_default": ratio}
 
-
-# ----------------------------------------------------------------------------------------------------------
-# (h) CUDA: the real SFT setting
 
 # ----------------------------------------------------------------------------------------------------------
 # (h) the main job on a GPU: the real train_sft.py configs/gpt2_alpaca.py, its speed, and the whole recipe's time
@@ -949,6 +996,7 @@ SECTIONS = {
     "g": ("allocator: glibc default vs tune_cpu_allocator()", bench_allocator),
     "h": ("GPU: the main job, train_sft.py configs/gpt2_alpaca.py, compiled and eager", bench_cuda),
     "j": ("checkpoint writes: GPT-2 124M with and without AdamW's state", bench_checkpoint_write),
+    "k": ("threads: 1, every core, and the trainers' default, idle and beside another job", bench_threads),
 }
 
 

@@ -14,22 +14,27 @@ from conftest import ALPACA_5000, HAVE_BPE, ROOT
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench  # noqa: E402  (bench/bench.py)
 
-SECTIONS = "abcdefghj"
+IN_PROCESS = "abcdfhj"  # the fast suite's
+FRESH_PROCESSES = "egk"  # these start fresh processes (seconds each): the slow suite's
+
+
+def quick(sections: str, out) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, os.path.join("bench", "bench.py"), "--quick", "--only", ",".join(sections), "--json",
+           str(out)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, os.path.join("bench", "bench.py"), "--quick", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return proc, out
+    return quick(IN_PROCESS, out), out
 
 
 def test_quick_exits_cleanly_and_prints_every_section(quick_run):
     proc, _ = quick_run
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}"
-    for key in SECTIONS:
+    for key in IN_PROCESS:
         assert f"=== ({key}) " in proc.stdout, f"no header for section ({key})"
     assert "## Benchmarks (bench.py --quick)" in proc.stdout  # the Markdown summary
 
@@ -38,7 +43,8 @@ def test_quick_json_has_every_figure(quick_run):
     proc, out = quick_run
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads(out.read_text())
-    assert {"machine", *SECTIONS} <= results.keys()
+    assert sorted(IN_PROCESS + FRESH_PROCESSES) == sorted(bench.SECTIONS), "a section neither suite runs"
+    assert {"machine", *IN_PROCESS} <= results.keys()
     assert {"cpu", "cores", "torch", "date"} <= results["machine"].keys()
 
     a = results["a"]
@@ -58,14 +64,7 @@ def test_quick_json_has_every_figure(quick_run):
         assert {"real_5000"} <= results["d"].keys()
     else:
         assert "skipped" in results["c"] and "skipped" in results["d"]
-    e = results["e"]
-    assert {"float32 full", "float32 LoRA r=8", "projected GPT-2 XL"} <= e.keys()
-    assert e["float32 LoRA r=8"]["trainable"] < e["float32 full"]["trainable"]  # counts, not timings
-    assert e["float32 LoRA r=8"]["adamw_mib"] < e["float32 full"]["adamw_mib"]
-    xl = e["projected GPT-2 XL"]
-    assert 1.5e9 < xl["params"] < 1.6e9 and xl["lora_bytes"] < xl["full_bytes"] / 3
     assert {"default", "foreach", "fused"} <= results["f"].keys()
-    assert "tuned_over_default" in results["g"] or "skipped" in results["g"]
     if HAVE_BPE and os.path.exists(ALPACA_5000):  # (h) on a CPU: the measurement and its parsing, never skipped
         h = results["h"]
         assert "skipped" not in h, h
@@ -76,6 +75,22 @@ def test_quick_json_has_every_figure(quick_run):
         assert {"ckpt_s", "best_s", "ckpt_gb"} <= h["checkpoint_write"].keys()
         assert h["profile"]["host_ms"] > 0
     assert results["j"]["ckpt_gb"] > results["j"]["best_gb"] > 0  # sizes, not timings: AdamW's state is there
+
+
+@pytest.mark.slow
+def test_the_fresh_process_sections_run(tmp_path):
+    """(e), (g) and (k) measure in fresh processes: the same smoke test, in the slow suite."""
+    proc = quick(FRESH_PROCESSES, tmp_path / "out.json")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+    e = results["e"]
+    assert {"float32 full", "float32 LoRA r=8", "projected GPT-2 XL"} <= e.keys()
+    assert e["float32 LoRA r=8"]["trainable"] < e["float32 full"]["trainable"]  # counts, not timings
+    assert e["float32 LoRA r=8"]["adamw_mib"] < e["float32 full"]["adamw_mib"]
+    xl = e["projected GPT-2 XL"]
+    assert 1.5e9 < xl["params"] < 1.6e9 and xl["lora_bytes"] < xl["full_bytes"] / 3
+    assert "tuned_over_default" in results["g"] or "skipped" in results["g"]
+    assert results["k"]["idle"]["default_chose"], "the default's thread count is reported"
 
 
 def test_the_figures_of_a_main_job_run_worked_out_by_hand():

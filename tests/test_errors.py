@@ -306,6 +306,47 @@ def test_resume_refuses_another_trainer_context_window_or_data(finished_sft_run,
 
 
 @needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
+def test_resume_names_the_other_data_folder_before_anything_about_that_folder(finished_sft_run, tmp_path,
+                                                                              capsys):
+    """Resuming with a data folder too small to make a step: the line says it is not the run's folder (the
+    fix), not that the folder packs into too few rows."""
+    import prepare_alpaca
+
+    run, data_dir, _ = finished_sft_run
+    records = [{"instruction": f"Say {i}.", "output": f"{i}."} for i in range(5)]
+    (tmp_path / "five.json").write_text(json.dumps(records))
+    as_script(prepare_alpaca.prepare, inputs=[str(tmp_path / "five.json")], out_dir=str(tmp_path / "five"),
+              val_size=1)
+    capsys.readouterr()
+    line = user_error(capsys, run_script, "train_sft.py", f"--out_dir={run}", "--init_from=resume",
+                      f"--data_dir={tmp_path / 'five'}")
+    assert line.startswith(f"error: resume: the run trained on data_dir={data_dir}, not {tmp_path / 'five'}")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--attention=flash"], "attention='flash': choose one of auto, sdpa, flex"),
+    (["--loss_path=fast"], "loss_path='fast': choose one of auto, chunked, fused"),
+    (["--attention=flex", "--dropout=0.1"], "attention=flex: FlexAttention has no dropout (dropout=0.1); use "
+                                            "--attention=sdpa, or --dropout=0.0"),
+    (["--attention=flex"], "has no FlexAttention backward on cpu; train with --attention=sdpa (or auto), or only "
+                           "evaluate (--eval_only=True)"),
+    (["--threads=-1"], "threads=-1: give a count of threads, or 0 for the cores idle at the start"),
+])
+def test_a_kernel_or_thread_setting_that_cannot_run_is_one_line(args, expected, place, capsys):
+    line = user_error(capsys, run_script, "train_sft.py", "--out_dir=run", *args)
+    assert expected in line, line
+
+
+def test_an_unknown_option_names_the_closest_one(capsys):
+    """argparse's own errors (errors.ArgumentParser) are one line too, with the option meant (--outdir)."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt=x", "--promt", "Hi"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: unrecognized arguments: --promt Hi; did you mean --prompt?"), err
+
+
+@needs_bpe  # the fixture prepares SFT data with the GPT-2 tokenizer
 def test_a_run_says_what_it_will_do_and_where_it_resumes(sft_data, tmp_path, capsys):
     """The summary line, worked out by hand: the 24 examples have 22 to 26 positions (tokens - 1), so two fit
     a row of 64 and three never do: 12 rows, their fill the examples' positions over 12 x 64; a step is
