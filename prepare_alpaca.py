@@ -2,50 +2,34 @@
 Prepare instruction data and chats for SFT (Stanford Alpaca by default): records -> token ids + loss masks.
 
     python prepare_alpaca.py                                  # downloads alpaca_data.json into data/alpaca
-    python prepare_alpaca.py --input my_data.jsonl --out_dir data/mine --template alpaca
     python prepare_alpaca.py --input chats.jsonl --input alpaca_data.json:0.5 --out_dir data/mix
     python prepare_alpaca.py --input 'shards/*.parquet' --out_dir data/big    # or a folder, or hf:org/name
 
-It reads chats as well as instructions: an input (a JSON list, JSON Lines or Parquet file, a folder or glob of
-them, or a hub dataset: record_files.py) holds Alpaca, "messages" or ShareGPT records (records.py), told
-apart by the first record's fields (--format names the format instead). Each record becomes a conversation,
-and chat_template.encode says which of its tokens are training targets: every assistant turn's content and
-its end token, nothing else.
+An input (JSON, JSON Lines or Parquet files: record_files.py) holds Alpaca records or chats, in the "messages"
+or ShareGPT format (records.py). Each record becomes a conversation; chat_template.encode says which of its
+tokens are targets: every assistant turn's content and its end token. A weight after an input's name keeps a
+seeded share of its examples (below 1: chosen before the split) or repeats its training examples (above 1:
+its validation examples appear once, or the model would be scored on what it trained on). In out_dir:
 
---input may be given several times, each with an optional weight after a colon (b.json:0.5). A weight below
-1 keeps that share of the input's examples (a seeded choice, made before the split); above 1, its training
-examples are repeated (its validation examples appear once: a copy in both splits would let the model be
-scored on what it trained on). Output, in out_dir (data.py owns this format; the trainer memory-maps it):
+    {train,val}_ids.bin      np.uint16  every token id of every example, concatenated
+    {train,val}_mask.bin     np.uint8   same length; 1 where the token is a training target
+    {train,val}_offsets.bin  np.int64   n + 1 entries; example i is ids[offsets[i]:offsets[i+1]]
+    {train,val}_prompts.json            each example's first user turn, as written (sample.py --prompts_from)
+    meta.json                the command, template, tokenizer, counts, ... (written last; data.py owns the format)
 
-    train_ids.bin      np.uint16  every token id of every train example, concatenated
-    train_mask.bin     np.uint8   same length; 1 where the token is a training target
-    train_offsets.bin  np.int64   n_train + 1 entries; example i is ids[offsets[i]:offsets[i+1]]
-    train_prompts.json            each example's first user turn, as written (sample.py --prompts_from)
-    val_*                         the same for the validation split
-    meta.json          the command, template, tokenizer, vocab_size, end_token, counts, ... (written last)
-
-Examples longer than max_len tokens are dropped, never truncated: a truncated example would teach the model
-to stop mid-answer, or to never stop. A malformed record stops the run with one `error:` line naming its
-file and index (exit code 2), and leaves no files behind.
-
-Two passes keep memory bounded whatever the size of the data. Pass 1 tokenises the records a chunk at a time
-in worker processes (--workers) and appends each kept example to scratch files in out_dir. The mix and the
-split need only each example's size; pass 2 copies the examples from the scratch files in split order.
+Examples longer than max_len tokens are dropped, never truncated (the model would learn to stop mid-answer, or
+never). A bad record stops the run with one `error:` line naming its file and index (exit 2), nothing written.
+Memory stays bounded whatever the data's size: pass 1 tokenises the records a chunk at a time in worker
+processes and appends each kept example to scratch files in out_dir; the mix and the split need only each
+example's size; pass 2 copies the examples from the scratch files in split order.
 """
 
-import collections
 import contextlib
 import functools
-import mmap
-import multiprocessing
 import os
-import sys
 import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-from tqdm import tqdm
 
 import chat_template
 import data
@@ -57,8 +41,7 @@ from errors import UserError
 
 DEFAULT_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
 CHUNK_SIZE = 1000  # records a worker tokenises at a time
-GATHER_BLOCK = 4096  # examples copied at a time from the scratch files to the output
-PER_EXAMPLE = ("tokens", "targets", "prompt_bytes")  # what pass 1 keeps in memory of each example
+GATHER_BLOCK = 4096  # examples written at a time from the scratch files to the output
 
 
 def split_sizes(val_size: float, n_examples: int) -> tuple[int, int]:
@@ -96,44 +79,6 @@ def scratch_space(out_dir: str):
         raise
 
 
-def read_examples(sources: list[dict], settings: dict, scratch: str, workers: int, chunk_size: int, seed: int):
-    """Pass 1: each input's records tokenised, each kept example appended to the scratch files ids, mask and
-    prompts. Returns each example's sizes (PER_EXAMPLE) in scratch order, and "rows": the examples the mix
-    keeps, input after input, with "source": the input of each; fills in each source's counts."""
-    files = {name: open(os.path.join(scratch, name), "wb") for name in ("ids", "mask", "prompts")}
-    sizes, rows, n_rows, n_tokens = {key: [] for key in PER_EXAMPLE}, [], 0, 0
-    progress = tqdm(desc="tokenizing", unit=" rec", disable=not sys.stderr.isatty())  # a log gets the error alone
-    start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        for f in files.values():
-            stack.enter_context(f)
-        spawn = multiprocessing.get_context("spawn")  # (fork is unsafe in a process that has threads)
-        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=spawn)) if workers > 1 else None
-        for k, source in enumerate(sources):
-            counts, fields, first_row = collections.Counter(), set(), n_rows
-            for path in source["files"]:
-                chunks = record_files.chunks(path, chunk_size, source["columns"])
-                for out in record_files.tokenized(pool, workers, path, {**settings, "format": source["format"]},
-                                                  chunks):
-                    for name, f in files.items():
-                        f.write(out[name])
-                    for key in PER_EXAMPLE:
-                        sizes[key].append(out[key])
-                    counts.update(out["counts"])
-                    fields |= out["fields"]
-                    n_rows, n_tokens = n_rows + len(out["tokens"]), n_tokens + int(out["tokens"].sum())
-                    progress.update(out["counts"]["records"])
-                    progress.set_postfix_str(f"{n_tokens / (time.perf_counter() - start):,.0f} tokens/s")
-            rows.append(share(source, np.arange(first_row, n_rows), seed, k))
-            source.update(records=counts["records"], skipped={key: counts[key] for key in records.SKIPS},
-                          dropped_too_long=counts["dropped_too_long"], kept=n_rows - first_row,
-                          ignored_fields=sorted((fields - source["known"]) | source["unread"]))
-    progress.close()
-    return {**{key: np.concatenate(sizes[key]) for key in PER_EXAMPLE}, "rows": np.concatenate(rows),
-            "source": np.concatenate([np.full(len(r), k) for k, r in enumerate(rows)]),
-            "seconds": time.perf_counter() - start, "n_tokens": n_tokens}
-
-
 def share(source: dict, kept: np.ndarray, seed: int, k: int) -> np.ndarray:
     """The examples of input k that the mix keeps: all of them, or a seeded share of them in file order."""
     if source["weight"] >= 1:
@@ -167,14 +112,13 @@ def split_examples(sources: list[dict], source_of: np.ndarray, val_size: float, 
 
 def write_gathered(path: str, scratch_file: str, starts: np.ndarray, sizes: np.ndarray, json_list=False) -> None:
     """Pass 2: write the bytes scratch_file[starts[i]:starts[i] + sizes[i]] for each i, one after another, to
-    path. The scratch file is mapped one block of examples at a time, so its pages do not pile up in this
-    process's memory. json_list: each piece is a JSON string and ", "; the file is their JSON list."""
-    with open(path, "wb") as out:
+    path. Each piece is read on its own (os.pread): a memory map of the scratch file would grow this process's
+    memory with the file. json_list: each piece is a JSON string and ", "; the file is their JSON list."""
+    with open(scratch_file, "rb") as source, open(path, "wb") as out:
         out.write(b"[" if json_list else b"")
         for b in range(0, len(starts), GATHER_BLOCK):
-            with open(scratch_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as source:
-                pieces = zip(starts[b:b + GATHER_BLOCK].tolist(), sizes[b:b + GATHER_BLOCK].tolist(), strict=True)
-                out.write(b"".join(source[s:s + n] for s, n in pieces))
+            pieces = zip(starts[b:b + GATHER_BLOCK].tolist(), sizes[b:b + GATHER_BLOCK].tolist(), strict=True)
+            out.write(b"".join(os.pread(source.fileno(), n, start) for start, n in pieces))
         if json_list:  # what json.dump(the list, ensure_ascii=False) writes, and a newline
             if len(starts):
                 out.seek(-2, os.SEEK_END)  # over the last piece's ", "
@@ -236,7 +180,10 @@ def prepare(inputs: list[str] | None = None, url: str = DEFAULT_URL, out_dir: st
     workers = workers or ((os.cpu_count() or 1) if size > 16 << 20 else 1)  # (small: not worth starting any)
 
     with scratch_space(out_dir) as scratch:
-        examples = read_examples(sources, settings, scratch, workers, chunk_size, seed)
+        examples = record_files.tokenize_inputs(sources, settings, scratch, workers, chunk_size)
+        rows = [share(s, np.arange(*s["rows"]), seed, k) for k, s in enumerate(sources)]  # the mix
+        examples.update(rows=np.concatenate(rows), source=np.concatenate([np.full(len(r), k) for k, r in
+                                                                          enumerate(rows)]))
         meta = make_meta(sources, settings, [spec for spec, _, _ in specs] if inputs else None, url, enc,
                          [*(["--format", fmt] if fmt else []), *(["--roles", roles] if roles else [])], val_size, seed)
         if not len(examples["rows"]):
@@ -254,8 +201,7 @@ def prepare(inputs: list[str] | None = None, url: str = DEFAULT_URL, out_dir: st
 
 
 def make_meta(sources, settings, given, url, enc, format_flags, val_size, seed) -> dict:
-    """meta.json, but for the split's counts. Its command makes this folder again (data.py names it when the
-    folder must be prepared anew)."""
+    """meta.json but the split's counts; its command makes the folder again (data.py names it when needed)."""
     val = str(int(val_size)) if val_size >= 1 else repr(val_size)  # exactly (a count of 1234567 is not 1.2e6)
     system_prompt, template, max_len = settings["system_prompt"], settings["template"], settings["max_len"]
     command = ["python", "prepare_alpaca.py",
@@ -319,8 +265,7 @@ def main(argv=None) -> None:
     parser.add_argument("--val_size", type=float, default=0.05, help="a fraction if < 1, else a number of examples")
     parser.add_argument("--max_len", type=int, default=1024, help="drop examples longer than this many tokens")
     parser.add_argument("--seed", type=int, default=1337, help="seeds the train/val split and the mix")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="processes that tokenise (default 0: one a core for inputs over 16 MB)")
+    parser.add_argument("--workers", type=int, default=0, help="processes that tokenise (0: one a core, if over 16 MB)")
     parser.add_argument("--chunk_size", type=int, default=CHUNK_SIZE, help="records a worker takes at a time")
     args = parser.parse_args(argv)
     prepare(inputs=args.input, url=args.url, out_dir=args.out_dir, template=args.template,

@@ -19,12 +19,18 @@ from 0 within each file, and an error names the file and the record.
 
 import codecs
 import collections
+import contextlib
 import glob
 import json
 import math
+import multiprocessing
 import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from tqdm import tqdm
 
 import chat_template
 import data
@@ -33,6 +39,7 @@ from errors import UserError
 
 SHARD_EXTENSIONS = (".parquet", ".jsonl", ".json")  # the files of a folder given as --input
 BLOCK = 1 << 20  # characters of a JSON file read at a time
+PER_EXAMPLE = ("tokens", "targets", "prompt_bytes")  # what is kept in memory of each example: its sizes
 
 
 def parse_input(spec: str) -> tuple[str, float]:
@@ -173,6 +180,25 @@ def json_list_records(path: str):
                 return text[pos:pos + 1]
             read_more()
 
+    def next_value():
+        """The value at pos, reading more of the file while the end of what is read cuts it off. An error that
+        stays where it was when more is read is the file's (an unterminated string: only at the end of the file)."""
+        nonlocal pos
+        last = None
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+                if end < len(text) or at_end:  # whole: something follows it (a number cut off would parse too)
+                    pos = end
+                    return value
+                error = None
+            except json.JSONDecodeError as e:
+                error = (e.msg, e.pos - pos)  # (read_more keeps text[pos:], so this stays put)
+                if at_end or (error == last and not e.msg.startswith("Unterminated string")):
+                    fail(e.msg, e.pos)
+            last = error
+            read_more()
+
     next_char()
     pos += 1  # the "[" (layout() saw it)
     if next_char() == "]":
@@ -180,17 +206,7 @@ def json_list_records(path: str):
     else:
         while True:
             next_char()
-            try:  # a value is whole only if something follows it: a number cut by the block would parse too
-                record, end = decoder.raw_decode(text, pos)
-                if end == len(text) and not at_end:
-                    raise ValueError
-            except (json.JSONDecodeError, ValueError) as e:
-                if at_end:
-                    fail(e.msg, e.pos)
-                read_more()
-                continue
-            pos = end
-            yield record
+            yield next_value()
             separator = next_char()
             pos += 1
             if separator == "]":
@@ -378,6 +394,42 @@ def tokenized(pool, workers: int, path: str, settings: dict, chunks):
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+def tokenize_inputs(sources: list[dict], settings: dict, scratch: str, workers: int, chunk_size: int) -> dict:
+    """Every input's records tokenised (workers > 1: in that many processes), each kept example appended to the
+    files ids, mask and prompts in the folder scratch. Returns each example's sizes (PER_EXAMPLE), in file
+    order; fills in each source's counts, and its "rows": the range of its examples."""
+    files = {name: open(os.path.join(scratch, name), "wb") for name in ("ids", "mask", "prompts")}
+    sizes, n_rows, n_tokens = {key: [] for key in PER_EXAMPLE}, 0, 0
+    progress = tqdm(desc="tokenizing", unit=" rec", disable=not sys.stderr.isatty())  # a log gets the error alone
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for f in files.values():
+            stack.enter_context(f)
+        spawn = multiprocessing.get_context("spawn")  # (fork is unsafe in a process that has threads)
+        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=spawn)) if workers > 1 else None
+        for source in sources:
+            counts, fields, first_row = collections.Counter(), set(), n_rows
+            for path in source["files"]:
+                cut = chunks(path, chunk_size, source["columns"])
+                for out in tokenized(pool, workers, path, {**settings, "format": source["format"]}, cut):
+                    for name, f in files.items():
+                        f.write(out[name])
+                    for key in PER_EXAMPLE:
+                        sizes[key].append(out[key])
+                    counts.update(out["counts"])
+                    fields |= out["fields"]
+                    n_rows, n_tokens = n_rows + len(out["tokens"]), n_tokens + int(out["tokens"].sum())
+                    progress.update(out["counts"]["records"])
+                    progress.set_postfix_str(f"{n_tokens / (time.perf_counter() - start):,.0f} tokens/s")
+            source.update(rows=(first_row, n_rows), records=counts["records"], kept=n_rows - first_row,
+                          skipped={key: counts[key] for key in records.SKIPS},
+                          dropped_too_long=counts["dropped_too_long"],
+                          ignored_fields=sorted((fields - source["known"]) | source["unread"]))
+    progress.close()
+    return {**{key: np.concatenate(sizes[key]) for key in PER_EXAMPLE}, "seconds": time.perf_counter() - start,
+            "n_tokens": n_tokens}
 
 
 def read_all(path: str, fmt: str) -> list:
