@@ -187,7 +187,7 @@ def test_a_syntax_error_after_a_bad_record_reports_the_record(tmp_path):
     records = bad_deep_inside(3000, 1500)
     text = json.dumps(records)
     path = tmp_path / "cut.json"
-    path.write_text(text[: text.index('"Question 2500?"')])  # cut off inside record 2500
+    path.write_text(text[: text.index('"Question 1650?"')])  # cut off inside record 1650: 1500's chunk in flight
     result = subprocess.run([sys.executable, "prepare_alpaca.py", "--input", str(path), "--out_dir",
                              str(tmp_path / "out"), "--workers", "2", "--chunk_size", "100"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
