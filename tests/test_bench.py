@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import ALPACA_5000, HAVE_BPE, ROOT
 
-SECTIONS = "abcdefgh"
+SECTIONS = "abcdefghi"
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,4 @@ def test_quick_json_has_every_figure(quick_run):
     assert {"default", "foreach", "fused"} <= results["f"].keys()
     assert "tuned_over_default" in results["g"] or "skipped" in results["g"]
     assert "tokens_per_s" in results["h"] or "skipped" in results["h"]
+    assert {"prepare", "floor", "prepare_over_floor"} <= results["i"].keys() or "skipped" in results["i"]
