@@ -108,20 +108,21 @@ def hub_files(spec: str) -> list[str]:
 
 def layout(path: str) -> str:
     """How a file holds its records: 'parquet', 'list' (a JSON list) or 'lines' (JSON Lines)."""
-    if path.endswith(".parquet"):
-        return "parquet"
-    text = next(text_blocks(path), "")
+    if path.endswith((".parquet", ".jsonl")):
+        return "parquet" if path.endswith(".parquet") else "lines"
+    blocks = text_blocks(path)
+    text, whole = next(blocks, ""), next(blocks, None) is None  # (whole: the file is all in text)
     start = json.decoder.WHITESPACE.match(text).end()
-    if text[start:start + 1] == "[" or path.endswith(".jsonl"):
-        return "list" if text[start:start + 1] == "[" else "lines"
+    if text[start:start + 1] == "[":
+        return "list"
     # Not a list: JSON Lines, unless the file is one value (an object or a string is not a list of records)
     try:
         value, end = json.JSONDecoder().raw_decode(text, start)
     except json.JSONDecodeError as e:
-        if len(text) < BLOCK:  # the whole file, and not JSON
+        if whole:
             raise UserError(f"{path} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).") from None
         return "lines"
-    if json.decoder.WHITESPACE.match(text, end).end() == len(text) < BLOCK:
+    if whole and json.decoder.WHITESPACE.match(text, end).end() == len(text):
         raise UserError(
             f"{path}: the top level is a JSON {records.json_type(value)}, expected a list of records "
             '[{"instruction": ..., "input": ..., "output": ...}, ...] (or a .jsonl file, one record per line)')
