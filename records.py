@@ -48,7 +48,7 @@ def detect_format(first, source: str, parquet: bool = False) -> str:
     found = [fmt for fmt, field in FORMATS.items() if field in first]
     if len(found) != 1:
         named = ", ".join(f"{field!r} ({fmt})" for fmt, field in FORMATS.items())
-        has = f"{' and '.join(map(repr, (FORMATS[f] for f in found)))}" if found else "none of " + named
+        has = " and ".join(repr(FORMATS[f]) for f in found) if found else "none of " + named
         what, fields = ("its columns have", "columns") if parquet else ("record 0 has", "fields")
         raise UserError(f"{source}: {what} {has}, so its format is unclear (its {fields}: {sorted(first)}); "
                         "name it with --format alpaca|messages|sharegpt")
