@@ -403,11 +403,11 @@ def tokenize_inputs(sources: list[dict], settings: dict, scratch: str, workers: 
     order; fills in each source's counts, and its "rows": the range of its examples."""
     files = {name: open(os.path.join(scratch, name), "wb") for name in ("ids", "mask", "prompts")}
     sizes, n_rows, n_tokens = {key: [] for key in PER_EXAMPLE}, 0, 0
-    progress = tqdm(desc="tokenizing", unit=" rec", disable=not sys.stderr.isatty())  # a log gets the error alone
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         for f in files.values():
             stack.enter_context(f)
+        progress = stack.enter_context(tqdm(desc="tokenizing", unit=" rec", disable=not sys.stderr.isatty()))
         spawn = multiprocessing.get_context("spawn")  # (fork is unsafe in a process that has threads)
         pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=spawn)) if workers > 1 else None
         for source in sources:
@@ -428,7 +428,6 @@ def tokenize_inputs(sources: list[dict], settings: dict, scratch: str, workers: 
                           skipped={key: counts[key] for key in records.SKIPS},
                           dropped_too_long=counts["dropped_too_long"],
                           ignored_fields=sorted((fields - source["known"]) | source["unread"]))
-    progress.close()
     return {**{key: np.concatenate(sizes[key]) for key in PER_EXAMPLE}, "seconds": time.perf_counter() - start,
             "n_tokens": n_tokens}
 
