@@ -815,8 +815,8 @@ def bench_prepare_at_scale(args):
 
     import chat_template
 
-    n = 2000 if args.quick else 1_000_000
-    n_hf = min(n, 2000 if args.quick else 100_000)  # HF datasets.map is timed on the first n_hf
+    n = 1000 if args.quick else 1_000_000
+    n_hf = 100_000  # HF datasets.map is timed on the first n_hf (not in --quick)
     enc = chat_template.get_tokenizer()
     workers = os.cpu_count() or 1  # (what prepare_alpaca picks for an input over 16 MB)
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "out") if os.path.isdir(os.path.join(ROOT, "out"))
@@ -834,7 +834,7 @@ def bench_prepare_at_scale(args):
             floor_tokens += sum(map(len, enc.encode_ordinary_batch(batch, num_threads=1)))
             floor_s += time.perf_counter() - t0
         ours = run_prepare_probe(path, os.path.join(tmp, "prepared"), workers)
-        hf = bench_hf_datasets_map(path, n_hf, tmp)
+        hf = {"skipped": "HF datasets.map: not in --quick"} if args.quick else bench_hf_datasets_map(path, n_hf, tmp)
     peak = ours["own_peak"] + workers * ours["child_peak"]
     rows = [[f"prepare_alpaca.prepare ({workers} worker processes)", f"{n / ours['s']:,.0f}",
              f"{ours['tokens'] / ours['s']:,.0f}", f"{ours['s']:.1f}", f"{peak / 2**30:.2f}"],
