@@ -92,7 +92,7 @@ def share(source: dict, kept: np.ndarray, seed: int, k: int) -> np.ndarray:
 def split_examples(sources: list[dict], source_of: np.ndarray, val_size: float, seed: int) -> dict:
     """{split: indices of the examples}: one seeded permutation, val its head and train the rest; a weight above
     1 repeats an input's training examples (whole copies, then a seeded share of them once more)."""
-    n_train, n_val = split_sizes(val_size, len(source_of))
+    _, n_val = split_sizes(val_size, len(source_of))
     order = np.random.default_rng(seed).permutation(len(source_of))
     split_order = {"train": order[n_val:], "val": order[:n_val]}
     rng = np.random.default_rng((seed, 2))
