@@ -13,7 +13,7 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (h) GPU only: the main job (train_sft.py configs/gpt2_alpaca.py, random GPT-2 124M, Alpaca sample),
         compiled and eager: tokens/s, MFU, start-up, peak memory, the full recipe's projected time
     (i) prepare_alpaca.py on 1M generated conversations (a 0.9 GB JSONL): records/s, tokens/s, peak memory of
-        every process, against bare single-threaded tiktoken on the same contents, and HF datasets.map (~15 min)
+        every process, against bare single-threaded tiktoken on the same contents, and HF datasets.map (~4 min)
 
     python bench/bench.py                    # every CPU section, a-g (~10 minutes on 2 CPU cores)
     python bench/bench.py --quick            # tiny shapes, 2 reps: a smoke test (seconds)
