@@ -37,8 +37,9 @@ TOKEN_DTYPE = np.uint16  # GPT-2's ids (and our chat tokens) are below 2**16
 
 
 def write_prepared(out_dir: str, arrays: dict, meta: dict, prompts: dict | None = None) -> None:
-    """Write each {filename: numpy array}, each {filename: JSON-able prompts} and meta.json under temporary
-    names, then move them all into place.
+    """Write each {filename: numpy array, or a function that writes the file at the path it is given (a file
+    too large to build in memory)}, each {filename: JSON-able prompts} and meta.json under temporary names,
+    then move them all into place.
 
     A reader that finds meta.json can trust the files beside it: the old meta.json is removed before any old
     file is replaced, and the new one arrives only after all of them.
@@ -49,7 +50,7 @@ def write_prepared(out_dir: str, arrays: dict, meta: dict, prompts: dict | None 
         for filename, array in arrays.items():
             path = os.path.join(out_dir, filename)
             files[path] = path + ".tmp"
-            array.tofile(files[path])
+            array.tofile(files[path]) if isinstance(array, np.ndarray) else array(files[path])
         for filename, content in {**(prompts or {}), "meta.json": meta}.items():  # meta.json last
             path = os.path.join(out_dir, filename)
             files[path] = path + ".tmp"

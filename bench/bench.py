@@ -13,6 +13,8 @@ Figures are medians after warm-up; a ratio is the median of the per-round ratios
     (h) GPU only: the main job (train_sft.py configs/gpt2_alpaca.py, random GPT-2 124M, Alpaca sample),
         compiled (cold and warm cache) and eager: tokens/s, MFU two ways, set-up and compile time, the host's
         and the GPU's time a step, peak memory, the whole recipe's projected time (--full: timed)
+    (i) prepare_alpaca.py on 1M generated conversations (a 0.9 GB JSONL): records/s, tokens/s, peak memory of
+        every process, against bare single-threaded tiktoken on the same contents, and HF datasets.map (~4 min)
     (j) checkpoint writes of GPT-2 124M, with and without AdamW's state
     (k) the trainers' thread count: 1, every core, the default (idle cores), on an idle machine and a busy one
 
@@ -965,6 +967,147 @@ def bench_full_recipe(tmp: str, extra: list) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# (i) prepare_alpaca.py at the size people fine-tune on: a generated 1M-conversation JSONL
+
+
+def generated_conversations(n, seed=1337):
+    """n conversations of 1 to 3 Alpaca exchanges drawn from the 5,000-record sample, half of them opened by a
+    system message: the shape of UltraChat or OpenHermes, ~0.9 KB a record on disk."""
+    import random  # (here: the imports at the top are section (h)'s business)
+
+    with open(ALPACA_5000, encoding="utf-8") as f:
+        records = [r for r in json.load(f) if r["instruction"].strip() and r["output"].strip()]
+    rng = random.Random(seed)
+    for _ in range(n):
+        conversation = [{"role": "system", "content": "You are a helpful assistant."}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            r = records[rng.randrange(len(records))]
+            user = r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")
+            conversation += [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]
+        yield conversation
+
+
+PREPARE_PROBE = """
+import json, resource, sys, time
+import numpy as np
+import prepare_alpaca
+start = time.perf_counter()
+meta = prepare_alpaca.prepare(inputs=[sys.argv[1]], out_dir=sys.argv[2], workers=int(sys.argv[3]))
+seconds = time.perf_counter() - start
+hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+tokens = sum(int(np.fromfile(f"{sys.argv[2]}/{split}_offsets.bin", dtype=np.int64)[-1]) for split in ("train", "val"))
+print(json.dumps({"s": seconds, "records": meta["records"], "tokens": tokens, "own_peak": hwm,
+                  "child_peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+"""
+
+
+def run_prepare_probe(path, out_dir, workers):
+    """prepare_alpaca.prepare in a fresh process (the peak only ever grows: this one holds torch). Its peak
+    memory, every worker counted: its own VmHWM plus, for each worker, the largest child's ru_maxrss (an upper
+    bound); and, with psutil, the largest sum of the whole tree's RSS seen every 50 ms."""
+    proc = subprocess.Popen([sys.executable, "-c", PREPARE_PROBE, path, out_dir, str(workers)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sampled = None
+    try:
+        import psutil
+
+        parent, sampled = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                sampled = max(sampled, sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]))
+            time.sleep(0.05)
+    except ImportError:
+        pass
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"prepare_alpaca.prepare failed (exit {proc.returncode})")
+    return {**json.loads(out.strip().split("\n")[-1]), "sampled_tree_peak": sampled}
+
+
+def bench_prepare_at_scale(args):
+    why_not = alpaca_ready() if sys.platform == "linux" else "reads Linux's /proc/self/status"
+    if why_not:
+        return skipped(why_not)
+    import itertools
+
+    import chat_template
+
+    n = 1000 if args.quick else 1_000_000
+    n_hf = 100_000  # HF datasets.map is timed on the first n_hf (not in --quick)
+    enc = chat_template.get_tokenizer()
+    workers = os.cpu_count() or 1  # (what prepare_alpaca picks for an input over 16 MB)
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "out") if os.path.isdir(os.path.join(ROOT, "out"))
+                                     else None) as tmp:  # deleted afterwards, the ~0.9 GB file with it
+        path = os.path.join(tmp, "chats.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"messages": c}) + "\n" for c in generated_conversations(n))
+        size = os.path.getsize(path)
+        # The floor: the same message contents, one bare single-threaded tiktoken call per 100,000 of them (one
+        # call for all would hold ~180M token ids as Python ints, ~7 GB), only the calls timed.
+        floor_s = floor_tokens = 0
+        contents = (m["content"] for c in generated_conversations(n) for m in c)
+        while batch := list(itertools.islice(contents, 100_000)):
+            t0 = time.perf_counter()
+            floor_tokens += sum(map(len, enc.encode_ordinary_batch(batch, num_threads=1)))
+            floor_s += time.perf_counter() - t0
+        ours = run_prepare_probe(path, os.path.join(tmp, "prepared"), workers)
+        hf = {"skipped": "HF datasets.map: not in --quick"} if args.quick else bench_hf_datasets_map(path, n_hf, tmp)
+    peak = ours["own_peak"] + workers * ours["child_peak"]
+    rows = [[f"prepare_alpaca.prepare ({workers} worker processes)", f"{n / ours['s']:,.0f}",
+             f"{ours['tokens'] / ours['s']:,.0f}", f"{ours['s']:.1f}", f"{peak / 2**30:.2f}"],
+            ["bare encode_ordinary_batch(contents, num_threads=1)", f"{n / floor_s:,.0f}",
+             f"{floor_tokens / floor_s:,.0f}", f"{floor_s:.1f}", ""]]
+    if "s" in hf:
+        rows.append([f"HF datasets.map, TRL's tokenisation (first {n_hf:,})", f"{n_hf / hf['s']:,.0f}", "",
+                     f"{hf['s'] * n / n_hf:.1f} (scaled)", ""])
+    notes = [f"{n:,} generated conversations, {size / 1e6:,.0f} MB of JSONL; one run each (not interleaved: minutes)",
+             f"prepare / floor: {ours['s'] / floor_s:.2f}x; prepare's tokens include the template's (the floor's: "
+             f"the contents alone, {floor_tokens:,})",
+             f"peak memory: prepare's process {ours['own_peak'] / 2**20:,.0f} MiB + {workers} x its largest worker "
+             f"{ours['child_peak'] / 2**20:,.0f} MiB" + (f"; the tree's largest sampled sum "
+                                                         f"{ours['sampled_tree_peak'] / 2**20:,.0f} MiB"
+                                                         if ours["sampled_tree_peak"] else ""),
+             hf.get("skipped") or f"HF: Dataset.from_json + map(num_proc={workers}) with trl.data_utils._tokenize "
+                                  "(ChatML with {% generation %}: ids and assistant masks, as ours)"]
+    show(f"prepare_alpaca.py on {n:,} conversations vs the bare tokenizer", ["", "records/s", "tokens/s", "s",
+                                                                            "peak GiB"], rows, notes)
+    return {"conversations": n, "jsonl_bytes": size, "prepare": {**ours, "peak_all_processes": peak,
+                                                                 "workers": workers},
+            "floor": {"s": floor_s, "tokens": floor_tokens}, "prepare_over_floor": ours["s"] / floor_s, "hf": hf}
+
+
+HF_CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['role'] == 'assistant' %}"
+             "{% generation %}{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{% else %}"
+             "{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}")
+
+
+def bench_hf_datasets_map(path, n_hf, tmp):
+    """What a TRL user runs: the JSONL into a datasets.Dataset, then map with TRL's own tokenising helper."""
+    import itertools
+
+    try:
+        import datasets
+        from transformers import GPT2TokenizerFast
+        from trl.data_utils import _tokenize
+    except ImportError as e:
+        return {"skipped": f"HF datasets.map: not run ({e.name} is not installed)"}
+    tokenizer = GPT2TokenizerFast(vocab_file=os.path.join(SHARED, "gpt2", "encoder.json"),
+                                  merges_file=os.path.join(SHARED, "gpt2", "vocab.bpe"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = HF_CHATML
+    subset = os.path.join(tmp, "hf_subset.jsonl")
+    with open(path, encoding="utf-8") as f, open(subset, "w", encoding="utf-8") as out:
+        out.writelines(itertools.islice(f, n_hf))
+    datasets.disable_progress_bars()
+    t0 = time.perf_counter()
+    dataset = datasets.Dataset.from_json(subset, cache_dir=os.path.join(tmp, "hf_cache"))
+    mapped = dataset.map(lambda ex: _tokenize(tokenizer, ex["messages"], return_assistant_tokens_mask=True),
+                         num_proc=os.cpu_count(), remove_columns=["messages"])
+    seconds = time.perf_counter() - t0
+    return {"s": seconds, "records": len(mapped), "datasets": datasets.__version__}
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 def bench_checkpoint_write(args):
     """(j) The seconds a checkpoint write of GPT-2 124M costs a run: with AdamW's state (ckpt.pt, resumable)
@@ -995,6 +1138,7 @@ SECTIONS = {
     "f": ("AdamW: default vs foreach vs fused", bench_adamw),
     "g": ("allocator: glibc default vs tune_cpu_allocator()", bench_allocator),
     "h": ("GPU: the main job, train_sft.py configs/gpt2_alpaca.py, compiled and eager", bench_cuda),
+    "i": ("prepare_alpaca.py at scale: 1M generated conversations vs the bare tokenizer", bench_prepare_at_scale),
     "j": ("checkpoint writes: GPT-2 124M with and without AdamW's state", bench_checkpoint_write),
     "k": ("threads: 1, every core, and the trainers' default, idle and beside another job", bench_threads),
 }

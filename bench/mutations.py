@@ -216,22 +216,41 @@ mutation("a cut-off prepared file is read as it is", ERRORS,
 mutation("a user's mistake ends in a traceback", ERRORS,
          [("errors.py", "        if issubclass(kind, UserError):\n", "        if False:\n")])
 
-# Conversation formats and mixes (prepare_alpaca.py)
+# Conversation formats and mixes (records.py, record_files.py, prepare_alpaca.py)
 FORMATS = ["tests/test_formats.py"]
 mutation("formats: ShareGPT's gpt turns read as the user's", FORMATS,
-         [("prepare_alpaca.py", '"human": "user", "gpt": "assistant"}', '"human": "user", "gpt": "user"}')])
+         [("records.py", '"human": "user", "gpt": "assistant",', '"human": "user", "gpt": "user",')])
 mutation("formats: turns that do not alternate are trained on", FORMATS,
-         [("prepare_alpaca.py", '        if m["role"] != expected:\n', '        if False:\n')])
+         [("records.py", '        if m["role"] != expected:\n', '        if False:\n')])
 mutation("formats: a turn's extra fields (a name, tool calls) dropped silently", FORMATS,
-         [("prepare_alpaca.py", "        if extra:\n", "        if False:\n")])
+         [("records.py", "        if extra:\n", "        if False:\n")])
 mutation("formats: --system_prompt replaces a record's own system message", FORMATS,
-         [("prepare_alpaca.py", "system = own if own.strip() else field if field.strip() else system_prompt",
+         [("records.py", "system = own if own.strip() else field if field.strip() else system_prompt",
            "system = system_prompt or (own if own.strip() else field if field.strip() else None)")])
 mutation("formats: a weight above 1 repeats validation examples into train", FORMATS,
-         [("prepare_alpaca.py", "own = [i for i in split_order[\"train\"] if example_source[i] == k]",
-           "own = [i for i in range(len(examples)) if example_source[i] == k]")])
+         [("prepare_alpaca.py", 'own = split_order["train"][source_of[split_order["train"]] == k]',
+           "own = np.flatnonzero(source_of == k)")])
 mutation("formats: a file given twice is split twice (its val examples in train)", FORMATS,
-         [("prepare_alpaca.py", "    if twice is not None:", "    if False:")])
+         [("record_files.py", "if seen.setdefault(os.path.realpath(f), k) != k or files.count(f) > 1:", "if False:")])
+mutation("formats: ShareGPT's user and assistant names refused", FORMATS,
+         [("records.py", '"user": "user", "assistant": "assistant"}}', "}}")])
+mutation("formats: a Parquet null read as a value", FORMATS,
+         [("record_files.py", "for field, value in row.items() if value is not None}",
+           "for field, value in row.items()}")])
+# Streaming prepare (tests/test_streaming.py): the bytes of 3e30864 whatever the chunking, errors in file order, memory
+STREAMING = ["tests/test_streaming.py"]
+mutation("streaming: examples written in file order, not split order", STREAMING,
+         [("prepare_alpaca.py", 'rows = examples["rows"][indices]', 'rows = examples["rows"][np.sort(indices)]')])
+mutation("streaming: a worker's chunk taken as it comes, not in file order", STREAMING,
+         [("record_files.py", "        if len(pending) > 2 * workers:\n            yield pending.popleft().result()",
+           "        if len(pending) > 2 * workers:\n            yield pending.pop().result()")])
+mutation("streaming: a syntax error reported before the bad records the workers still hold", STREAMING,
+         [("record_files.py",
+           "            while pending:\n                yield pending.popleft().result()\n            raise",
+           "            raise")])
+mutation("streaming: each record's conversation kept until the end (memory grows with the file)", STREAMING,
+         [("record_files.py", '        counts["records"] += 1\n',
+           '        counts["records"] += 1\n        chat_template.__dict__.setdefault("kept", []).append(messages)\n')])
 
 # The knowledge experiment's world (experiments/prepare_world.py)
 WORLD = ["tests/test_world.py"]

@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import errors  # noqa: E402
-import prepare_alpaca  # noqa: E402
+from record_files import read_all  # noqa: E402
+from records import to_messages  # noqa: E402
 
 SYSTEM = "You are a helpful assistant."
 
@@ -34,7 +35,7 @@ def alpaca_chats(records: list[dict], n: int | None = None) -> list[list[dict]]:
     while i < len(records) and (n is None or k < n):
         conversation = [{"role": "system", "content": SYSTEM}] if k % 2 else []
         for record in records[i: i + 1 + k % 3]:
-            conversation += prepare_alpaca.to_messages(record, None)
+            conversation += to_messages(record, None)
         conversations.append(conversation)
         i, k = i + 1 + k % 3, k + 1
     return conversations
@@ -62,8 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if (args.out is None) == (args.ckpt is None):
         raise errors.UserError("give --out (write the conversations) or --ckpt (count a model's closed turns)")
-    records = prepare_alpaca.read_records(args.input)
-    prepare_alpaca.check_records(records, args.input, "alpaca")
+    records = read_all(args.input, "alpaca")
     conversations = alpaca_chats(records)
     if args.ckpt:
         closed, turns = closed_turns(args.ckpt, conversations)

@@ -14,7 +14,7 @@ from conftest import ALPACA_5000, HAVE_BPE, ROOT
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench  # noqa: E402  (bench/bench.py)
 
-IN_PROCESS = "abcdfhj"  # the fast suite's
+IN_PROCESS = "abcdfhij"  # the fast suite's
 FRESH_PROCESSES = "egk"  # these start fresh processes (seconds each): the slow suite's
 
 
@@ -75,6 +75,7 @@ def test_quick_json_has_every_figure(quick_run):
         assert {"ckpt_s", "best_s", "ckpt_gb"} <= h["checkpoint_write"].keys()
         assert h["profile"]["host_ms"] > 0
     assert results["j"]["ckpt_gb"] > results["j"]["best_gb"] > 0  # sizes, not timings: AdamW's state is there
+    assert {"prepare", "floor", "prepare_over_floor"} <= results["i"].keys() or "skipped" in results["i"]
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ import export_hf
 import prepare_alpaca
 import sample
 from model import GPT, GPTConfig
+from records import to_messages
 
 pytestmark = [needs_bpe, pytest.mark.usefixtures("one_thread")]
 
@@ -76,7 +77,7 @@ def trained(tmp_path_factory, one_thread):
     (d / "sft.json").write_text(json.dumps(records))
     meta = prepare_alpaca.prepare(inputs=[str(d / "sft.json")], out_dir=str(d / "data"), system_prompt=SYSTEM,
                                   val_size=0)
-    examples = [chat_template.encode(prepare_alpaca.to_messages(r, SYSTEM), meta["template"]) for r in records]
+    examples = [chat_template.encode(to_messages(r, SYSTEM), meta["template"]) for r in records]
     T = max(len(ids) for ids, _ in examples)
     x = torch.full((len(examples), T), meta["end_token"])
     y = torch.full((len(examples), T), -100)
@@ -217,7 +218,7 @@ def test_chat_template_on_real_alpaca_records(template_export):
         records = json.load(f)
     records = records[:: len(records) // N_ALPACA][:N_ALPACA]
     for r in records:
-        messages = prepare_alpaca.to_messages(r, system_prompt)[:-1]  # as in training, without the answer
+        messages = to_messages(r, system_prompt)[:-1]  # as in training, without the answer
         expected = chat_template.encode_prompt(messages, template)
         assert apply(tokenizer, messages, add_generation_prompt=True) == expected, r
         assert tokenizer.decode(expected) == chat_template.render(messages, template, add_generation_prompt=True)

@@ -345,3 +345,148 @@ def test_against_transformers_apply_chat_template_on_200_multi_turn_conversation
     meta = prepare_alpaca.prepare(inputs=[path], out_dir=str(tmp_path / "out"), val_size=0)
     assert meta["n_train"] == 200 and meta["dropped_too_long"] == 0
     assert sorted(examples(tmp_path / "out")) == sorted(expected)
+
+
+# -----------------------------------------------------------------------------
+# Parquet, ShareGPT as it is found, --roles, and a hub dataset from huggingface_hub's cache
+
+
+def write_parquet(path, records):
+    pq = pytest.importorskip("pyarrow.parquet")  # (requirements-dev.txt installs it: CI runs these)
+    import pyarrow
+
+    pq.write_table(pyarrow.Table.from_pylist(records), path)
+    return str(path)
+
+
+ALPACA_LINES = [THREE_TURN_LINES[0], THREE_TURN_LINES[5], THREE_TURN_LINES[6]]  # system, one exchange
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "messages", "sharegpt"])
+def test_parquet_in_each_format_by_hand(tmp_path, fmt):
+    """Alpaca columns; a messages column of structs (with a "name" field, null in every turn: Parquet gives every
+    row every field, so a null is no name); a conversations column. Other columns are ignored, and named."""
+    records = {"alpaca": [{**as_alpaca(THREE_TURNS[:1] + THREE_TURNS[5:]), "input": None, "system": "Be brief."}],
+               "messages": [as_messages([{**m, "name": None} for m in THREE_TURNS])],
+               "sharegpt": [as_sharegpt(THREE_TURNS)]}[fmt]
+    path = write_parquet(tmp_path / "d.parquet", [{**r, "id": 7, "source": "x"} for r in records])
+    meta = prepare_alpaca.prepare(inputs=[path], out_dir=str(tmp_path / "out"), val_size=0)
+    lines = ALPACA_LINES if fmt == "alpaca" else THREE_TURN_LINES
+    expected = ([i for ids, _ in lines for i in ids], [m for _, mask in lines for m in mask])
+    assert examples(tmp_path / "out") == [expected]
+    assert meta["sources"][0]["format"] == fmt and meta["sources"][0]["ignored_fields"] == ["id", "source"]
+
+
+def test_parquet_with_an_unknown_layout_or_a_bad_row_is_one_clear_line(tmp_path):
+    path = write_parquet(tmp_path / "d.parquet", [{"prompt": "Hi", "completion": "Hello!"}])
+    result, out = run_cli(tmp_path, "--input", path)
+    assert result.returncode == 2 and result.stderr == (
+        f"error: {path}: its columns have none of 'instruction' (alpaca), 'messages' (messages), 'conversations' "
+        "(sharegpt), so its format is unclear (its columns: ['completion', 'prompt']); name it with --format "
+        "alpaca|messages|sharegpt\n")
+    named = write_parquet(tmp_path / "n.parquet", [as_messages([HI, HELLO]), as_messages([HI, {**HELLO, "name": "x"}])])
+    with pytest.raises(prepare_alpaca.UserError, match="n.parquet: record 1, turn 1 has 'name' besides"):
+        prepare_alpaca.prepare(inputs=[named], out_dir=str(out))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(prepare_alpaca.UserError, match="broken.parquet is not a readable Parquet file"):
+        prepare_alpaca.prepare(inputs=[str(tmp_path / "broken.parquet")], out_dir=str(out))
+    assert not out.exists()
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    path = write_parquet(tmp_path / "d.parquet", [as_messages([HI, HELLO])])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(prepare_alpaca.UserError, match=r"d.parquet is a Parquet file: reading it needs pyarrow "
+                                                       r"\(pip install pyarrow\)"):
+        prepare_alpaca.prepare(inputs=[path], out_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_sharegpt_with_our_role_names_and_roles_mapped_by_flag(tmp_path):
+    """Many ShareGPT files say user/assistant/system; other spellings are mapped with --roles."""
+    as_is = {"conversations": [{"from": m["role"], "value": m["content"]} for m in THREE_TURNS]}
+    other = {"bot": "assistant", "prompter": "user", "sys": "system"}
+    spelled = {"conversations": [{"from": {v: k for k, v in other.items()}[m["role"]], "value": m["content"]}
+                                 for m in THREE_TURNS]}
+    path = write(tmp_path / "as_is.jsonl", [as_is], jsonl=True)
+    prepare_alpaca.prepare(inputs=[path], out_dir=str(tmp_path / "a"), val_size=0)
+    assert examples(tmp_path / "a") == [(THREE_TURN_IDS, THREE_TURN_MASK)]
+    path = write(tmp_path / "spelled.jsonl", [spelled], jsonl=True)
+    result, out = run_cli(tmp_path, "--input", path)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: {path}: record 0, turn 0: 'from' is 'sys', not one of 'system', 'human', 'gpt', 'user', "
+        "'assistant'; map it to one of ours with --roles sys=assistant (or user, system), rename it, or remove "
+        "the record")
+    meta = prepare_alpaca.prepare(inputs=[path], out_dir=str(tmp_path / "b"), val_size=0,
+                                  roles="bot=assistant, prompter=user,sys=system")
+    assert examples(tmp_path / "b") == [(THREE_TURN_IDS, THREE_TURN_MASK)]
+    assert meta["command"][4:6] == ["--roles", "bot=assistant, prompter=user,sys=system"]
+    with pytest.raises(prepare_alpaca.UserError, match="^--roles bot=helper: give name=role pairs"):
+        prepare_alpaca.prepare(inputs=[path], out_dir=str(tmp_path / "c"), roles="bot=helper")
+
+
+def hub_cache(cache, repo, shards):
+    """A dataset's Parquet files laid out as huggingface_hub caches them: blobs, a snapshot of links to them, and
+    the ref the hub's Parquet conversion lives under."""
+    folder = cache / f"datasets--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs" / "refs" / "convert").mkdir(parents=True)
+    (folder / "refs" / "refs" / "convert" / "parquet").write_text(commit)
+    (folder / "blobs").mkdir()
+    (folder / "snapshots" / commit / "default" / "train").mkdir(parents=True)
+    for k, records in enumerate(shards):
+        blob = folder / "blobs" / f"blob{k}"
+        write_parquet(blob, records)
+        (folder / "snapshots" / commit / "default" / "train" / f"{k:04d}.parquet").symlink_to(blob)
+
+
+def test_a_hub_dataset_is_read_from_huggingface_hubs_cache_offline(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    chats = [as_messages([{"role": "user", "content": f"Question {i}?"}, HELLO]) for i in range(30)]
+    hub_cache(tmp_path / "hub", "org/chats", [chats[:20], chats[20:]])
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    local = write(tmp_path / "chats.jsonl", chats, jsonl=True)
+
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "prepare_alpaca.py"), *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    result = run("--input", "hf:org/chats", "--out_dir", "hub_out")
+    assert result.returncode == 0, result.stderr
+    prepare_alpaca.prepare(inputs=[local], out_dir=str(tmp_path / "local_out"))
+    assert prepared_bytes(tmp_path / "hub_out") == prepared_bytes(tmp_path / "local_out")
+    with open(tmp_path / "hub_out" / "meta.json") as f:
+        files = json.load(f)["sources"][0]["files"]
+    assert [os.path.relpath(f, tmp_path / "hub") for f in files] == [
+        f"datasets--org--chats/snapshots/0123456789abcdef0123456789abcdef01234567/default/train/000{k}.parquet"
+        for k in (0, 1)]
+    missing = run("--input", "hf:org/other", "--out_dir", "other")
+    assert missing.returncode == 2 and len(missing.stderr.strip().split("\n")) == 1
+    assert missing.stderr.startswith("error: --input hf:org/other: could not get org/other's Parquet files from "
+                                     f"the hub, and huggingface_hub's cache ({tmp_path / 'hub'}) has no copy")
+    split = run("--input", "hf:org/chats/default/test", "--out_dir", "other")
+    assert split.returncode == 2 and "has no Parquet files for config 'default', split 'test'; it has " \
+        "default/train: name one as hf:org/chats/CONFIG/SPLIT" in split.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_folder_or_a_glob_is_a_set_of_shards(tmp_path):
+    (tmp_path / "set").mkdir()
+    chats = [as_messages([{"role": "user", "content": f"Question {i}?"}, HELLO]) for i in range(12)]
+    write(tmp_path / "set" / "b.jsonl", chats[6:], jsonl=True)
+    write(tmp_path / "set" / "a.json", chats[:6])
+    (tmp_path / "set" / "README.md").write_text("not a shard")
+    whole = write(tmp_path / "whole.jsonl", chats, jsonl=True)
+    for name, spec in [("whole", whole), ("folder", str(tmp_path / "set")), ("glob", str(tmp_path / "set" / "*.js*"))]:
+        meta = prepare_alpaca.prepare(inputs=[spec], out_dir=str(tmp_path / name), val_size=3)
+        assert meta["records"] == 12 and meta["source"] == spec
+    assert prepared_bytes(tmp_path / "whole") == prepared_bytes(tmp_path / "folder") == \
+        prepared_bytes(tmp_path / "glob")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(prepare_alpaca.UserError, match="empty is a folder with no .parquet, .jsonl, .json files"):
+        prepare_alpaca.prepare(inputs=[str(tmp_path / "empty")], out_dir=str(tmp_path / "out"))
+    with pytest.raises(prepare_alpaca.UserError, match="the same file is given twice"):
+        prepare_alpaca.prepare(inputs=[str(tmp_path / "set"), str(tmp_path / "set" / "a.json")],
+                               out_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ from conftest import ROOT
 # each other: what two scripts share lives in a layer below them.
 LAYERS = [
     ("base", ["errors", "chat_template", "download", "common", "chunked_loss"]),  # import only errors
-    ("model and data", ["model", "hf_checkpoint", "lora", "data", "configurator"]),
+    ("model and data", ["model", "hf_checkpoint", "lora", "data", "configurator", "records", "record_files"]),
     ("the trainers' plumbing", ["checkpoint", "metrics"]),
     ("scripts", ["train_pretrain", "train_sft", "sample", "export_hf", "prepare_alpaca", "prepare_text", "plot"]),
     ("experiments and benchmarks", ["experiments/knowledge", "experiments/eval_qa", "experiments/prepare_world",

@@ -352,3 +352,16 @@ def test_text_bad_input_is_one_clear_error_and_no_files(tmp_path, content):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert ("empty" in result.stderr) if content.strip() == b"" else ("UTF-8" in result.stderr)
     assert not out.exists()
+
+
+def test_prepare_alpaca_stays_a_pipeline_a_newcomer_reads():
+    """Issue 37's budget: the pipeline and the command line in <= 300 lines, no function over 60 (the record
+    formats live in records.py, the reading of files in record_files.py)."""
+    import ast
+
+    with open(os.path.join(ROOT, "prepare_alpaca.py"), encoding="utf-8") as f:
+        text = f.read()
+    assert text.count("\n") <= 300
+    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(ast.parse(text))
+            if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 60]
+    assert not long, long
