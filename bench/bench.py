@@ -486,7 +486,7 @@ def memory_probe(spec):
     if dev_type == "cpu":
         tune_cpu_allocator()  # as the trainer does
     torch.manual_seed(1337)
-    model = GPT(GPTConfig(**spec["shape"]))
+    model = GPT(GPTConfig(**spec["shape"], gradient_checkpointing=spec.get("checkpointing", False)))
     if spec["lora_rank"]:
         lora.apply_lora(model, spec["lora_rank"], alpha=16.0)
     model.to(dev)
@@ -537,17 +537,20 @@ def bench_memory(args):
     auto = pick_dtype("auto", device_type)
     rows, out, mib = [], {"batch": batch, "seq": seq}, 1 << 20
     for dtype in ["float32"] + ([auto] if auto != "float32" else []):
-        # LoRA with the chat tokens' rows (vocab 50304, as ChatML needs) and without them (GPT-2's own 50257)
-        for rank, vocab in ((0, None), (8, None), (8, 50257)):
+        # full, with gradient checkpointing; LoRA with the chat tokens' rows (vocab 50304, as ChatML needs) and
+        # without them (GPT-2's own 50257)
+        for rank, vocab, checkpointing in ((0, None, False), (0, None, True), (8, None, False), (8, 50257, False)):
             spec = {"shape": shape | ({"vocab_size": vocab} if vocab else {}), "batch": batch, "seq": seq,
-                    "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "lora_rank": rank}
+                    "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "lora_rank": rank,
+                    "checkpointing": checkpointing}
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory_probe", json.dumps(spec)],
                                   cwd=ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory probe failed:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             step = r["peak"] - r["baseline"]
-            method = (f"LoRA r={rank}" if rank else "full") + (f", vocab {vocab}" if vocab else "")
+            method = ((f"LoRA r={rank}" if rank else "full") + (f", vocab {vocab}" if vocab else "")
+                      + (", gradient checkpointing" if checkpointing else ""))
             rows.append([dtype, method, f"{r['trainable']:,} ({r['trainable'] / r['params']:.2%})",
                          f"{r['grads'] / mib:,.1f}", f"{r['adamw'] / mib:,.1f}", f"{r['baseline'] / mib:,.0f}",
                          f"{r['peak'] / mib:,.0f}", f"{step / mib:,.0f}"])

@@ -88,6 +88,7 @@ def test_the_fresh_process_sections_run(tmp_path):
     assert {"float32 full", "float32 LoRA r=8", "projected GPT-2 XL"} <= e.keys()
     assert e["float32 LoRA r=8"]["trainable"] < e["float32 full"]["trainable"]  # counts, not timings
     assert e["float32 LoRA r=8"]["adamw_mib"] < e["float32 full"]["adamw_mib"]
+    assert "float32 full, gradient checkpointing" in e
     xl = e["projected GPT-2 XL"]
     assert 1.5e9 < xl["params"] < 1.6e9 and xl["lora_bytes"] < xl["full_bytes"] / 3
     assert "tuned_over_default" in results["g"] or "skipped" in results["g"]

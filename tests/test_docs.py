@@ -16,6 +16,17 @@ def test_the_readme_is_short():
     assert len(readme().encode()) <= 16_000
 
 
+def test_ci_runs_the_readmes_set_up_and_test_commands():
+    """The README's install line, word for word, and its test command: what CI runs is what a newcomer types."""
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read().splitlines()
+    setup = re.search(r"## Set up\n\n```bash\n(.*?)```", readme(), flags=re.S).group(1).splitlines()
+    install = [line.split("#")[0].strip() for line in setup if "requirements" in line]
+    assert install == ["pip install -r requirements-dev.txt"] and install[0] in ci
+    assert any(line.split("#")[0].strip() == "python -m pytest" for line in setup)
+    assert any(line.startswith("python -m pytest") and "-m slow" not in line for line in ci)
+
+
 def test_every_file_the_readme_names_exists():
     names = set(re.findall(r"`([\w/.-]+\.(?:py|md|json))`", readme()))
     names |= set(re.findall(r"(?:python|torchrun [^\n]*?) ([\w/]+\.py)", readme()))
