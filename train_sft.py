@@ -346,8 +346,9 @@ try:
     pbar.close()
     if stop.received:  # the step reached, saved: --init_from=resume goes on from here exactly
         save_checkpoint("ckpt.pt")
-        print(f"stopped by {stop.name} at step {iter_num}: saved {out_dir}/ckpt.pt; "
-              "--init_from=resume continues from it", file=sys.stderr)
+        if runtime.master:
+            print(f"stopped by {stop.name} at step {iter_num}: saved {out_dir}/ckpt.pt; "
+                  "--init_from=resume continues from it", file=sys.stderr)
         log.close()
         sys.exit(stop.exit_code)
 except KeyboardInterrupt:  # a second Ctrl-C: stop at once (a checkpoint being written is not kept)

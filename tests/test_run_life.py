@@ -232,3 +232,23 @@ def test_a_tracker_without_its_package_is_one_line(sft_data, tmp_path, monkeypat
     with pytest.raises(UserError, match=r"^wandb_log=True needs the wandb package: pip install wandb$"):
         run_script("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=1",
                    "--wandb_log=True")
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_sigterm_stops_every_process_at_one_step(sft_data, tmp_path):
+    """A job scheduler's SIGTERM reaches every process of a torchrun job, each maybe at another step: they agree
+    on one (common.StopSignals), rank 0 saves it, and the run resumes from it."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(f"{out}.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "train_sft.py", *TINY_RUN, f"--data_dir={sft_data}", f"--out_dir={out}", *FOREVER],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_step(proc, out, 3)
+    os.killpg(proc.pid, signal.SIGTERM)  # the launcher and both workers, as a scheduler signals a job
+    proc.wait(timeout=120)
+    output = open(f"{out}.log").read()
+    reached = max(logged_steps(out))
+    assert f"stopped by SIGTERM at step {reached}: saved {out}/ckpt.pt" in output, output[-3000:]
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt.pt"), for_resume=True)
+    assert ckpt["iter_num"] == reached and len(ckpt["rng_state"]) == 2
