@@ -81,8 +81,7 @@ def idle_cores(seconds: float = 0.2) -> float | None:
 def pick_threads(threads: int, processes_here: int = 1) -> int:
     """torch's CPU threads: `threads` if given, else the cores idle at the start, shared among this machine's
     processes of the run (never more than torch's own default, the physical cores). More threads than idle
-    cores make every thread wait for the others: on a 2-core machine running another job, a run on 2 threads
-    was 3-4x slower than on 1 (BENCHMARKS.md)."""
+    cores can make every thread wait for the others, and a step several times slower (BENCHMARKS.md, (k))."""
     if threads < 0:
         raise UserError(f"threads={threads}: give a count of threads, or 0 for the cores idle at the start")
     if threads > 0:

@@ -213,20 +213,20 @@ def spread(n: int, i: int, batch_size: int, eval_iters: int) -> np.ndarray:
 
 
 def epoch_rows(n_rows: int, drawn: int, batch_size: int, micro_batches_per_epoch: int, seed: int,
-               rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """A process's next micro-batch of rows, after it drew `drawn` of them: each epoch takes every row once, in
-    an order of its own, a function of (seed, epoch); each micro-batch of each process takes its own slice of
-    it, so the processes' batches of a step are disjoint and together the one-process step."""
+               runtime: "Runtime") -> np.ndarray:
+    """This process's next micro-batch of rows, after it drew `drawn` of them: each epoch takes every row once,
+    in an order of its own, a function of (seed, epoch); each micro-batch of each process takes its own slice
+    of it, so the processes' batches of a step are disjoint and together the one-process step."""
     epoch, n = divmod(drawn, micro_batches_per_epoch)
     order = np.random.default_rng((seed, epoch)).permutation(n_rows)
-    start = (n * world_size + rank) * batch_size  # this process's slice
+    start = (n * runtime.world_size + runtime.rank) * batch_size  # this process's slice
     return order[start : start + batch_size]
 
 
-def random_starts(n_starts: int, batch_size: int, seed: int, rank: int, drawn: int) -> np.ndarray:
-    """Where batch_size random windows start, drawn from a seed that depends only on (seed, process, batch
-    number): a resumed run draws the very windows it would have, and each process its own."""
-    return np.random.default_rng((seed, rank, drawn)).integers(0, n_starts, size=batch_size)
+def random_starts(n_starts: int, batch_size: int, seed: int, drawn: int, runtime: "Runtime") -> np.ndarray:
+    """Where this process's batch_size random windows start, drawn from a seed that depends only on (seed,
+    process, batch number): a resumed run draws the very windows it would have, and each process its own."""
+    return np.random.default_rng((seed, runtime.rank, drawn)).integers(0, n_starts, size=batch_size)
 
 
 def windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

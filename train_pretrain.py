@@ -154,7 +154,7 @@ def get_batch(split, i=None):
     """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set."""
     n_starts = len(tokens[split]) - block_size  # a window and its next-token targets must fit
     if i is None:  # random windows, from a seed that depends only on (seed, process, batch number)
-        starts = data.random_starts(n_starts, batch_size, seed, runtime.rank, batches_drawn[split])
+        starts = data.random_starts(n_starts, batch_size, seed, batches_drawn[split], runtime)
         batches_drawn[split] += 1
     else:  # windows spread evenly over the split
         starts = data.spread(n_starts, i, batch_size, eval_iters)

@@ -160,8 +160,7 @@ def get_batch(split, i=None):
     """i=None: the next micro-batch of training. i=k: batch k of a fixed evaluation set."""
     if i is None:  # each epoch its own order of the rows; each process its own slice of it
         rows = data.epoch_rows(n_rows[split], batches_drawn[split], batch_size,
-                               steps_per_epoch * gradient_accumulation_steps, seed,
-                               runtime.rank, runtime.world_size)
+                               steps_per_epoch * gradient_accumulation_steps, seed, runtime)
         batches_drawn[split] += 1
     else:  # rows spread over the split: pack put the longest examples first, neighbours are alike
         rows = data.spread(n_rows[split], i, batch_size, eval_iters)

@@ -418,7 +418,9 @@ def bench_loader(args):
         positions = targets = 0
         t0 = time.perf_counter()
         for n in range(n_batches):
-            rows = data.epoch_rows(n_rows, n, batch_size, n_batches, seed=1337)
+            rows = data.epoch_rows(n_rows, n, batch_size, n_batches, 1337, common.Runtime(
+                ddp=False, rank=0, local_rank=0, world_size=1, device="cpu", device_type="cpu", dtype="float32",
+                threads=torch.get_num_threads()))
             X, Y, _ = data.packed_batch(train, packed, rows, block_size, meta["end_token"])
             positions += X.size
             targets += int((Y != -100).sum())
@@ -882,7 +884,7 @@ def bench_cuda(args):
         dtype = "bfloat16" if on_gpu else "float32"
         peak = matmul_peak([dtype], 8192 if on_gpu else 512, 10 if on_gpu else 2, device)[dtype]
         source = f"{name}, measured {dtype} matmul"
-    steps = 20 if args.quick else args.steps
+    steps = 10 if args.quick else args.steps
     tmp = tempfile.mkdtemp(prefix="bench-h-")
     atexit.register(shutil.rmtree, tmp, True)
     data_dir = args.data_dir

@@ -81,13 +81,10 @@ mutation("accumulation: DDP's averaging over processes not undone", TRAIN,
          in_both_scripts("loss = loss * (Y != -100).sum() * runtime.world_size / n_step_targets.clamp(min=1)",
                          "loss = loss * (Y != -100).sum() / n_step_targets.clamp(min=1)"))
 mutation("DDP: every SFT process takes the same slice", TRAIN,
-         [("data.py", "start = (n * world_size + rank) * batch_size", "start = (n * world_size + 0) * batch_size")])
-mutation("DDP: the SFT trainer gives every process rank 0's slice", TRAIN,
-         [("train_sft.py", "                               runtime.rank, runtime.world_size)",
-           "                               0, runtime.world_size)")])
+         [("data.py", "start = (n * runtime.world_size + runtime.rank) * batch_size",
+           "start = (n * runtime.world_size + 0) * batch_size")])
 mutation("DDP: every pretraining process draws the same windows", TRAIN,
-         [("train_pretrain.py", "data.random_starts(n_starts, batch_size, seed, runtime.rank, batches_drawn[split])",
-           "data.random_starts(n_starts, batch_size, seed, 0, batches_drawn[split])")])
+         [("data.py", "np.random.default_rng((seed, runtime.rank, drawn))", "np.random.default_rng((seed, 0, drawn))")])
 # The packed SFT batch (data.py) and the document mask (model.py)
 mutation("SFT targets not shifted by one", TRAIN + PACKING,
          [("data.py", 'next_ids = examples["ids"][source + 1].astype(np.int64)',
