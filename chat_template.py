@@ -64,7 +64,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     except Exception as e:  # tiktoken downloads its files on first use: offline that fails
         raise errors.UserError(
             f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Offline, pre-fill "
-            "its cache: see 'The no-GPU path' in README.md (TIKTOKEN_CACHE_DIR)."
+            "its cache: see 'Offline use' in docs/GUIDE.md (TIKTOKEN_CACHE_DIR)."
         ) from e
     return tiktoken.Encoding(
         name="gpt2_chat",

@@ -16,7 +16,6 @@ A checkpoint (ckpt.pt, and best.pt without the resume part) is a dict, built by 
 or GPT-2's published weights. The trainers start from `init_model`.
 """
 
-import glob
 import os
 import shutil
 from dataclasses import asdict
@@ -26,13 +25,14 @@ import torch.distributed as dist
 
 import hf_checkpoint
 import lora
+import metrics
 from common import Runtime
 from errors import UserError
 from model import GPT, PADDED_VOCAB_SIZE, RUN_CHOICES, GPTConfig
 
 RUN_FIELDS = ("config", "meta", "script", "data_dir", "iter_num", "best_val_loss", "base_model")
 RESUME_FIELDS = ("optimizer", "scaler", "rng_state", "batches_drawn", "tokens")
-RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "tensorboard")  # what a run writes in its out_dir
+RUN_FILES = ("ckpt.pt", "best.pt", *metrics.FILES)  # what a run writes in its out_dir
 
 # ----------------------------------------------------------------------------------------------------------
 # Writing
@@ -99,7 +99,7 @@ def load_checkpoint(path: str, for_resume: bool = False) -> dict:
 
 def model_from_checkpoint(checkpoint: dict, merge: bool = True, **overrides) -> GPT:
     """The checkpoint's model. A LoRA run's (lora_rank > 0) is rebuilt with its adapters, then merged into a
-    plain GPT unless merge=False (resuming that run). overrides: GPTConfig fields (dropout, RUN_CHOICES)."""
+    plain GPT unless merge=False (resuming that run). overrides: GPTConfig fields (a new run's dropout)."""
     model = GPT(GPTConfig(**(checkpoint["model_args"] | overrides)))
     settings = checkpoint["config"]
     if settings["lora_rank"] > 0:
@@ -135,9 +135,7 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, runtime: Runtime
     """The model a run starts from, its checkpoint when resuming (else None), and where it came from, in words:
     'scratch' (a new GPT of this config), 'resume' (out_dir/ckpt.pt, exactly as saved), a checkpoint of ours,
     or a GPT-2 name / folder in HF's layout (those two take config's dropout; GPT-2's vocabulary grows to
-    config's vocab_size). Every one computes as this run chooses (config's RUN_CHOICES), whatever it was saved
-    with."""
-    run = {k: getattr(config, k) for k in RUN_CHOICES}
+    config's vocab_size)."""
     if init_from == "resume":
         path = checkpoint_path(out_dir)
         if path is None:
@@ -145,20 +143,20 @@ def init_model(init_from: str, out_dir: str, config: GPTConfig, runtime: Runtime
                             f"resume (check out_dir, or start with init_from=scratch or a model)")
         checkpoint = load_checkpoint(path, for_resume=True)
         source = f"{path}, step {checkpoint['iter_num']} (began from {checkpoint['base_model']})"
-        return model_from_checkpoint(checkpoint, merge=False, **run), checkpoint, source
+        return model_from_checkpoint(checkpoint, merge=False), checkpoint, source
     if init_from == "scratch":
         return GPT(config), None, "scratch (random weights)"
     path = checkpoint_path(init_from)
     if path is not None:  # our own checkpoint, fine-tuned further with this run's dropout
         # (the checkpoint itself is dropped here: its optimizer state belongs to the run that wrote it)
-        model = model_from_checkpoint(load_checkpoint(path), dropout=config.dropout, **run)
+        model = model_from_checkpoint(load_checkpoint(path), dropout=config.dropout)
         return model, None, f"{path} (a checkpoint of ours)"
     if runtime.local_rank != 0:
         runtime.barrier()  # one process per machine downloads GPT-2; the others then read it from the cache
     model, error = None, None
     try:
         folder = hf_checkpoint.find(init_from)
-        model = GPT.from_pretrained(folder, vocab_size=config.vocab_size, dropout=config.dropout, **run)
+        model = GPT.from_pretrained(folder, vocab_size=config.vocab_size, dropout=config.dropout)
     except UserError as e:
         error = e
     if runtime.local_rank == 0:
@@ -201,9 +199,11 @@ def clear_out_dir(out_dir: str) -> None:
 
 
 def remove_stale_temp_files(out_dir: str) -> None:
-    """A run killed while saving leaves its *.tmp behind (the real checkpoint is intact): clear it away."""
-    for path in glob.glob(os.path.join(out_dir, "*.tmp")):
-        os.remove(path)
+    """A run killed while saving leaves its ckpt.pt.tmp behind (the real checkpoint is intact): clear it away
+    (only a run's own: out_dir may be a folder of other things, '.' even)."""
+    for name in RUN_FILES:
+        if os.path.isfile(os.path.join(out_dir, name + ".tmp")):
+            os.remove(os.path.join(out_dir, name + ".tmp"))
 
 
 # ----------------------------------------------------------------------------------------------------------

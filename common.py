@@ -201,9 +201,13 @@ class StopSignals:
     """
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as a shell reports it
+    # torchrun passes a terminal's Ctrl-C on to its processes, which got it already: a repeat this soon after
+    # the first is that, not a second Ctrl-C
+    LAUNCHER_REPEAT_S = 2.0
 
     def __init__(self, runtime: Runtime):
-        self.received, self.rank = None, runtime.rank  # the first signal's number
+        self.received, self.received_at, self.rank = None, 0.0, runtime.rank  # the first signal, and when
+        self.repeat_s = self.LAUNCHER_REPEAT_S if "TORCHELASTIC_RUN_ID" in os.environ else 0.0
         self.previous = {s: signal.getsignal(s) for s in self.EXIT_CODES}
         for s, handler in self.previous.items():
             if handler != signal.SIG_IGN:  # a job started to ignore Ctrl-C (nohup, `cmd &`) keeps ignoring it
@@ -212,12 +216,14 @@ class StopSignals:
         self.group = dist.new_group(backend="gloo") if runtime.ddp else None
 
     def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.received is not None:
-            raise KeyboardInterrupt  # the second Ctrl-C: at once
-        if self.received is None and self.rank == 0:
+        if self.received is not None:
+            if signum == signal.SIGINT and time.monotonic() - self.received_at > self.repeat_s:
+                raise KeyboardInterrupt  # the second Ctrl-C: at once
+            return
+        if self.rank == 0:
             print(f"\n{signal.Signals(signum).name}: stopping after this step, to save it (a second Ctrl-C "
                   f"stops at once)", file=sys.stderr, flush=True)
-        self.received = self.received or signum
+        self.received, self.received_at = signum, time.monotonic()
 
     def requested(self) -> bool:
         """Whether to stop after this step: on every process alike (a collective under DDP: call on all)."""
@@ -225,7 +231,7 @@ class StopSignals:
             flag = torch.tensor(self.received or 0)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
             if int(flag) and self.received is None:  # another process got one: stop here too
-                self.received = int(flag)
+                self.received, self.received_at = int(flag), time.monotonic()
         return self.received is not None
 
     @property

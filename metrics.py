@@ -16,20 +16,24 @@ import shutil
 
 from errors import UserError
 
+FILES = ("metrics.jsonl", "tensorboard")  # what this writes in a run's out_dir
+
 
 class MetricsLog:
     def __init__(self, out_dir: str, config: dict, master: bool = True, resume_step: int | None = None):
-        """config: the trainer's settings. resume_step: the step a resumed run starts from (None: a new run; an
-        evaluation-only run appends). Only the master process writes."""
+        """config: the trainer's settings. resume_step: the step a resumed run starts from (None: a new run).
+        Only the master process writes, and an evaluation-only run writes nothing (its line is printed): it
+        measures a model, and must not add a point to the curve of the run whose out_dir it names."""
         self.path = os.path.join(out_dir, "metrics.jsonl")
-        self.master, self.wandb_run, self.tensorboard = master, None, None
-        if not master:
+        self.writes = master and not config["eval_only"]
+        self.wandb_run, self.tensorboard = None, None
+        if not self.writes:
             return
         os.makedirs(out_dir, exist_ok=True)
         if resume_step is not None:
             evaluates_again = resume_step % config["eval_interval"] == 0 or resume_step >= config["max_iters"]
             truncate(self.path, resume_step, evaluates_again)
-        elif not config["eval_only"]:  # a new run's curves start empty
+        else:  # a new run's curves start empty
             open(self.path, "w").close()
             shutil.rmtree(os.path.join(out_dir, "tensorboard"), ignore_errors=True)
         if config["wandb_log"]:
@@ -38,11 +42,13 @@ class MetricsLog:
             self.wandb_run = wandb.init(project=config["wandb_project"], name=name, config=config)
         if config["tensorboard_log"]:
             board = optional_import("torch.utils.tensorboard", "tensorboard_log=True", "tensorboard")
-            self.tensorboard = board.SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            # a resumed run forgets what was logged after its step, as metrics.jsonl does
+            purge = None if resume_step is None else resume_step + 1
+            self.tensorboard = board.SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=purge)
 
     def write(self, record: dict) -> None:
         """One record: its "iter" is the step, every other field a number."""
-        if not self.master:
+        if not self.writes:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

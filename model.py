@@ -50,6 +50,7 @@ class GPTConfig:
 
     def __post_init__(self):  # (the trainers check their settings; this, a library caller's typo)
         assert self.attention in ("sdpa", "flex") and self.loss_path in ("chunked", "fused"), self
+        assert self.attention == "sdpa" or self.dropout == 0, "FlexAttention has no dropout"
 
 
 RUN_CHOICES = ("attention", "loss_path", "gradient_checkpointing")  # GPTConfig's per-run fields
@@ -216,7 +217,7 @@ class GPT(nn.Module):
         """Load "gpt2" (-medium/-large/-xl), "distilgpt2", a hub repo "org/name", or a local
         directory in Hugging Face's layout. vocab_size larger than the checkpoint's grows the
         embedding (new rows at the mean of the pretrained ones), making room for the chat template's
-        special tokens. settings: GPTConfig's dropout and RUN_CHOICES."""
+        special tokens. settings: GPTConfig's other fields (dropout)."""
         import hf_checkpoint  # the checkpoint layout (and downloads): needed only here
 
         folder = hf_checkpoint.find(name_or_dir, cache_dir)

@@ -316,8 +316,6 @@ def first_fields(path: str) -> tuple[object, bool]:
     raise UserError(f"{path} contains no records")
 
 
-
-
 # -----------------------------------------------------------------------------
 # an input's records -> examples
 

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -91,20 +92,15 @@ globals().update(config)
 # The runtime: one process per GPU under torchrun (DDP), else a single process. See common.py.
 runtime = common.setup_runtime(device, dtype, seed, threads)
 autocast = runtime.autocast()  # bf16/fp16 autocast, or nothing for fp32
-attention, loss_path = common.pick_kernels(attention, loss_path, runtime.device_type, compile,
-                                           dropout, eval_only)  # how to compute (model.GPTConfig)
 if runtime.master:
-    print(f"runtime: {runtime.describe()}; loss {loss_path}"
-          + (", gradient checkpointing" if gradient_checkpointing else ""))
+    print(f"runtime: {runtime.describe()}")
 
 # --------------------------------------------------------------------------------------------------
 # The model: from scratch, from GPT-2 (or any HF GPT-2 checkpoint), or from a checkpoint of ours.
 # The shape below is used from scratch. A loaded model keeps its own (a resumed one comes back as
 # saved); a checkpoint of ours takes this run's dropout, GPT-2 its dropout and vocab_size.
 model_config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
-                         block_size=block_size or 1024, dropout=dropout, bias=bias,
-                         attention=attention, loss_path=loss_path,
-                         gradient_checkpointing=gradient_checkpointing)
+                         block_size=block_size or 1024, dropout=dropout, bias=bias)
 if lora_rank != 0:
     lora.check_settings(lora_rank, lora_alpha, lora_targets, lora_dropout)  # before gigabytes load
 if init_from != "resume" and not eval_only:
@@ -113,12 +109,19 @@ model, resumed, source = checkpoint.init_model(init_from, out_dir, model_config,
 if init_from == "resume":  # resumed: its checkpoint. It must go on as it was, before anything loads
     checkpoint.check_resume(resumed, config, runtime.world_size, os.path.basename(__file__))
 block_size = config["block_size"] = checkpoint.context_window(block_size, model, source)
+# How to compute (model.GPTConfig's last fields): this run's choice, for the model as it loaded (its
+# dropout), never what a checkpoint was trained with
+attention, loss_path = common.pick_kernels(attention, loss_path, runtime.device_type, compile,
+                                           model.config.dropout, eval_only)
+model.config = replace(model.config, attention=attention, loss_path=loss_path,
+                       gradient_checkpointing=gradient_checkpointing)
 if lora_rank != 0 and init_from != "resume":  # a resumed LoRA run's checkpoint brings its adapters
     lora.apply_lora(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
 model.to(runtime.device)
 if runtime.master:
-    print(f"model: {source}; {model.num_params() / 1e6:.2f}M parameters, block_size "
-          f"{block_size}; {lora.trainable_summary(model)}")
+    print(f"model: {source}; {model.num_params() / 1e6:.2f}M parameters, block_size {block_size}; "
+          f"loss {loss_path}" + (", gradient checkpointing" if gradient_checkpointing else "")
+          + f"; {lora.trainable_summary(model)}")
 
 
 def to_device(array):
@@ -195,7 +198,8 @@ if runtime.master:
     if overwrite and init_from != "resume" and not eval_only:
         checkpoint.clear_out_dir(out_dir)  # (after the model loaded: it may have come from here)
     checkpoint.remove_stale_temp_files(out_dir)
-    print(f"out_dir: {out_dir}/, ckpt.pt every {checkpoint_every} steps, at the end and on a stop"
+    print("evaluating only: nothing is written" if eval_only else
+          f"out_dir: {out_dir}/, ckpt.pt every {checkpoint_every} steps, at the end and on a stop"
           + (f"; resuming from step {iter_num}" if init_from == "resume" else ""))
 resume_step = iter_num if init_from == "resume" else None
 log = metrics.MetricsLog(out_dir, config, runtime.master, resume_step)  # metrics.jsonl and trackers
@@ -269,7 +273,7 @@ def evaluate():
                    f"{losses['val']:.4f}" + (" (best)" if is_best else ""))
         log.write({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
                    "eval_s": time.time() - started})
-    if is_best and iter_num > 0 and not eval_only:  # (measuring never touches the run's files)
+    if is_best and iter_num > 0 and not eval_only:  # (evaluating only writes nothing)
         save_checkpoint("best.pt", with_optimizer=False)
 
 
@@ -282,8 +286,7 @@ if eval_only:
     sys.exit(0)
 saved_iter = iter_num if init_from == "resume" else None  # the newest ckpt.pt's step
 stop = common.StopSignals(runtime)  # Ctrl-C or SIGTERM: finish the step, save, and stop
-pbar = tqdm(total=max_iters, initial=iter_num, disable=not runtime.master, unit="step",
-            dynamic_ncols=True)
+first_step, pbar = iter_num, tqdm(disable=True)  # the progress bar starts after the first step
 t0, tokens_seen = time.time(), 0
 targets_seen = torch.zeros((), dtype=torch.long, device=runtime.device)  # read only when logging
 try:
@@ -325,6 +328,12 @@ try:
         optimizer.zero_grad(set_to_none=True)
         targets_seen += n_step_targets  # kept on the device: no wait for the GPU at every step
         iter_num += 1
+        if iter_num == first_step + 1:  # the bar starts now: the first step's warm-up (allocations,
+            # compiling) would make its first ETAs hours
+            pbar = tqdm(total=max_iters, initial=iter_num, disable=not runtime.master, unit="step",
+                        dynamic_ncols=True)
+        else:
+            pbar.update(1)
 
         if iter_num % log_interval == 0 or iter_num == max_iters:
             if runtime.ddp:
@@ -337,9 +346,6 @@ try:
             pbar.set_postfix({"loss": f"{record['loss']:.4f}", "lr": f"{lr:.2e}",
                               "tok/s": f"{record['tokens_per_s']:.0f}",
                               "targets/s": f"{record['targets_per_s']:.0f}"})
-        pbar.update(1)
-        if iter_num == 1:
-            pbar.unpause()  # (the first step warms up: its time would make the first ETAs hours)
         if stop.requested():
             break
     pbar.close()

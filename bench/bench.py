@@ -39,7 +39,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -417,10 +419,9 @@ def bench_loader(args):
         n_batches = n_rows // batch_size  # one epoch (a step is one batch)
         positions = targets = 0
         t0 = time.perf_counter()
+        one_process = SimpleNamespace(rank=0, world_size=1)  # (what epoch_rows reads of a runtime)
         for n in range(n_batches):
-            rows = data.epoch_rows(n_rows, n, batch_size, n_batches, 1337, common.Runtime(
-                ddp=False, rank=0, local_rank=0, world_size=1, device="cpu", device_type="cpu", dtype="float32",
-                threads=torch.get_num_threads()))
+            rows = data.epoch_rows(n_rows, n, batch_size, n_batches, 1337, one_process)
             X, Y, _ = data.packed_batch(train, packed, rows, block_size, meta["end_token"])
             positions += X.size
             targets += int((Y != -100).sum())
@@ -690,11 +691,7 @@ def bench_allocator(args):
         for setting in times:
             spec = {"setting": setting, "shape": shape, "seq": seq, "batch": batch, "dtype": dtype,
                     "steps": 2 if args.quick else 4, "threads": torch.get_num_threads()}
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_alloc_probe", json.dumps(spec)],
-                                  cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"allocator probe failed:\n{proc.stderr[-3000:]}")
-            times[setting].append(json.loads(proc.stdout.strip().splitlines()[-1])["step_s"])
+            times[setting].append(step_probe(spec)["step_s"])
     tokens = batch * seq
     ratio = speedup(times, "tuned", "default")
     labels = {"default": "glibc default", "tuned": "tune_cpu_allocator()"}
@@ -722,12 +719,39 @@ def recipe() -> dict:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
 
 
+def stream(cmd: list[str], env: dict | None = None, deadline: float | None = None) -> tuple[int, list]:
+    """Run cmd from the repository root, its output echoed as it comes (a hang shows where; progress bars'
+    lines are left out) and kept as (seconds since the start, line); killed at `deadline` (a time.time()),
+    when its exit code is 124. A thread reads the output, so a silent process cannot outlive the deadline."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    lines = []
+
+    def read():
+        for line in proc.stdout:  # (a progress bar's \r ends a line here too)
+            lines.append((time.perf_counter() - start, line))
+            if "step/s" not in line and "?step" not in line and line.strip():
+                print(f"    | {line.rstrip()}", flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = 124
+        lines.append((time.perf_counter() - start, "(stopped: past its deadline)\n"))
+    reader.join(timeout=10)
+    return code, lines
+
+
 def run_main_job(data_dir, out_dir, steps, extra=(), env=None, full=False) -> dict:
     """train_sft.py configs/gpt2_alpaca.py as a user runs it, from a random GPT-2 124M (init_from=scratch: the
-    weights' values do not change the speed), its output streamed as it comes (a hang shows where). steps
-    steps, evaluating at the first and the last only, unless full: the recipe as it is. Returns the wall
-    seconds, the seconds to the end of its set-up (its "out_dir:" line: imports, data, model), its
-    metrics.jsonl records and its output."""
+    weights' values do not change the speed), its output streamed. steps steps, evaluating at the first and
+    the last only, unless full: the recipe as it is. Returns the wall seconds, the seconds to the end of its
+    set-up (its "out_dir:" line: imports, data, model), its metrics.jsonl records and its output."""
     cmd = [sys.executable, os.path.join(ROOT, "train_sft.py"), MAIN_JOB, "--init_from=scratch",
            f"--data_dir={data_dir}", f"--out_dir={out_dir}"]
     if not full:
@@ -735,22 +759,14 @@ def run_main_job(data_dir, out_dir, steps, extra=(), env=None, full=False) -> di
                 "--log_interval=5"]
     cmd += list(extra)
     print("  $ " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    setup_s, output = None, []
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    for line in proc.stdout:  # (a progress bar's \r ends a line here too: those are not echoed)
-        output.append(line)
-        if setup_s is None and line.startswith("out_dir:"):
-            setup_s = time.perf_counter() - t0
-        if "step/s" not in line and "?step" not in line and line.strip():
-            print(f"    | {line.rstrip()}", flush=True)
-    wall_s = time.perf_counter() - t0
-    if proc.wait() != 0:
-        raise errors.UserError(f"the main job failed (exit {proc.returncode}); its output is above")
+    code, lines = stream(cmd, env)
+    if code != 0:
+        raise errors.UserError(f"the main job failed (exit {code}); its output is above")
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    return {"wall_s": wall_s, "setup_s": setup_s, "records": records, "output": "".join(output)}
+    setup_s = next((t for t, line in lines if line.startswith("out_dir:")), None)
+    return {"wall_s": lines[-1][0] if lines else 0.0, "setup_s": setup_s, "records": records,
+            "output": "".join(line for _, line in lines)}
 
 
 def main_job_figures(run: dict, model: GPT, peak: float) -> dict:
@@ -916,6 +932,7 @@ def bench_cuda(args):
     compiled = figures.get("compiled, warm cache", figures["eager"])
     total_s, parts = projected_recipe_s({**compiled, **{k: figures.get("compiled, cold cache", compiled)[k]
                                                         for k in ("compile_s", "first_eval_s")}}, write, settings)
+    os.environ.update(cache)  # the profile compiles in this process: from the warm cache
     profile = profile_steps(data_dir, shape, device, *((2, 2) if args.quick else ()))
     out = {"device": name, "peak_flops": peak, "peak_source": source, "steps": steps, "data_dir": data_dir,
            "runs": figures, "checkpoint_write": write, "projected_recipe_s": total_s, "projected_parts": parts,
@@ -947,27 +964,27 @@ def bench_cuda(args):
          f"steps", ["run", "tokens/s", "targets/s", "ms/step", "MFU 6N / +attn", "set-up s", "compile s", "eval s",
                     "peak GiB", "torch.compile", "attention"], rows, notes)
     if args.full:
-        out["full_recipe"] = bench_full_recipe(tmp, extra)
+        out["full_recipe"] = bench_full_recipe(ALPACA_5000, tmp, extra)
     return out
 
 
-def bench_full_recipe(tmp: str, extra: list) -> dict:
-    """--full: the recipe timed as it is, on the 5,000-record sample repeated to the 52,002 records of the full
-    Alpaca set (the same step count and shapes as the real set; not its text)."""
+def bench_full_recipe(alpaca: str, tmp: str, extra: list = ()) -> dict:
+    """--full: the recipe timed as it is, on 52,002 records: the alpaca file's, repeated to as many (the full
+    Alpaca set's count; with the sample, the same steps and shapes, not its text). Preparing is not timed."""
     import prepare_alpaca
 
-    with open(ALPACA_5000) as f:
+    with open(alpaca) as f:
         records = json.load(f)
     big = os.path.join(tmp, "alpaca_52002.json")
     with open(big, "w") as f:
-        json.dump((records * 11)[:52002], f)
+        json.dump((records * (52002 // len(records) + 1))[:52002], f)
     data_dir = os.path.join(tmp, "alpaca_52002")
     quietly(prepare_alpaca.prepare, inputs=[big], out_dir=data_dir)
-    print("\n  (the full recipe, on the sample repeated to 52,002 records)", flush=True)
+    print("\n  (the full recipe, on 52,002 records)", flush=True)
     run = run_main_job(data_dir, os.path.join(tmp, "full"), 0, extra, full=True)
     steps = [r for r in run["records"] if "loss" in r]
     show("the full recipe, timed", ["records", "steps", "wall min"],
-         [["52,002 (the 5,000 repeated)", steps[-1]["iter"], f"{run['wall_s'] / 60:.1f}"]])
+         [[f"52,002 (from {os.path.basename(alpaca)})", steps[-1]["iter"], f"{run['wall_s'] / 60:.1f}"]])
     return {"wall_s": run["wall_s"], "steps": steps[-1]["iter"]}
 
 

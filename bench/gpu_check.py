@@ -15,20 +15,22 @@ In order, with a deadline for each, every output kept under --out:
   2. bench/bench.py --only h: the main job compiled (a cold compile cache, then a warm one) and eager, with
      MFU both ways, the host's and the GPU's time a step (a 5-step profile), peak memory, and the whole
      recipe's time projected from them;
-  3. if the time left allows: the whole recipe timed, on the sample repeated to the 52,002 records of Alpaca;
+  3. if the time left allows: the whole recipe timed, on 52,002 records (the sample repeated to as many);
 then --out/summary.md: every figure, and the targets met or missed (BENCHMARKS.md, "GPU").
 --quick runs the same plumbing on a CPU with tiny shapes, to test this script; it measures nothing.
 """
 
 import json
 import os
-import subprocess
+import re
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import bench  # noqa: E402  (bench/bench.py, beside this file)
 import chat_template  # noqa: E402
 import errors  # noqa: E402
 
@@ -37,25 +39,20 @@ TARGETS = {"mfu": 0.40, "compiled_over_eager": 1.3, "recipe_s": 120}
 
 
 def run(name: str, cmd: list[str], out: str, deadline: float, env: dict) -> tuple[int, str]:
-    """cmd from the repository root, its output streamed and kept in out/name.txt; killed at the deadline."""
+    """cmd from the repository root (bench.stream: output echoed, killed at the deadline), its output kept in
+    out/name.txt."""
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
-    lines = []
-    with open(os.path.join(out, f"{name}.txt"), "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                lines.append(line)
-                if "step/s" not in line:
-                    print(line, end="", flush=True)
-                if time.time() > deadline:
-                    raise subprocess.TimeoutExpired(cmd, 0)
-            code = proc.wait(timeout=max(1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = 124
-            lines.append("\n(stopped: past its deadline)\n")
-    return code, "".join(lines)
+    code, lines = bench.stream(cmd, env, deadline)
+    text = "".join(line for _, line in lines)
+    with open(os.path.join(out, f"{name}.txt"), "w") as f:
+        f.write(text)
+    return code, text
+
+
+def test_counts(text: str) -> dict:
+    """pytest's summary counts ('3 passed, 1 skipped in 2.0s'), every kind it names."""
+    summary = text.strip().splitlines()[-1] if text.strip() else ""
+    return {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary)}
 
 
 def main():
@@ -72,30 +69,31 @@ def main():
         if not os.path.isfile(path):
             raise errors.UserError(f"{what}: {path} does not exist (see the header of bench/gpu_check.py)")
     start = time.time()
-    os.makedirs(args.out, exist_ok=True)
     out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
     cache = os.path.join(out, "tiktoken")
     chat_template.fill_tiktoken_cache(args.bpe, cache)
-    env = {**os.environ, "TIKTOKEN_CACHE_DIR": cache, "PYTHONUNBUFFERED": "1"}
+    os.environ["TIKTOKEN_CACHE_DIR"] = cache  # (this process, for the full recipe's data, and its children)
+    env = {"TIKTOKEN_CACHE_DIR": cache}
     py = sys.executable
     data_dir = os.path.join(out, "data", "alpaca")
     code, _ = run("prepare", [py, "prepare_alpaca.py", "--input", os.path.abspath(args.alpaca), "--out_dir",
                               data_dir], out, start + 120, env)
-    results = {"prepare": code}
     if code != 0:
         raise errors.UserError(f"preparing {args.alpaca} failed: see {out}/prepare.txt")
+    results = {}
 
     # 1. the GPU tests: every one must pass; a skip here means the GPU path went untested
     code, text = run("gpu_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "",
-                                   "tests/test_packing.py", "-k", "on_a_gpu"], out, start + 180, env)
-    tail = text.strip().splitlines()[-1] if text.strip() else ""
-    results["gpu_tests"] = {"exit": code, "summary": tail,
-                            "passed": code == 0 and "skipped" not in tail and "2 passed" in tail}
+                                   "tests/test_packing.py", "-k", "on_a_gpu"], out, start + 240, env)
+    counts = test_counts(text)
+    results["gpu_tests"] = {"exit": code, "counts": counts, "passed": code == 0 and counts.get("passed", 0) > 0
+                            and not (counts.keys() & {"skipped", "failed", "error", "errors"})}
 
     # 2. the main job: compiled (cold, warm) and eager, the profile and the projection
-    bench = [py, "bench/bench.py", "--only", "h", "--steps", str(args.steps), "--data_dir", data_dir,
-             "--json", os.path.join(out, "bench_h.json")] + (["--quick", "--device", "cpu"] if args.quick else [])
-    code, text = run("bench_h", bench, out, start + BUDGET_S - 60, env)
+    bench_cmd = [py, "bench/bench.py", "--only", "h", "--steps", str(args.steps), "--data_dir", data_dir,
+                 "--json", os.path.join(out, "bench_h.json")] + (["--quick", "--device", "cpu"] if args.quick else [])
+    code, text = run("bench_h", bench_cmd, out, start + BUDGET_S - 60, env)
     results["bench_h"] = {"exit": code}
     figures = None
     if code == 0:
@@ -106,7 +104,8 @@ def main():
     # 3. the whole recipe, if the time left allows it (as projected, with a minute to spare)
     left = start + BUDGET_S - time.time()
     if figures and "runs" in figures and figures["projected_recipe_s"] + 60 < left and not args.quick:
-        results["full_recipe"] = full_recipe(args.alpaca, out, start + BUDGET_S, env)
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            results["full_recipe"] = bench.bench_full_recipe(os.path.abspath(args.alpaca), tmp)
     else:
         results["full_recipe"] = {"skipped": f"not run: {left:.0f} s left"}
     results["seconds"] = time.time() - start
@@ -115,34 +114,11 @@ def main():
     sys.exit(0 if results["gpu_tests"]["passed"] and results["bench_h"]["exit"] == 0 else 1)
 
 
-def full_recipe(alpaca: str, out: str, deadline: float, env: dict) -> dict:
-    """The main job as a user runs it, timed, on 52,002 records: Alpaca's, or the sample repeated to as many
-    (the same steps, shapes and evaluations as the real set; not its text). Preparing is timed apart."""
-    with open(alpaca) as f:
-        records = json.load(f)
-    big = os.path.join(out, "data", "alpaca_52002.json")
-    with open(big, "w") as f:
-        json.dump((records * (52002 // len(records) + 1))[:52002], f)
-    data_dir = os.path.join(out, "data", "alpaca_52002")
-    t0 = time.time()
-    run("prepare_52002", [sys.executable, "prepare_alpaca.py", "--input", big, "--out_dir", data_dir], out,
-        deadline, env)
-    prepare_s, t0 = time.time() - t0, time.time()
-    code, text = run("full_recipe", [sys.executable, "train_sft.py", "configs/gpt2_alpaca.py",
-                                     "--init_from=scratch", f"--data_dir={data_dir}",
-                                     f"--out_dir={os.path.join(out, 'full_run')}"], out, deadline, env)
-    wall_s = time.time() - t0
-    done = [line for line in text.splitlines() if line.startswith(("done:", "peak GPU", "torch.compile"))]
-    return {"exit": code, "prepare_s": prepare_s, "wall_s": wall_s,
-            "text": f"exit {code}, {wall_s:.0f} s ({wall_s / 60:.1f} min; preparing the data first: "
-                    f"{prepare_s:.0f} s); " + "; ".join(done)}
-
-
 def write_summary(out: str, results: dict, figures: dict | None) -> None:
     """summary.md: the machine, the tests, the figures, and each target met or missed, with its figure."""
     lines = ["# GPU check", "", f"{results['seconds']:.0f} s in all.", "",
              f"- GPU tests: {'passed' if results['gpu_tests']['passed'] else 'FAILED'} "
-             f"({results['gpu_tests']['summary']})"]
+             f"({results['gpu_tests']['counts']}; a skip is a failure here)"]
     if figures and "runs" in figures:
         runs = figures["runs"]
         warm, eager = runs.get("compiled, warm cache"), runs.get("eager")
@@ -161,7 +137,8 @@ def write_summary(out: str, results: dict, figures: dict | None) -> None:
     else:
         lines.append(f"- bench (h): exit {results['bench_h']['exit']} (see bench_h.txt)")
     full = results["full_recipe"]
-    lines += ["", f"Full recipe: {full.get('skipped') or full.get('text', '')}"]
+    done = f"{full['wall_s']:.0f} s ({full['wall_s'] / 60:.1f} min), {full['steps']} steps" if "wall_s" in full else ""
+    lines += ["", f"Full recipe, timed: {full.get('skipped') or done}"]
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

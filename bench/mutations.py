@@ -109,8 +109,8 @@ mutation("flex: the attention setting is ignored (always the boolean mask)", PAC
          [("model.py", 'mask = document_mask(positions, flex=self.config.attention == "flex")',
            "mask = document_mask(positions, flex=False)")])
 mutation("flex: the trainer's attention setting never reaches the model", PACKING,
-         [("train_sft.py", "                         attention=attention, loss_path=loss_path,",
-           "                         loss_path=loss_path,")])
+         [("train_sft.py", "model.config = replace(model.config, attention=attention, loss_path=loss_path,",
+           "model.config = replace(model.config, loss_path=loss_path,")])
 mutation("the fused loss averages where the chunked one sums", FAST,
          [("model.py", 'loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")',
            'loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="mean")')])
@@ -195,8 +195,8 @@ mutation("LoRA: the chat tokens' rows stay frozen (the model could never learn t
 mutation("LoRA: the adapted layer drops its frozen bias", LORA,
          [("lora.py", "out = F.linear(x, self.weight, self.bias)", "out = F.linear(x, self.weight)")])
 mutation("LoRA: a resumed run's adapters are merged away", LORA,
-         [("checkpoint.py", "return model_from_checkpoint(checkpoint, merge=False, **run), checkpoint, source",
-           "return model_from_checkpoint(checkpoint, **run), checkpoint, source")])
+         [("checkpoint.py", "return model_from_checkpoint(checkpoint, merge=False), checkpoint, source",
+           "return model_from_checkpoint(checkpoint), checkpoint, source")])
 mutation("loss forms a weight gradient for a frozen output layer", FAST,
          [("chunked_loss.py", "needs_grad_weight = grad_enabled and ctx.needs_input_grad[1]",
            "needs_grad_weight = grad_enabled and any(ctx.needs_input_grad[:2])")])

@@ -14,22 +14,26 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "experiments"))  # the knowledge experiment's modules
 
-HAVE_BPE = all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in ("vocab.bpe", "encoder.json"))
+import chat_template  # noqa: E402
+
+SHARED_BPE = all(os.path.exists(os.path.join(SHARED, "gpt2", f)) for f in chat_template.BPE_CACHE_NAMES)
+CACHED_BPE = all(os.path.exists(os.path.join(os.environ.get("TIKTOKEN_CACHE_DIR", "/nonexistent"), name))
+                 for name in chat_template.BPE_CACHE_NAMES.values())  # (bench/gpu_check.py fills one)
+HAVE_BPE = SHARED_BPE or CACHED_BPE
 ALPACA_5000 = os.path.join(SHARED, "alpaca", "alpaca_5000.json")
 SHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
 
 
 def pytest_configure(config):
     # Populate a tiktoken cache once per run and point every test (and its subprocesses) at it.
-    if HAVE_BPE and "TIKTOKEN_CACHE_DIR" not in os.environ:
-        import chat_template
-
+    if SHARED_BPE and "TIKTOKEN_CACHE_DIR" not in os.environ:
         cache = os.path.join(ROOT, ".pytest_cache", "tiktoken")
         chat_template.fill_tiktoken_cache(os.path.join(SHARED, "gpt2"), cache)
         os.environ["TIKTOKEN_CACHE_DIR"] = cache
 
 
-needs_bpe = pytest.mark.skipif(not HAVE_BPE, reason="needs ../shared/data/gpt2 (the GPT-2 BPE files)")
+needs_bpe = pytest.mark.skipif(not HAVE_BPE, reason="needs ../shared/data/gpt2 (the GPT-2 BPE files), or a filled "
+                                                    "$TIKTOKEN_CACHE_DIR")
 needs_alpaca = pytest.mark.skipif(
     not (HAVE_BPE and os.path.exists(ALPACA_5000)), reason="needs ../shared/data (GPT-2 BPE + alpaca_5000.json)"
 )

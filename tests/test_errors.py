@@ -357,9 +357,9 @@ def test_a_run_says_what_it_will_do_and_where_it_resumes(sft_data, tmp_path, cap
     assert len(positions) == 24 and 2 * positions.max() <= 64 < 3 * positions.min()
     assert f"data: {sft_data}, 24 train examples packed in 12 rows ({positions.sum() / (12 * 64):.1%} full; " \
            f"attention sdpa), 3 steps an epoch: max_iters 3 is 1.0 epochs\n" in out, out
-    assert "model: scratch (random weights); " in out and f"out_dir: {tmp_path / 'run'}/, ckpt.pt every 250 " \
-           f"steps" in out and "runtime: device cpu, dtype float32, 1 CPU thread(s), 1 process(es); loss chunked" \
-           in out, out
+    assert "model: scratch (random weights); 1.64M parameters, block_size 64; loss chunked; training" in out, out
+    assert f"out_dir: {tmp_path / 'run'}/, ckpt.pt every 250 steps" in out, out
+    assert "runtime: device cpu, dtype float32, 1 CPU thread(s), 1 process(es)\n" in out, out
     run_script("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={tmp_path / 'run'}", "--max_iters=6",
                "--init_from=resume")
     out = capsys.readouterr().out
