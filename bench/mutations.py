@@ -127,7 +127,7 @@ mutation("every epoch the same order of rows", TRAIN,
            "order = np.random.default_rng(seed).permutation(n_rows)")])
 mutation("the trainers differ by more than 70 lines (in the loader, where they may differ)", TRAIN,
          [("train_sft.py", "\ndef get_batch(split, i=None):\n",
-           "\n# one\n# two\n# three\ndef get_batch(split, i=None):\n")])
+           "\n# one\n# two\n# three\n# four\n# five\n# six\ndef get_batch(split, i=None):\n")])
 # Resume
 mutation("resume: the data loader's position is not restored", TRAIN,
          in_both_scripts('    batches_drawn.update(resumed["batches_drawn"])\n', "    pass\n"))
