@@ -84,8 +84,9 @@ wandb_log = False  # Weights & Biases (pip install wandb)
 wandb_project = "nanosft"
 wandb_run_name = ""  # '' = out_dir's name
 tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (pip install tensorboard)
-config = load_config({k: v for k, v in globals().items() if not k.startswith("_") and not k.isupper()
-                      and isinstance(v, (int, float, bool, str))}, sys.argv[1:])  # (no CONSTANTS)
+defaults = {k: v for k, v in globals().items() if not k.startswith("_") and not k.isupper()
+            and isinstance(v, (int, float, bool, str))}  # the settings above (no CONSTANTS)
+config = load_config(defaults, sys.argv[1:])
 globals().update(config)
 
 # --------------------------------------------------------------------------------------------------

@@ -140,6 +140,7 @@ def run_cli(script, *args):
     ],
     ids=["not-a-list", "missing-output", "output-not-string", "record-not-object", "input-null", "truncated"],
 )
+@needs_bpe  # the records are checked as they are tokenised: the tokenizer loads first
 def test_alpaca_bad_input_is_one_clear_error_and_no_files(tmp_path, content, expected):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
@@ -157,6 +158,7 @@ def test_alpaca_missing_input_file(tmp_path):
     assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
+@needs_bpe
 def test_alpaca_bad_jsonl_line_is_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
