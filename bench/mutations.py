@@ -197,12 +197,6 @@ mutation("world: the many-wording SFT set keeps the helper's wordings that equal
 mutation("knowledge: --reuse takes a checkpoint trained with other settings", ["tests/test_experiment_seeds.py"],
          [("experiments/knowledge.py", "for key, value in dict(settings).items()))",
            "for key, value in dict(settings).items() if False))")])
-mutation("world: the rich control text keeps the held-out entities", WORLD,
-         [("experiments/prepare_world.py", 'texts["bios_rich_control.txt"] = augmented_text(sft,',
-           'texts["bios_rich_control.txt"] = augmented_text(entities,')])
-mutation("world: the rich text has the four-phrasing text's phrasings only", WORLD,
-         [("experiments/prepare_world.py", "augmented_text(entities, rounds, rich_rng, PHRASINGS_RICH)",
-           "augmented_text(entities, rounds, rich_rng, PHRASINGS)")])
 
 
 def read(path: str) -> str:
