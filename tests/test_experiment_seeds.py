@@ -75,9 +75,10 @@ def test_the_targets_hold_only_when_every_seed_meets_them():
                    "control <= chance + 5": False,  # trained wording: 15% > 9% + 5
                    "base model, chat form <= 10%": True,
                    "end token 100%": False}  # one seed ended 99.8% of its unseen answers
-    table["sft_many_chat_unseen"] = figure(0.83, 0.60, 0.70)  # mean 71%, one seed 11 points below it
-    met = {t["target"]: t["met"] for t in knowledge_report.check_targets(table)}
-    assert met["unseen wordings >= 70%"] and not met["every seed within 10 points of the mean"]
+    for values in ((0.83, 0.60, 0.70), (0.95, 0.70, 0.68)):  # one seed 11 points below the mean; one 17 above
+        table["sft_many_chat_unseen"] = figure(*values)
+        met = {t["target"]: t["met"] for t in knowledge_report.check_targets(table)}
+        assert met["unseen wordings >= 70%"] and not met["every seed within 10 points of the mean"], values
     del table["control_many_chat_unseen"]  # a run without the figure: its target is not checked, not met
     assert "control <= chance + 5" not in {t["target"] for t in knowledge_report.check_targets(table)}
 
