@@ -156,7 +156,7 @@ def test_sft_steps_refuses_bad_flags(tmp_path, flag, message):
 
 @needs_bpe
 @pytest.mark.slow  # one tiny pretraining and four SFTs: about 30 s
-@pytest.mark.parametrize("base_flags", [[], ["--text=bios_rich", "--pretrain_steps=4"]])
+@pytest.mark.parametrize("base_flags", [[], ["--pretrain_steps=4"]])
 def test_sft_steps_trains_each_step_count_from_one_base(tmp_path, base_flags):
     result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", "--smoke",
                              "--seeds=5", "--steps=2,3", *base_flags], cwd=ROOT, capture_output=True, text=True,
@@ -173,7 +173,6 @@ def test_sft_steps_trains_each_step_count_from_one_base(tmp_path, base_flags):
             state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / f"sft_{data}_{n}")))
             assert state["iter_num"] == n and state["config"]["init_from"] == str(tmp_path / "seed_5" / "base")
     base = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / "base")))
-    text = "bios_rich" if base_flags else "bios"  # the base read the text asked for, for the steps asked for
-    assert base["config"]["data_dir"] == str(tmp_path / "seed_5" / "world" / f"{text}_text")
+    assert base["config"]["data_dir"] == str(tmp_path / "seed_5" / "world" / "bios_text")
     assert base["iter_num"] == (4 if base_flags else 6)  # (--smoke's pretraining steps: knowledge.SMOKE)
     assert "| 3 |" in (tmp_path / "results.md").read_text() and (tmp_path / "results.png").stat().st_size > 0
