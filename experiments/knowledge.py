@@ -114,6 +114,7 @@ LABELS = {
     "sft_named_chat": "SFT whose answers name the subject (\"The capital of France is Paris.\")",
 }
 
+
 def run(args: list[str], log_path: str) -> float:
     """python args..., its output into log_path. Returns the process's peak memory (resident set, MiB), from the
     kernel's accounting of that one child (Linux starts it at its parent's size; this process holds no model
@@ -186,7 +187,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the recipe: the two bases and their SFTs")
     parser.add_argument("--seed", type=int, default=1337, help="the seed of everything (with --seeds, the first)")
     parser.add_argument("--seeds", type=int, default=1, help="run with this many seeds: --seed, --seed + 1, ...")
-    parser.add_argument("--pretrain_steps", type=int, default=0, help="every base's steps (0: world_pretrain.py's)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default); 1 "
                         "is faster on a machine shared with other jobs, where waiting threads waste the cores")
     parser.add_argument("--reuse", action="store_true", help="keep the finished checkpoints already in out_dir "
@@ -206,8 +206,6 @@ def main() -> None:
     lora_ranks = [int(r) for r in ranks]
     if args.seeds < 1:
         raise errors.UserError(f"--seeds={args.seeds}: give 1 or more")
-    if args.pretrain_steps < 0:
-        raise errors.UserError(f"--pretrain_steps={args.pretrain_steps}: give 1 or more (0: the config's)")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
         torch.set_num_threads(args.threads)
@@ -259,8 +257,7 @@ def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
     for name, trainer, start, data_name, extra, _ in trainings:
         bar.set_postfix_str(name)
         ckpt = os.path.join(out, name)
-        steps = [f"--max_iters={args.pretrain_steps}"] if args.pretrain_steps and trainer == "pretrain" else []
-        overrides = extra + (SMOKE[trainer] if args.smoke else []) + steps  # (smoke steps win, given ones last)
+        overrides = extra + (SMOKE[trainer] if args.smoke else [])  # (smoke steps win)
         if not (args.reuse and finished(ckpt, seed, overrides)):
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}"]

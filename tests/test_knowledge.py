@@ -1,12 +1,12 @@
 """experiments/knowledge.py end to end.
 
 In CI (--quick: the full world and the recipe's four runs, the base and control models and their
-eighteen-wording SFTs, with the bases pretrained PRETRAIN_STEPS, not the recipe's steps, for time; about 5
-minutes on a 2-core CPU with native bf16): the pipeline runs through the real trainers, writes its results, and
-both halves of the lesson show. The format: the SFT models end their answers with <|im_end|>, the base model
-asked in the chat template does not. The knowledge: the SFT model answers questions about held-out entities far
-better than the control (the same SFT on a base that never read those entities) and than the base model in chat
-form. No smaller world or model that learns its facts in about 90 s was found: dev/LOG.md has the measurements.
+eighteen-wording SFTs; about 6 minutes on a 2-core CPU with native bf16): the pipeline runs through the real
+trainers, writes its results, and both halves of the lesson show. The format: the SFT models end their answers
+with <|im_end|>, the base model asked in the chat template does not. The knowledge: the SFT model answers
+questions about held-out entities far better than the control (the same SFT on a base that never read those
+entities) and than the base model in chat form. No smaller world or model that learns its facts in about 90 s
+was found: dev/LOG.md has the measurements.
 """
 
 import json
@@ -18,7 +18,6 @@ import pytest
 from conftest import ROOT, needs_bpe
 
 pytestmark = [needs_bpe, pytest.mark.slow]  # minutes of CPU: `python -m pytest -m slow` (CI runs it)
-PRETRAIN_STEPS = 300  # the CI's bases: a third of the recipe's, and they know their facts (99% completions)
 
 
 def run_experiment(out, *args):
@@ -32,7 +31,7 @@ def run_experiment(out, *args):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("knowledge")
-    return run_experiment(out, "--quick", f"--pretrain_steps={PRETRAIN_STEPS}"), out
+    return run_experiment(out, "--quick"), out
 
 
 def test_results_files(quick):
@@ -44,7 +43,7 @@ def test_results_files(quick):
         assert (out / name / "ckpt.pt").exists()
     heldout = json.loads((out / "world" / "heldout_qa.json").read_text())
     assert any(q["instruction"] == "What is the capital of France?" for q in heldout)
-    assert len(list((out / "answers").glob("*.jsonl"))) == 9  # base (4 forms and question sets), 2 x 2 SFTs
+    assert len(list((out / "answers").glob("*.jsonl"))) == 9  # base: 2 forms x 2 entity sets; SFTs: 2 x 2; 1
     assert "sft_chat" not in r and r["data_curve"] == []  # --quick leaves out the comparisons
     assert [t["target"] for t in r["targets"]][:2] == ["trained wording >= 80%", "unseen wordings >= 70%"]
     assert (out / "results.md").exists() and (out / "results.png").stat().st_size > 0
