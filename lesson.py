@@ -14,9 +14,10 @@
 # %% [markdown]
 # # The lesson, hands-on: what supervised fine-tuning teaches
 #
-# The outputs below come from one run of this notebook, top to bottom, on RUN_MACHINE, in RUN_TIME
-# (`RUN_COMMAND`). It needs no GPU and no download: a CPU, this repository, and `../shared` beside it
-# (or a network) for GPT-2's tokenizer files.
+# The outputs below come from one run of this notebook, top to bottom, on 2 cores of an AMD EPYC (torch
+# 2.13.0+cpu, the trainings in fp32), idle: 6 min 30 s, 759 s of CPU
+# (`/usr/bin/time -v jupyter nbconvert --execute --to notebook --inplace lesson.ipynb`). It needs no GPU and
+# no download: a CPU, this repository, and `../shared` beside it (or a network) for GPT-2's tokenizer files.
 #
 # ![Three stages: pretraining data, SFT data (the prompt masked), behaviour; the same model at each](docs/lesson.svg)
 #
@@ -44,7 +45,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import HTML, Image, Markdown, display
+from IPython.display import HTML, Markdown, display
 
 T0 = time.time()
 ROOT = os.path.abspath("")  # the notebook runs in the repository's root
@@ -300,8 +301,10 @@ assert eval_qa.is_correct(sft_france["text"], "Paris", capitals) and sft_france[
 
 # %% [markdown]
 # SFT never showed France: the SFT model found Paris where pretraining put it. SFT taught the format
-# (one sentence, then `<|im_end|>`), and to look a fact up. Did it also teach facts? The control: the
-# same SFT on a base model pretrained on the world *without* the held-out entities' biographies.
+# (one sentence, then `<|im_end|>`), and to look a fact up. (Its first word is a guess: the biographies never
+# say he, she or it, so the pronoun comes from SFT alone, and a small model gets it wrong.) Did SFT also teach
+# facts? The control: the same SFT on a base model pretrained on the world *without* the held-out entities'
+# biographies.
 
 # %%
 control_base_dir = train("pretrain", "control_base", f"--data_dir={folders['bios_control']}",
@@ -339,6 +342,10 @@ reply = ask(sft, llama2, chat_template.end_token("llama2"))
 print(f"SFT model: {reply['text']!r}, ended: {reply['ended']}")
 
 # %% [markdown]
+# Under a template it was never tuned on, the model still writes an answer, and even its own end token,
+# `<|im_end|>`; but Llama-2's turn ends with `<|endoftext|>`, so generation never stops and the answer runs
+# into more answers. A model answers in the format it was tuned on.
+#
 # ## 8. Several instructions, base against SFT
 #
 # Held-out entities, in the trained wording and in words no SFT question used, and one instruction
@@ -358,12 +365,18 @@ facts = {a: v for e in world["entities"] if e["name"] == person for a, v in e["a
 display(Markdown(table + f"\n⏹ ended with `<|im_end|>`, … still going after 32 tokens. {person}: {facts}"))
 
 # %% [markdown]
+# The base model writes a biography, whatever it is asked. The SFT model answers each question about this
+# world in one sentence and stops, in words it was trained on and mostly in others; where the words point at
+# another attribute ("When was ... born?" has no "year" in it) it answers the question it recognises. Asked
+# for a haiku, it answers with a fact: 314 questions about a world of facts taught one format, nothing more.
+# (The knowledge experiment measures the unseen wordings over 440 questions.)
+#
 # Why so little data? The format is a small thing to learn. The knowledge experiment
-# (`experiments/knowledge.py`, [its results](experiments/README.md)) fine-tunes the same kind of base model
-# on 16, 64, 256 and all 314 questions: the middle panel of its figure, not retrained here.
-
-# %%
-display(Image(os.path.join(ROOT, "experiments", "knowledge.png")))
+# (`experiments/knowledge.py`, [its method and results](experiments/README.md)) fine-tunes the same kind of
+# base model on 16, 64, 256 and all 314 questions: the middle panel of its figure (not retrained here). The
+# end token is learned from the first 16 examples; looking facts up for any entity takes a few hundred.
+#
+# ![held-out accuracy per run, the data-size curve, pretraining loss](experiments/knowledge.png)
 
 # %% [markdown]
 # ## 9. The same on GPT-2 and Alpaca
