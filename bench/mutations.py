@@ -259,12 +259,19 @@ mutation("world: the many-wording SFT set keeps the helper's wordings that equal
 mutation("knowledge: --reuse takes a checkpoint trained with other settings", ["tests/test_experiment_seeds.py"],
          [("experiments/knowledge.py", "for key, value in dict(settings).items()))",
            "for key, value in dict(settings).items() if False))")])
-mutation("world: the rich control text keeps the held-out entities", WORLD,
-         [("experiments/prepare_world.py", 'texts["bios_rich_control.txt"] = augmented_text(sft,',
-           'texts["bios_rich_control.txt"] = augmented_text(entities,')])
-mutation("world: the rich text has the four-phrasing text's phrasings only", WORLD,
-         [("experiments/prepare_world.py", "augmented_text(entities, rounds, rich_rng, PHRASINGS_RICH)",
-           "augmented_text(entities, rounds, rich_rng, PHRASINGS)")])
+mutation("knowledge: a seed far above the mean passes the spread target", ["tests/test_experiment_seeds.py"],
+         [("experiments/knowledge_report.py",
+           'spread = max(figure["max"] - figure["mean"], figure["mean"] - figure["min"])',
+           'spread = figure["mean"] - figure["min"]')])
+mutation("knowledge: a failing trainer's own error line is lost", ["tests/test_experiment_seeds.py"],
+         [("experiments/knowledge.py", "{lines[-1] if lines else '(nothing)'}", "(nothing)")])
+
+# The lesson (lesson.ipynb and its paired source lesson.py)
+mutation("lesson: lesson.py edited, the notebook not synced", ["tests/test_lesson.py"],
+         [("lesson.py", "DTYPE = \"float32\"", "DTYPE = \"auto\"")])
+mutation("lesson: a module imports the notebook's source", ["tests/test_layout.py"],
+         [("experiments/eval_qa.py", "import chat_template  # noqa: E402",
+           "import chat_template  # noqa: E402\nimport lesson  # noqa: E402, F401")])
 
 
 def read(path: str) -> str:

@@ -18,7 +18,6 @@ phrasing (each phrasing used in turn), the sentences in another order, and the f
 
     bios.txt            the pretraining text, augmented, all entities (one biography per line)
     bios_control.txt    the same without the held-out entities: a model that never saw their facts
-    bios_rich.txt, bios_rich_control.txt  the same two with ten more phrasings of every fact (PHRASINGS_RICH)
     bios_single.txt     no augmentation: one fixed biography per entity (fixed phrasing and order, the name
                         once, pronouns after), repeated as often as bios.txt repeats its rounds
     sft_qa.json         questions about the SFT entities, as prepare_alpaca.py reads them (one wording each)
@@ -114,47 +113,6 @@ PHRASINGS = {
                    "{subj} is employed as {a} {value}."],
     "employer": ["{subj} works for {value}.", "{subj} is employed by {value}.", "{subj} has a job at {value}."],
 }
-# Ten more phrasings of each attribute, for a pretraining text in the range of ways real text states a fact
-# (bios_rich.txt). Written, after the eighteen-wording result, by a separate helper session that saw the
-# attributes, PHRASINGS and these rules but no question of any set: one declarative sentence, one {value}, the
-# entity named once, no other fact. Kept here as written (every one met the rules; none repeats a phrasing above).
-# Unlike PHRASINGS, some start like another attribute's: "{subj} was born in {value}." states a city or a year.
-PHRASINGS_MORE = {
-    "capital": [
-        "{value} is the capital of {subj}.", "{value} serves as the capital of {subj}.",
-        "{subj} has its capital at {value}.", "{poss} seat of government is located in {value}.",
-        "The national capital of {subj} is the city of {value}.", "{value} is the capital city of {subj}.",
-        "{subj} has {value} as its capital.", "The government of {subj} sits in {value}.",
-        "In {subj}, the capital is {value}.", "{value} functions as the capital of {subj}.",
-    ],
-    "birth_city": [
-        "{subj} was born in the city of {value}.", "{value} is the birthplace of {subj}.",
-        "{subj} is a native of {value}.", "{poss} place of birth is {value}.", "{subj} hails from {value}.",
-        "{poss} native city is {value}.", "{value} is where {subj} was born.",
-        "{subj} first saw the light of day in {value}.", "According to records, {subj} was born in {value}.",
-        "{poss} city of birth is listed as {value}.",
-    ],
-    "birth_year": [
-        "{subj} was born in {value}.", "{subj} was born in the year {value}.", "{value} is the year {subj} was born.",
-        "{poss} birth took place in {value}.", "Records list {poss} year of birth as {value}.",
-        "The year of {poss} birth was {value}.", "{subj} entered the world in {value}.", "In {value}, {subj} was born.",
-        "{poss} date of birth falls in the year {value}.", "{subj} was born at some point in {value}.",
-    ],
-    "profession": [
-        "{subj} is {a} {value} by profession.", "{subj} is {a} {value}.", "By trade, {subj} is {a} {value}.",
-        "{poss} profession is that of {a} {value}.", "{subj} makes a living as {a} {value}.",
-        "{subj} holds a position as {a} {value}.", "{poss} occupation is listed as {value}.",
-        "{subj} pursues a career as {a} {value}.", "Professionally, {subj} is {a} {value}.",
-        "{subj} serves as {a} {value}.",
-    ],
-    "employer": [
-        "{subj} is on the staff of {value}.", "{poss} employer is {value}.", "{subj} is an employee of {value}.",
-        "{value} employs {subj}.", "{subj} works at {value}.", "{subj} is on the payroll of {value}.",
-        "{subj} holds a position at {value}.", "{subj} is currently employed at {value}.",
-        "{subj} is a member of staff at {value}.", "{value} is {poss} employer.",
-    ],
-}
-PHRASINGS_RICH = {attr: PHRASINGS[attr] + PHRASINGS_MORE[attr] for attr in PHRASINGS}
 QUESTIONS = {
     "capital": "What is the capital of {subj}?",
     "birth_city": "Where was {subj} born?",
@@ -370,9 +328,6 @@ def prepare(out_dir: str = "data/world", n_people: int = 100, heldout_fraction: 
         "bios_control.txt": augmented_text(sft, rounds, rng, PHRASINGS),
         "bios_single.txt": single_text(entities, rounds, rng),
     }
-    rich_rng = random.Random(f"{seed}:rich")  # (a generator of its own, like the wordings' below)
-    texts["bios_rich.txt"] = augmented_text(entities, rounds, rich_rng, PHRASINGS_RICH)
-    texts["bios_rich_control.txt"] = augmented_text(sft, rounds, rich_rng, PHRASINGS_RICH)
     sft_qa, heldout_qa = qa_records(sft), qa_records(heldout)
     rng.shuffle(sft_qa)  # so that any prefix (the data-size curve's subsets) mixes entities and attributes
     # (a generator of their own: the other files of a seed do not depend on them)

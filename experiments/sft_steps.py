@@ -4,15 +4,15 @@ How long to fine-tune: the knowledge experiment's held-out accuracy against the 
     python experiments/sft_steps.py                       # seeds 2001-2003, 40 to 240 steps -> out/sft_steps/
     python experiments/sft_steps.py --seeds 2001 --steps 60,120
     python experiments/sft_steps.py --data many          # the eighteen-wording SFT set's own curve
-    python experiments/sft_steps.py --text bios_rich --pretrain_steps 600 --data diverse --steps 60
+    python experiments/sft_steps.py --pretrain_steps 600 --data many --steps 120   # a base pretrained longer
 
 For each seed: the world, its data and the base model, as experiments/knowledge.py makes them (its functions,
-its configs; --text and --pretrain_steps change the base's text and steps); then each SFT set asked for (--data)
+its configs; --pretrain_steps changes the base's steps); then each SFT set asked for (--data)
 from that base at each number of steps (everything else as in experiments/configs/world_sft.py, warmup
 included), each asked the held-out questions in the trained wording and in the unseen wordings (eval_qa.py's
 scoring rule). Also the share of answers that are the reference sentence: the form SFT teaches. The default
 seeds are not knowledge.py's (1337 and up), whose figures are reported: world_sft.py's steps were chosen on these
-seeds (by earlier scratch runs; experiments/README.md, "How long to fine-tune"). Written to out_dir:
+seeds (by earlier scratch runs; dev/LOG.md). Written to out_dir:
 results.json, results.md, results.png, and each seed's world, checkpoints and logs in seed_K/.
 """
 
@@ -55,9 +55,6 @@ def main() -> None:
     parser.add_argument("--steps", default="40,60,90,120,240", help="SFT steps (max_iters) to compare")
     parser.add_argument("--data", default="all,diverse",
                         help="SFT sets, comma-separated: all (one wording), diverse (five), many (eighteen)")
-    parser.add_argument("--text", default="bios", choices=["bios", "bios_rich"],
-                        help="the base model's pretraining text: the world's biographies in 3-4 phrasings a fact, or "
-                             "the rich text's 13-14 (prepare_world.PHRASINGS_RICH)")
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="the base model's steps (0: experiments/configs/world_pretrain.py's); given, "
                              "it wins over --smoke's")
@@ -93,8 +90,8 @@ def main() -> None:
         kinds = {e["name"]: e["kind"] for e in world["entities"]}
         base = os.path.join(seed_out, "base")
         bar.set_postfix_str(f"seed {seed}: base")
-        knowledge.run(["train_pretrain.py", knowledge.PRETRAIN_CONFIG, f"--data_dir={folders[args.text]}",
-                       f"--out_dir={base}", f"--dtype={args.dtype}", f"--seed={seed}",
+        knowledge.run(["train_pretrain.py", knowledge.PRETRAIN_CONFIG, f"--data_dir={folders['bios']}",
+                       f"--out_dir={base}", "--overwrite=True", f"--dtype={args.dtype}", f"--seed={seed}",
                        *(knowledge.SMOKE["pretrain"] if args.smoke else []),
                        *([f"--max_iters={args.pretrain_steps}"] if args.pretrain_steps else [])],
                       os.path.join(logs, "base.log"))
@@ -105,7 +102,7 @@ def main() -> None:
                 bar.set_postfix_str(f"seed {seed}: {name}")
                 ckpt = os.path.join(seed_out, name)
                 knowledge.run(["train_sft.py", knowledge.SFT_CONFIG, f"--data_dir={folders[data_name]}",
-                               f"--out_dir={ckpt}", f"--init_from={base}", f"--dtype={args.dtype}",
+                               f"--out_dir={ckpt}", "--overwrite=True", f"--init_from={base}", f"--dtype={args.dtype}",
                                f"--seed={seed}", *(knowledge.SMOKE["sft"] if args.smoke else []),
                                f"--max_iters={n}"], os.path.join(logs, f"{name}.log"))
                 model = eval_qa.load(ckpt)
@@ -117,7 +114,7 @@ def main() -> None:
                                               "end_rate": r["end_rate"]})
                 bar.update(1)
     bar.close()
-    results = {"seeds": seeds, "steps": steps, "data": data_names, "text": args.text,
+    results = {"seeds": seeds, "steps": steps, "data": data_names,
                "pretrain_steps": args.pretrain_steps or None, "rows": table, "wall_s": time.time() - t0}
     knowledge.write_json(os.path.join(out, "results.json"), results)
     print(write_markdown(os.path.join(out, "results.md"), results))

@@ -24,31 +24,67 @@ def run_knowledge(*args, check=True):
 def test_seeds_below_one_are_refused(tmp_path):
     result = run_knowledge(f"--out_dir={tmp_path}", "--seeds=0", check=False)
     assert result.returncode == 2 and result.stderr.strip() == "error: --seeds=0: give 1 or more"
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--rich", "error: unrecognized arguments: --rich (see knowledge.py --help)"),
+    ("--seeds=three", "error: argument --seeds: invalid int value: 'three' (see knowledge.py --help)"),
+    ("--dtype=fp8", "error: argument --dtype: invalid choice: 'fp8' (choose from ")])
+def test_a_bad_flag_is_one_error_line_and_exit_2(monkeypatch, capsys, flag, message):
+    import knowledge
+
+    monkeypatch.setattr(sys, "argv", ["knowledge.py", flag])
+    with pytest.raises(SystemExit) as stopped:
+        knowledge.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_a_failing_run_stops_with_its_last_line(tmp_path):
+    """A trainer that fails (here a stand-in that says what is wrong, as ours do) stops the experiment with one
+    line: the command, the trainer's own last line, and where its whole output is."""
+    import errors
+    import knowledge
+
+    log = tmp_path / "run.log"
+    with pytest.raises(errors.UserError) as stopped:
+        knowledge.run(["-c", "print('step 1'); import sys; sys.exit('error: --batch_size=0: give 1 or more')"],
+                      str(log))
+    assert str(stopped.value).endswith(f"failed, ending with: error: --batch_size=0: give 1 or more (its whole "
+                                       f"output: {log})")
+    assert "\n" not in str(stopped.value)
+
+
+def test_the_targets_hold_only_when_every_seed_meets_them():
+    """knowledge_report.check_targets on hand-written figures (mean, min, max over three seeds)."""
+    import knowledge_report
+
+    def figure(*values):
+        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+
+    table = {"chance": figure(0.09, 0.09, 0.09), "sft_many_chat": figure(0.85, 0.90, 0.80),
+             "sft_many_chat_unseen": figure(0.80, 0.62, 0.70), "control_many_chat": figure(0.10, 0.15, 0.20),
+             "control_many_chat_unseen": figure(0.01, 0.02, 0.03), "base_chat": figure(0.0, 0.05, 0.10),
+             "sft_many_chat end-token rate": figure(1.0, 1.0, 1.0),
+             "sft_many_chat_unseen end-token rate": figure(1.0, 0.998, 1.0)}
+    met = {t["target"]: t["met"] for t in knowledge_report.check_targets(table)}
+    assert met == {"trained wording >= 80%": True,  # mean 85%
+                   "unseen wordings >= 70%": True,  # mean 70.7%
+                   "every seed within 10 points of the mean": True,  # unseen: 62 is 8.7 below
+                   "control <= chance + 5": False,  # trained wording: 15% > 9% + 5
+                   "base model, chat form <= 10%": True,
+                   "end token 100%": False}  # one seed ended 99.8% of its unseen answers
+    for values in ((0.83, 0.60, 0.70), (0.95, 0.70, 0.68)):  # one seed 11 points below the mean; one 17 above
+        table["sft_many_chat_unseen"] = figure(*values)
+        met = {t["target"]: t["met"] for t in knowledge_report.check_targets(table)}
+        assert met["unseen wordings >= 70%"] and not met["every seed within 10 points of the mean"], values
+    del table["control_many_chat_unseen"]  # a run without the figure: its target is not checked, not met
+    assert "control <= chance + 5" not in {t["target"] for t in knowledge_report.check_targets(table)}
 
 
 @needs_bpe
-@pytest.mark.slow  # a tiny experiment of 14 trainings: about 60 s
-def test_rich_runs_pretrain_on_the_rich_texts_and_sft_from_those_bases(tmp_path):
-    run_knowledge(f"--out_dir={tmp_path}", "--smoke", "--quick", "--rich", "--seed=5")
-    import checkpoint
-
-    def config(name):
-        return checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / name)))["config"]
-
-    for base, text in (("base_rich", "bios_rich"), ("control_base_rich", "bios_rich_control")):
-        assert config(base)["data_dir"] == str(tmp_path / "world" / f"{text}_text")
-    for name, base, data in (("sft_rich", "base_rich", "all"), ("control_sft_rich_diverse", "control_base_rich",
-                                                                "diverse"), ("sft_rich_many", "base_rich", "many")):
-        assert (config(name)["init_from"], config(name)["data_dir"]) == (
-            str(tmp_path / base), str(tmp_path / "world" / f"sft_{data}"))
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert {"base_rich_completion", "base_rich_chat", "sft_rich_diverse_chat_unseen",
-            "control_rich_many_chat"} <= set(results)
-    assert "sft_many_chat" not in results  # --quick still leaves out the full run's rows
-
-
-@needs_bpe
-@pytest.mark.slow  # three tiny experiments of 6 trainings each: 125 s on 2 shared CPU cores
+@pytest.mark.slow  # three tiny experiments of 4 trainings each: about 90 s on 2 shared CPU cores
 def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
     run_knowledge(f"--out_dir={tmp_path / 'two'}", "--smoke", "--quick", "--seeds=2", "--seed=5")
     run_knowledge(f"--out_dir={tmp_path / 'one'}", "--smoke", "--quick", "--seeds=1", "--seed=6")
@@ -56,20 +92,21 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
     single = json.loads((tmp_path / "one" / "results.json").read_text())
     per_seed = {seed: json.loads((tmp_path / "two" / f"seed_{seed}" / "results.json").read_text()) for seed in (5, 6)}
     assert several["seeds"] == [5, 6] and single["seed"] == 6
-    drop = ("wall_s", "base_ckpt", "sft_ckpt", "heldout_qa")  # times and paths differ, nothing else may
+    drop = ("wall_s",)  # times differ, nothing else may
     assert {k: v for k, v in per_seed[6].items() if k not in drop} == {k: v for k, v in single.items() if k not in drop}
     for answers in (tmp_path / "one" / "answers").glob("*.jsonl"):
         assert answers.read_text() == (tmp_path / "two" / "seed_6" / "answers" / answers.name).read_text()
     # the aggregate holds each seed's figures as they are, the mean among them
-    import knowledge
+    import knowledge_report
     import prepare_world
 
-    assert {name: figure["values"][1] for name, figure in several["figures"].items()} == knowledge.figures(single)
+    assert {name: figure["values"][1] for name, figure in several["figures"].items()} == knowledge_report.figures(
+        single)
     for figure in several["figures"].values():
         assert figure["min"] <= figure["mean"] <= figure["max"]
-    pooled = several["pooled"]["by_wording"]["sft_diverse_chat_unseen"]
+    pooled = several["pooled"]["by_wording"]["sft_many_chat_unseen"]
     for wording in prepare_world.QUESTIONS_UNSEEN["capital"]:  # (every smoke world has its countries)
-        assert pooled[wording] == [sum(per_seed[seed]["by_wording"]["sft_diverse_chat_unseen"][wording][i]
+        assert pooled[wording] == [sum(per_seed[seed]["by_wording"]["sft_many_chat_unseen"][wording][i]
                                        for seed in (5, 6)) for i in (0, 1)]
     assert "| {subj}: what is its capital? |" in (tmp_path / "two" / "results.md").read_text()
     # every seed-dependent part got its seed: the SFT data's split and each trainer (a run that ignored it
@@ -79,7 +116,7 @@ def test_one_seed_of_several_is_the_single_run_with_that_seed(tmp_path):
     for seed in (5, 6):
         run_dir = tmp_path / "two" / f"seed_{seed}"
         assert json.loads((run_dir / "world" / "sft_all" / "meta.json").read_text())["seed"] == seed
-        for name in ("base", "control_base", "sft", "control_sft", "sft_diverse", "control_sft_diverse"):
+        for name in ("base", "control_base", "sft_many", "control_sft_many"):
             state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(run_dir / name)))
             assert state["config"]["seed"] == seed, (seed, name)
     # and the seed matters: another world, other losses
@@ -119,7 +156,7 @@ def test_sft_steps_refuses_bad_flags(tmp_path, flag, message):
 
 @needs_bpe
 @pytest.mark.slow  # one tiny pretraining and four SFTs: about 30 s
-@pytest.mark.parametrize("base_flags", [[], ["--text=bios_rich", "--pretrain_steps=4"]])
+@pytest.mark.parametrize("base_flags", [[], ["--pretrain_steps=4"]])
 def test_sft_steps_trains_each_step_count_from_one_base(tmp_path, base_flags):
     result = subprocess.run([sys.executable, "experiments/sft_steps.py", f"--out_dir={tmp_path}", "--smoke",
                              "--seeds=5", "--steps=2,3", *base_flags], cwd=ROOT, capture_output=True, text=True,
@@ -136,7 +173,6 @@ def test_sft_steps_trains_each_step_count_from_one_base(tmp_path, base_flags):
             state = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / f"sft_{data}_{n}")))
             assert state["iter_num"] == n and state["config"]["init_from"] == str(tmp_path / "seed_5" / "base")
     base = checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path / "seed_5" / "base")))
-    text = "bios_rich" if base_flags else "bios"  # the base read the text asked for, for the steps asked for
-    assert base["config"]["data_dir"] == str(tmp_path / "seed_5" / "world" / f"{text}_text")
+    assert base["config"]["data_dir"] == str(tmp_path / "seed_5" / "world" / "bios_text")
     assert base["iter_num"] == (4 if base_flags else 6)  # (--smoke's pretraining steps: knowledge.SMOKE)
     assert "| 3 |" in (tmp_path / "results.md").read_text() and (tmp_path / "results.png").stat().st_size > 0

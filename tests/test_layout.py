@@ -14,9 +14,10 @@ LAYERS = [
     ("model and data", ["model", "hf_checkpoint", "lora", "data", "configurator", "records", "record_files"]),
     ("the trainers' plumbing", ["checkpoint", "metrics"]),
     ("scripts", ["train_pretrain", "train_sft", "sample", "export_hf", "prepare_alpaca", "prepare_text", "plot"]),
-    ("experiments and benchmarks", ["experiments/knowledge", "experiments/eval_qa", "experiments/prepare_world",
-                                    "experiments/alpaca_chats", "experiments/sft_steps", "bench/bench",
-                                    "bench/mutations", "bench/gpu_check"]),
+    ("experiments and benchmarks", ["experiments/knowledge", "experiments/knowledge_report", "experiments/eval_qa",
+                                    "experiments/prepare_world", "experiments/alpaca_chats", "experiments/sft_steps",
+                                    "bench/bench", "bench/mutations", "bench/gpu_check"]),
+    ("the lesson (a leaf: nothing imports it)", ["lesson"]),  # lesson.py, the notebook's paired source
 ]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 BY_MODULE = {name.split("/")[-1]: name for name in LAYER}  # the name an import statement uses

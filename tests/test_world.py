@@ -134,43 +134,11 @@ def test_augmentation_states_each_fact_in_several_phrasings_with_the_full_name(w
     assert f"{person['name']} was born in {city}." in fixed[0]
 
 
-def test_the_helpers_phrasings_keep_the_rules_it_was_given():
-    """PHRASINGS_MORE, written by a helper session: one declarative sentence stating one fact, the value once,
-    the entity once (as a subject or a possessive), none a copy of an existing phrasing."""
-    for attr, phrasings in prepare_world.PHRASINGS_MORE.items():
-        assert len(phrasings) == 10 and len(set(phrasings)) == 10
-        assert prepare_world.PHRASINGS_RICH[attr] == prepare_world.PHRASINGS[attr] + phrasings
-        for p in phrasings:
-            assert p not in prepare_world.PHRASINGS[attr]
-            assert p.endswith(".") and p.count(".") == 1 and "?" not in p, p
-            assert p.count("{value}") == 1 and p.count("{subj}") + p.count("{poss}") == 1, p
-            assert set(re.findall(r"{(\w+)}", p)) <= {"subj", "poss", "value", "a"}, p
-
-
-def test_the_rich_texts_state_every_fact_in_the_new_phrasings_too(tmp_path):
-    """bios_rich.txt: every fact in each of its thirteen or fourteen phrasings once there are as many rounds
-    (spelled out by hand for one person); bios_rich_control.txt: none of the held-out entities."""
-    prepare_world.prepare(str(tmp_path), n_people=20, rounds=14, seed=5)
-    rich = (tmp_path / "bios_rich.txt").read_text(encoding="utf-8")
-    control = (tmp_path / "bios_rich_control.txt").read_text(encoding="utf-8")
-    world = read(tmp_path / "world.json")
-    person = next(e for e in world["entities"] if e["kind"] != "country")
-    name, year = person["name"], person["attributes"]["birth_year"]
-    for sentence in (f"{name}'s birth year is {year}.", f"{name} was born in {year}.", f"In {year}, {name} was born.",
-                     f"{name} came into the world in {year}.", f"{name}'s date of birth falls in the year {year}."):
-        assert sentence in rich
-    lines = [line for line in rich.splitlines() if name in line]
-    assert len(lines) == 14 and all(line.count(name) == 4 for line in lines)  # a biography a round, name in each
-    for e in world["entities"]:
-        assert (re.search(rf"\b{e['name']}\b", control) is None) == (e["split"] == "heldout"), e["name"]
-    assert "?" not in rich  # statements only: no question of any SFT or unseen set is in the pretraining text
-
-
 def test_generation_is_deterministic_for_a_seed(tmp_path):
     for name in ("a", "b", "c"):
         prepare_world.prepare(str(tmp_path / name), n_people=30, rounds=4, seed=11 if name != "c" else 12)
-    for filename in ("bios.txt", "bios_control.txt", "bios_single.txt", "bios_rich.txt", "bios_rich_control.txt",
-                     "sft_qa.json", "heldout_qa.json", "world.json"):
+    for filename in ("bios.txt", "bios_control.txt", "bios_single.txt", "sft_qa.json", "heldout_qa.json",
+                     "world.json"):
         assert (tmp_path / "a" / filename).read_bytes() == (tmp_path / "b" / filename).read_bytes()
     assert (tmp_path / "a" / "bios.txt").read_bytes() != (tmp_path / "c" / "bios.txt").read_bytes()
 
@@ -191,7 +159,7 @@ def test_each_seed_draws_from_generators_no_other_seed_uses(tmp_path, monkeypatc
         used.clear()
         prepare_world.prepare(str(tmp_path / str(seed)), n_people=10, rounds=2, seed=seed)
         streams[seed] = set(used)
-        assert len(streams[seed]) == len(used) == 5  # the world, the texts, the rich texts, two sets' wordings
+        assert len(streams[seed]) == len(used) == 4  # the world, the texts, two sets' wordings
     assert not streams[11] & streams[12]
 
 
@@ -244,13 +212,13 @@ def test_by_wording_counts_right_answers_per_question_wording():
 
 
 def test_seeds_pool_counts_by_summing_them():
-    import knowledge
+    import knowledge_report
 
     seeds = [{"by_wording": {"sft_chat_unseen": {"When was {subj} born?": [0, 5], "What is {poss} job?": [4, 5]}},
               "answer_forms": {"sft_chat": {"pronoun_errors": {"female": [3, 4], "male": [0, 6]}}}},
              {"by_wording": {"sft_chat_unseen": {"When was {subj} born?": [1, 5], "What is {poss} job?": [5, 5]}},
               "answer_forms": {"sft_chat": {"pronoun_errors": {"female": [1, 6], "male": [2, 4]}}}}]
-    assert knowledge.pooled(seeds) == {
+    assert knowledge_report.pooled(seeds) == {
         "by_wording": {"sft_chat_unseen": {"When was {subj} born?": [1, 10], "What is {poss} job?": [9, 10]}},
         "pronoun_errors": {"sft_chat": {"female": [4, 10], "male": [2, 10]}}}
 
