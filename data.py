@@ -103,11 +103,15 @@ def prepare_on_demand(data_dir: str, default_dir: str, script: str, runtime: "Ru
         if os.path.normpath(data_dir) != os.path.normpath(default_dir):
             raise UserError(f"data_dir={data_dir} holds no prepared data (meta.json): prepare it with "
                             f"`python {script} --out_dir {data_dir}`, or leave data_dir at its default")
+        said_why = False
         if runtime.local_rank == 0:  # once per machine: nodes need not share a filesystem
             print(f"prepared data not found; running: python {script} --out_dir {data_dir}")
             here = os.path.dirname(os.path.abspath(__file__))
-            subprocess.run([sys.executable, os.path.join(here, script), "--out_dir", data_dir])  # says why itself
+            child = subprocess.run([sys.executable, os.path.join(here, script), "--out_dir", data_dir])
+            said_why = child.returncode == 2  # its one error: line is above; a second would only repeat it
         runtime.barrier()  # reached on failure too, or the other processes would wait here forever
+        if said_why:
+            raise SystemExit(2)
         if not os.path.exists(os.path.join(data_dir, "meta.json")):
             raise UserError(f"python {script} --out_dir {data_dir} failed (its message is above); fix that and "
                             f"run again")

@@ -56,7 +56,6 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
     """Download url to path (cached, resumable, verified, atomic). Returns path."""
     if os.path.exists(path):
         return path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".incomplete"
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
     # Byte offsets must mean the same thing in every request, so no transparent compression.
@@ -88,6 +87,7 @@ def download(url: str, path: str, sha256: str | None = None, desc: str | None = 
                 os.remove(partial)
                 raise DownloadError(f"{url} resumed at the wrong offset; the partial file was removed, run again")
             total = int(response.headers.get("Content-Length", 0)) + have or None
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # only now: no empty folder
             with open(partial, "ab" if have else "wb") as f, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=desc or os.path.basename(path),

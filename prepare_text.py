@@ -79,7 +79,7 @@ def prepare(
     }
     data.write_prepared(out_dir, {"train.bin": train_ids, "val.bin": val_ids}, meta)  # meta.json last
 
-    print(f"read {len(text):,} characters from {source}")
+    print(f"read {len(text):,} characters from {path}")  # (a download is read from where it was saved)
     print(f"train: {len(train_ids):,} tokens, val: {len(val_ids):,} tokens")
     print(f"wrote {os.path.join(out_dir, 'train.bin')}, val.bin and meta.json")
     return meta

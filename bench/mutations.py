@@ -176,6 +176,12 @@ mutation("the Jinja chat template drifts from _segments (a space after ChatML's 
 mutation("the checkpoint writer drops a field (data_dir)", TRAIN,
          [("checkpoint.py", '"script": script, "data_dir": data_dir, "iter_num": iter_num,',
            '"script": script, "iter_num": iter_num,')])
+mutation("a failed download of the default data leaves an empty data folder", TRAIN,
+         [("download.py", '    partial = path + ".incomplete"\n',
+           '    partial = path + ".incomplete"\n'
+           '    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)\n')])
+mutation("a failed prepare on demand says so twice", TRAIN,
+         [("data.py", "said_why = child.returncode == 2", "said_why = False")])
 
 # LoRA
 LORA = ["tests/test_lora.py"]
