@@ -221,6 +221,9 @@ def check_resume(checkpoint: dict, config: dict, world_size: int, script: str) -
         raise UserError(f"{where} was written by {checkpoint['script']}, not {script}: continue it with "
                         f"`python {checkpoint['script']} ... --init_from=resume`, or start a new run from it "
                         f"with --init_from={config['out_dir']} and another --out_dir")
+    if checkpoint["iter_num"] >= config["max_iters"] and not config["eval_only"]:
+        raise UserError(f"{where} has reached step {checkpoint['iter_num']} and max_iters={config['max_iters']}: "
+                        f"nothing is left to train; raise --max_iters to train on (--eval_only=True evaluates it)")
     saved = (run["batch_size"], run["gradient_accumulation_steps"], len(checkpoint["rng_state"]))
     if saved != (config["batch_size"], config["gradient_accumulation_steps"], world_size):
         raise UserError(f"resume: the run used batch_size, gradient_accumulation_steps, processes = {saved}; "

@@ -34,12 +34,10 @@
 
 # %%
 import contextlib
-import hashlib
 import html
 import io
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -52,21 +50,16 @@ ROOT = os.path.abspath("")  # the notebook runs in the repository's root
 sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments")]
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
-# Offline, tiktoken finds GPT-2's BPE files in its cache, named by the SHA-1 of their URL (README.md, "The
-# no-GPU path"). Fill one from ../shared when it is there; with a network, tiktoken downloads them itself.
-if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(os.path.join(SHARED, "gpt2")):
-    os.environ["TIKTOKEN_CACHE_DIR"] = os.path.join(ROOT, "out", "tiktoken")
-    os.makedirs(os.environ["TIKTOKEN_CACHE_DIR"], exist_ok=True)
-    for name in ("vocab.bpe", "encoder.json"):
-        url = f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}"
-        cached = os.path.join(os.environ["TIKTOKEN_CACHE_DIR"], hashlib.sha1(url.encode()).hexdigest())
-        if not os.path.exists(cached):
-            shutil.copy(os.path.join(SHARED, "gpt2", name), cached)
-
 import chat_template  # noqa: E402  (the project's modules, from its root)
 import errors  # noqa: E402
 import eval_qa  # noqa: E402  (experiments/)
 import knowledge  # noqa: E402
+
+# Offline, tiktoken finds GPT-2's BPE files in its cache (docs/GUIDE.md, "Offline use"): fill one from
+# ../shared when it is there. With a network, tiktoken downloads them itself.
+if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(os.path.join(SHARED, "gpt2")):
+    os.environ["TIKTOKEN_CACHE_DIR"] = os.path.join(ROOT, "out", "tiktoken")
+    chat_template.fill_tiktoken_cache(os.path.join(SHARED, "gpt2"), os.environ["TIKTOKEN_CACHE_DIR"])
 
 SEED = 1337  # the world, the split and every training: another seed, another world
 DTYPE = "float32"  # the same arithmetic on every CPU ("auto" is faster where the CPU has native bf16)
@@ -84,7 +77,7 @@ def train(trainer: str, name: str, *settings: str) -> str:
     out_dir = os.path.join(OUT, name)
     command = [f"train_{trainer}.py", config, f"--out_dir={out_dir}", "--overwrite=True", f"--seed={SEED}",
                f"--dtype={DTYPE}", *settings]
-    print("python " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in command))
+    print("python " + " ".join(c.replace(ROOT + os.sep, "") for c in command))  # (paths from the root)
     t0 = time.time()
     knowledge.run(command, os.path.join(OUT, f"{name}.log"))
     print(f"  done in {time.time() - t0:.0f} s")
@@ -120,7 +113,8 @@ print(next(b for b in bios if "France" in b))
 print(next(b for b in bios if heldout[-1] in b))
 sft_text = json.dumps(qa["sft"])
 assert "France" not in sft_text and "Paris" not in sft_text  # no SFT question or answer mentions France
-print(f"SFT data: {len(qa['sft'])} questions about the other entities; no word of France in it")
+print(f"SFT data: {len(qa['sft'])} questions about the other entities ({knowledge.SFT_VAL} kept for the "
+      f"validation loss, {len(qa['sft']) - knowledge.SFT_VAL} to train on); no word of France in it")
 
 # %% [markdown]
 # Pretraining: `train_pretrain.py`, the project's trainer, on those biographies, from scratch (4 layers,
@@ -273,7 +267,9 @@ print(f"an SFT example: {sum(label != -100 for label in labels[1:])} targets, lo
       "(the answer and <|im_end|>: new to it)")
 
 # %% [markdown]
-# Now SFT: `train_sft.py` from the base model, on the SFT questions, for 60 steps of 16 questions.
+# Now SFT: `train_sft.py` from the base model, on the SFT questions, for 60 steps of 16 questions. (The
+# experiment's recipe, in the README's table, pretrains 900 steps and asks each question in eighteen
+# wordings for 120 steps, to answer wordings it never saw; here, the simplest: one wording.)
 
 # %%
 sft_dir = train("sft", "sft", f"--init_from={base_dir}", f"--data_dir={folders['all']}", "--log_interval=1")
@@ -390,7 +386,7 @@ try:
     gpt2 = eval_qa.load("gpt2")
 except errors.UserError as e:
     gpt2 = None
-    print(f"skipped: GPT-2's weights could not be had here ({str(e)[:120]}...)")
+    print(f"skipped: GPT-2's weights could not be had here:\n{e}")
 if gpt2 is not None:
     print("GPT-2:", repr(ask(gpt2, enc.encode_ordinary("The capital of France is"), eval_qa.NEWLINE)["text"]))
     haiku = chat_prompt("Write a haiku about machine learning.")

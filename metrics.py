@@ -3,7 +3,7 @@ A run's metrics: out_dir/metrics.jsonl, one JSON record a line, which plot.py dr
 Weights & Biases or TensorBoard when a run asks for them (wandb_log, tensorboard_log: optional packages).
 
     {"iter": 10, "loss": 2.31, "lr": 0.001, "time_s": 4.2, "tokens": ..., "tokens_per_s": ..., "targets_per_s": ...}
-    {"iter": 0, "train_loss": 10.9, "val_loss": 10.9}                                 (an evaluation)
+    {"iter": 0, "train_loss": 10.9, "val_loss": 10.9, "eval_s": 1.3}                  (an evaluation)
 
 A new run starts the file afresh. A resumed run keeps what was logged up to the step it resumes from and
 appends after it: the steps after it run again, and a curve must not hold them twice.

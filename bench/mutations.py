@@ -182,6 +182,9 @@ mutation("a failed download of the default data leaves an empty data folder", TR
            '    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)\n')])
 mutation("a failed prepare on demand says so twice", TRAIN,
          [("data.py", "said_why = child.returncode == 2", "said_why = False")])
+mutation("a resume with nothing left to train ends silently", ERRORS,
+         [("checkpoint.py", 'if checkpoint["iter_num"] >= config["max_iters"] and not config["eval_only"]:',
+           "if False:")])
 
 # LoRA
 LORA = ["tests/test_lora.py"]

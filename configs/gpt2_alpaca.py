@@ -12,7 +12,7 @@
 # is ~1.5 GB; at every evaluation they would be a good part of a 2-minute run), and on Ctrl-C or SIGTERM
 # the step reached; an interrupted run loses at most the steps since the last one (none when stopped by a
 # signal). best.pt (the model alone) follows the best val loss.
-# Speed and memory on one GPU: BENCHMARKS.md ("GPU"), measured with `python bench/bench.py --only h`.
+# Speed and memory on one GPU: `python bench/bench.py --only h` measures them (BENCHMARKS.md, "GPU").
 # For a better model: --init_from=gpt2-medium (355M), and if memory runs out --batch_size=6
 # --gradient_accumulation_steps=2 (the same 12 rows a step).
 out_dir = "out/gpt2_alpaca"

@@ -187,8 +187,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the recipe: the two bases and their SFTs")
     parser.add_argument("--seed", type=int, default=1337, help="the seed of everything (with --seeds, the first)")
     parser.add_argument("--seeds", type=int, default=1, help="run with this many seeds: --seed, --seed + 1, ...")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default); 1 "
-                        "is faster on a machine shared with other jobs, where waiting threads waste the cores")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0: each trainer takes the "
+                        "cores idle at its start, as the trainers do)")
     parser.add_argument("--reuse", action="store_true", help="keep the finished checkpoints already in out_dir "
                         "(a run interrupted, or new evaluations only); wall_s then counts only this invocation")
     parser.add_argument("--dtype", default="auto", choices=["auto", *common.DTYPES],
@@ -262,7 +262,7 @@ def run_seed(args, seed: int, out: str, lora_ranks: list[int]) -> dict:
             command = ([f"train_{trainer}.py", PRETRAIN_CONFIG if trainer == "pretrain" else SFT_CONFIG,
                         f"--data_dir={folders[data_name]}", f"--out_dir={ckpt}", "--overwrite=True"]
                        + ([f"--init_from={os.path.join(out, start)}"] if start else []) + [f"--dtype={args.dtype}"]
-                       + [f"--seed={seed}"] + overrides)
+                       + [f"--seed={seed}", f"--threads={args.threads}"] + overrides)
             peaks[name] = run(command, os.path.join(logs, f"{name}.log"))
             write_json(peaks_file, peaks)
         bar.update(1)

@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="the base model's steps (0: experiments/configs/world_pretrain.py's); given, "
                              "it wins over --smoke's")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0: the idle cores)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it)")
     parser.add_argument("--smoke", action="store_true",
@@ -92,6 +92,7 @@ def main() -> None:
         bar.set_postfix_str(f"seed {seed}: base")
         knowledge.run(["train_pretrain.py", knowledge.PRETRAIN_CONFIG, f"--data_dir={folders['bios']}",
                        f"--out_dir={base}", "--overwrite=True", f"--dtype={args.dtype}", f"--seed={seed}",
+                       f"--threads={args.threads}",
                        *(knowledge.SMOKE["pretrain"] if args.smoke else []),
                        *([f"--max_iters={args.pretrain_steps}"] if args.pretrain_steps else [])],
                       os.path.join(logs, "base.log"))
@@ -103,7 +104,8 @@ def main() -> None:
                 ckpt = os.path.join(seed_out, name)
                 knowledge.run(["train_sft.py", knowledge.SFT_CONFIG, f"--data_dir={folders[data_name]}",
                                f"--out_dir={ckpt}", "--overwrite=True", f"--init_from={base}", f"--dtype={args.dtype}",
-                               f"--seed={seed}", *(knowledge.SMOKE["sft"] if args.smoke else []),
+                               f"--seed={seed}", f"--threads={args.threads}",
+                               *(knowledge.SMOKE["sft"] if args.smoke else []),
                                f"--max_iters={n}"], os.path.join(logs, f"{name}.log"))
                 model = eval_qa.load(ckpt)
                 for sft_data, split, row in rows:

@@ -17,6 +17,9 @@ def test_the_docs_keep_their_caps():
     caps = {"README.md": 14_000, "experiments/README.md": 15_000, "dev/LOG.md": 32_000}
     sizes = {name: os.path.getsize(os.path.join(ROOT, name)) for name in caps}
     assert all(sizes[name] <= cap for name, cap in caps.items()), sizes
+    for name in ("README.md", "experiments/README.md"):  # and no figure left to fill in
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            assert "{{" not in f.read(), f"{name} holds a placeholder"
 
 
 def test_ci_runs_the_readmes_set_up_and_test_commands():

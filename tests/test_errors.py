@@ -295,6 +295,9 @@ def test_resume_refuses_another_trainer_context_window_or_data(finished_sft_run,
     assert line == (f"error: resume: {run}/ckpt.pt was written by train_sft.py, not train_pretrain.py: continue "
                     f"it with `python train_sft.py ... --init_from=resume`, or start a new run from it with "
                     f"--init_from={run} and another --out_dir")
+    line = user_error(capsys, run_script, "train_sft.py", *args[:2], "--max_iters=1", f"--data_dir={data_dir}")
+    assert line == (f"error: resume: {run}/ckpt.pt has reached step 1 and max_iters=1: nothing is left to train; "
+                    f"raise --max_iters to train on (--eval_only=True evaluates it)")
     line = user_error(capsys, run_script, "train_sft.py", *args, f"--data_dir={data_dir}", "--block_size=32")
     assert line == (f"error: block_size=32, but the model from {run}/ckpt.pt, step 1 (began from scratch) has a "
                     f"context window of 64: a loaded model keeps its own (leave block_size at 0)")

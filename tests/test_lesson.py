@@ -43,7 +43,7 @@ def test_the_pair_check_sees_a_drift(tmp_path):
 
 
 @needs_bpe
-@pytest.mark.slow  # two small pretrainings and two SFTs in fp32: about 7 minutes on 2 idle cores (BENCHMARKS.md)
+@pytest.mark.slow  # two small pretrainings and two SFTs in fp32: about 6 minutes on 2 idle cores (its first cell)
 def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     """Executed as a user would (a Python kernel, the repository's root as its folder, its files in a scratch
     folder): any error fails it, the notebook's own asserts included (the SFT model's held-out accuracy >= 70%,

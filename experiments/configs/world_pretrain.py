@@ -5,8 +5,8 @@
 # GPT-2's tokenizer makes the output layer (50304 x n_embd) most of the compute of a model this small, so the
 # model is narrow, and the context only a little longer than a biography (45 tokens at most). The learning rate
 # was chosen by measurement on a 2-core CPU. The steps: 300 complete ~99% of the facts, but SFT then looks up
-# fewer of them in unseen words; 900 is issue 39's candidate (450, picked on development seeds to save time,
-# missed two targets on the reported seeds): experiments/README.md.
+# fewer of them in unseen words; 900 reach every accuracy target (450, picked on development seeds to save
+# time, missed two on the reported seeds): experiments/README.md, "How the recipe was chosen".
 out_dir = "out/knowledge/base"
 init_from = "scratch"
 data_dir = "data/world/text"

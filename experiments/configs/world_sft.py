@@ -6,7 +6,7 @@
 # SFT teaches the format (answer after the assistant header, one sentence, then <|im_end|>) and to look the
 # asked-about entity's fact up, which takes a few hundred examples (experiments/README.md, data-size curve).
 # Three epochs, not more: longer SFT polishes the sentence, and by 240 steps looks up fewer of the facts it
-# never trained on (chosen on seeds that no reported figure uses; experiments/README.md, "How long to fine-tune").
+# never trained on (chosen on seeds that no reported figure uses; experiments/README.md, "How the recipe was chosen").
 out_dir = "out/knowledge/sft"
 init_from = "out/knowledge/base"
 data_dir = "data/world/sft"
