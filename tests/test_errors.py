@@ -156,16 +156,16 @@ def test_resuming_a_lora_run_without_its_settings_and_the_reverse(sft_data, tmp_
     run_script("train_sft.py", *common_args, f"--out_dir={full_run}")
     capsys.readouterr()
     before = tree(tmp_path)
-    line = user_error(capsys, run_script, "train_sft.py", *common_args, f"--out_dir={lora_run}", "--init_from=resume")
+    resume = [f"--data_dir={sft_data}", "--max_iters=2", "--init_from=resume"]  # one step left to train
+    line = user_error(capsys, run_script, "train_sft.py", *resume, f"--out_dir={lora_run}")
     assert line == ("error: resume: the run was trained with --lora_rank=4 --lora_alpha=16.0 "
                     "--lora_targets=c_attn,c_proj,c_fc --lora_dropout=0.0; resume it with the same settings")
-    line = user_error(capsys, run_script, "train_sft.py", *common_args, f"--out_dir={full_run}", "--init_from=resume",
-                      "--lora_rank=4")
+    line = user_error(capsys, run_script, "train_sft.py", *resume, f"--out_dir={full_run}", "--lora_rank=4")
     assert line == ("error: resume: the run trained every weight (lora_rank=0), not LoRA adapters; resume it "
                     "without --lora_rank=4")
     assert tree(tmp_path) == before
     # the same layers spelled another way are the same settings
-    run_script("train_sft.py", *common_args, f"--out_dir={lora_run}", "--init_from=resume", "--lora_rank=4",
+    run_script("train_sft.py", *resume, f"--out_dir={lora_run}", "--lora_rank=4",
                "--lora_targets=attn.c_attn,mlp.c_fc,c_proj")
 
 
