@@ -15,7 +15,7 @@
 # # The lesson, hands-on: what supervised fine-tuning teaches
 #
 # The outputs below come from one run of this notebook, top to bottom, on 2 cores of an AMD EPYC (torch
-# 2.13.0+cpu, the trainings in fp32), idle: 6 min 15 s, 730 s of CPU
+# 2.13.0+cpu, the trainings in fp32), idle: 6 min 7 s, 715 s of CPU
 # (`/usr/bin/time -v jupyter nbconvert --execute --to notebook --inplace lesson.ipynb`). It needs no GPU and
 # no download: a CPU, this repository, and `../shared` beside it (or a network) for GPT-2's tokenizer files.
 #
