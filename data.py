@@ -110,9 +110,9 @@ def prepare_on_demand(data_dir: str, default_dir: str, script: str, runtime: "Ru
             child = subprocess.run([sys.executable, os.path.join(here, script), "--out_dir", data_dir])
             said_why = child.returncode == 2  # its one error: line is above; a second would only repeat it
         runtime.barrier()  # reached on failure too, or the other processes would wait here forever
-        if said_why:
-            raise SystemExit(2)
         if not os.path.exists(os.path.join(data_dir, "meta.json")):
+            if said_why or runtime.local_rank != 0:  # said once, by the child or by local rank 0
+                raise SystemExit(2)
             raise UserError(f"python {script} --out_dir {data_dir} failed (its message is above); fix that and "
                             f"run again")
     meta = read_meta(data_dir)

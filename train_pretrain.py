@@ -343,7 +343,7 @@ try:
         if stop.requested():
             break
     pbar.close()
-    if stop.received:  # the step reached, saved: --init_from=resume goes on from here exactly
+    if stop.received and iter_num < max_iters:  # the step reached, saved: resume goes on from it
         save_checkpoint("ckpt.pt")
         if runtime.master:
             print(f"stopped by {stop.name} at step {iter_num}: saved {out_dir}/ckpt.pt; "

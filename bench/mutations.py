@@ -152,7 +152,7 @@ mutation("generation samples padded vocabulary rows", FAST,
 
 # A run's life: stops, lineage, fresh files (tests/test_run_life.py)
 LIFE = ["tests/test_run_life.py"]
-STOPPED = "    if stop.received:  # the step reached, saved: --init_from=resume goes on from here exactly\n"
+STOPPED = "    if stop.received and iter_num < max_iters:  # the step reached, saved: resume goes on from it\n"
 mutation("a SIGTERM stop saves nothing", LIFE,
          in_both_scripts(STOPPED + '        save_checkpoint("ckpt.pt")\n', STOPPED + "        pass\n"))
 mutation("a resumed run forgets the model it began from", LIFE,

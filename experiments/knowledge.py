@@ -187,8 +187,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the recipe: the two bases and their SFTs")
     parser.add_argument("--seed", type=int, default=1337, help="the seed of everything (with --seeds, the first)")
     parser.add_argument("--seeds", type=int, default=1, help="run with this many seeds: --seed, --seed + 1, ...")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0: each trainer takes the "
-                        "cores idle at its start, as the trainers do)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every trainer run (0: the cores "
+                        "idle at its start) and of the evaluations here (0: torch's default)")
     parser.add_argument("--reuse", action="store_true", help="keep the finished checkpoints already in out_dir "
                         "(a run interrupted, or new evaluations only); wall_s then counts only this invocation")
     parser.add_argument("--dtype", default="auto", choices=["auto", *common.DTYPES],
@@ -207,7 +207,7 @@ def main() -> None:
     if args.seeds < 1:
         raise errors.UserError(f"--seeds={args.seeds}: give 1 or more")
     if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # (and --threads to each trainer)
         torch.set_num_threads(args.threads)
     t0 = time.time()
     out = os.path.abspath(args.out_dir)

@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--pretrain_steps", type=int, default=0,
                         help="the base model's steps (0: experiments/configs/world_pretrain.py's); given, "
                              "it wins over --smoke's")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every run (0: the idle cores)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of every trainer run (0: the idle "
+                        "cores) and of the evaluations here (0: torch's default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *knowledge.common.DTYPES],
                         help="every training's dtype (auto: bf16 where the CPU has it)")
     parser.add_argument("--smoke", action="store_true",
@@ -72,7 +73,7 @@ def main() -> None:
         raise errors.UserError(f"--data={args.data}: give one or more of all,diverse,many separated by commas")
     rows = [r for r in ROWS if r[0] in data_names]
     if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainers inherit it
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # (and --threads to each trainer)
         torch.set_num_threads(args.threads)
     out, t0 = os.path.abspath(args.out_dir), time.time()
     table = {row: {n: [] for n in steps} for _, _, row in rows}  # row -> steps -> per-seed figures
