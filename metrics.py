@@ -31,8 +31,8 @@ class MetricsLog:
             return
         os.makedirs(out_dir, exist_ok=True)
         if resume_step is not None:
-            evaluates_again = resume_step % config["eval_interval"] == 0 or resume_step >= config["max_iters"]
-            truncate(self.path, resume_step, evaluates_again)
+            # (a resume always has a step left to train: checkpoint.check_resume refuses one that has not)
+            truncate(self.path, resume_step, evaluates_again=resume_step % config["eval_interval"] == 0)
         else:  # a new run's curves start empty
             open(self.path, "w").close()
             shutil.rmtree(os.path.join(out_dir, "tensorboard"), ignore_errors=True)
