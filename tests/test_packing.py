@@ -14,6 +14,7 @@ import torch
 from conftest import make_hf, needs_bpe, run_script
 
 import data
+import metrics
 from model import GPT, GPTConfig, document_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -319,6 +320,9 @@ def test_a_compiled_evaluation_with_flex_equals_the_sdpa_one(sft_data, tmp_path,
     run_script("train_sft.py", f"--data_dir={sft_data}", f"--out_dir={tmp_path / 'base'}", "--max_iters=2")
     graphs = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled_keeping_graphs(model, graphs))
+    records, write = [], metrics.MetricsLog.write  # what the run logs, at full precision (and writes: nothing)
+    monkeypatch.setattr(metrics.MetricsLog, "write", lambda self, record: (records.append(record), write(self, record)))
+    curve = (tmp_path / "base" / "metrics.jsonl").read_text()
     losses = {}
     for attention in ("sdpa", "flex"):
         capsys.readouterr()
@@ -329,10 +333,12 @@ def test_a_compiled_evaluation_with_flex_equals_the_sdpa_one(sft_data, tmp_path,
         assert done.value.code == 0
         out = capsys.readouterr().out
         assert "attention flex" in out if attention == "flex" else "attention sdpa" in out
-        losses[attention] = float(out.split("val loss ")[1].split()[0])
+        losses[attention] = [r["val_loss"] for r in records if "val_loss" in r]
+        records.clear()
         assert ran_flex_attention(graphs) == (attention == "flex"), attention
-    assert losses["flex"] == pytest.approx(losses["sdpa"], abs=1e-4)  # (as printed: four decimals)
+    assert len(losses["sdpa"]) == 1 and losses["flex"] == pytest.approx(losses["sdpa"], rel=1e-6)
     assert sorted(os.listdir(tmp_path / "base")) == ["best.pt", "ckpt.pt", "metrics.jsonl"], "evaluating wrote"
+    assert (tmp_path / "base" / "metrics.jsonl").read_text() == curve, "evaluating added to the run's curve"
 
 
 @pytest.mark.slow
