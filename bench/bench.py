@@ -719,10 +719,11 @@ def recipe() -> dict:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
 
 
-def stream(cmd: list[str], env: dict | None = None, deadline: float | None = None) -> tuple[int, list]:
+def stream(cmd: list[str], env: dict | None = None, deadline: float | None = None) -> tuple[int, list, float]:
     """Run cmd from the repository root, its output echoed as it comes (a hang shows where; progress bars'
     lines are left out) and kept as (seconds since the start, line); killed at `deadline` (a time.time()),
-    when its exit code is 124. A thread reads the output, so a silent process cannot outlive the deadline."""
+    when its exit code is 124. A thread reads the output, so a silent process cannot outlive the deadline.
+    Returns the exit code, the lines and the wall seconds to the process's end."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -743,8 +744,9 @@ def stream(cmd: list[str], env: dict | None = None, deadline: float | None = Non
         proc.wait()
         code = 124
         lines.append((time.perf_counter() - start, "(stopped: past its deadline)\n"))
+    wall_s = time.perf_counter() - start
     reader.join(timeout=10)
-    return code, lines
+    return code, lines, wall_s
 
 
 def run_main_job(data_dir, out_dir, steps, extra=(), env=None, full=False) -> dict:
@@ -758,14 +760,14 @@ def run_main_job(data_dir, out_dir, steps, extra=(), env=None, full=False) -> di
         cmd += [f"--max_iters={steps}", f"--eval_interval={steps}", f"--checkpoint_interval={steps}",
                 "--log_interval=5"]
     cmd += list(extra)
-    print("  $ " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:]), flush=True)
-    code, lines = stream(cmd, env)
+    print("  $ " + " ".join(c.replace(ROOT + os.sep, "") for c in cmd[1:]), flush=True)
+    code, lines, wall_s = stream(cmd, env)
     if code != 0:
         raise errors.UserError(f"the main job failed (exit {code}); its output is above")
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     setup_s = next((t for t, line in lines if line.startswith("out_dir:")), None)
-    return {"wall_s": lines[-1][0] if lines else 0.0, "setup_s": setup_s, "records": records,
+    return {"wall_s": wall_s, "setup_s": setup_s, "records": records,
             "output": "".join(line for _, line in lines)}
 
 

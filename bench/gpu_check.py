@@ -42,7 +42,7 @@ def run(name: str, cmd: list[str], out: str, deadline: float, env: dict) -> tupl
     """cmd from the repository root (bench.stream: output echoed, killed at the deadline), its output kept in
     out/name.txt."""
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
-    code, lines = bench.stream(cmd, env, deadline)
+    code, lines, _ = bench.stream(cmd, env, deadline)
     text = "".join(line for _, line in lines)
     with open(os.path.join(out, f"{name}.txt"), "w") as f:
         f.write(text)
