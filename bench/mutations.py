@@ -160,6 +160,8 @@ mutation("a resumed run forgets the model it began from", LIFE,
                          '    tokens_before = resumed["tokens"]'))
 mutation("a new run appends to the metrics of the run before", LIFE,
          [("metrics.py", '            open(self.path, "w").close()', "            pass")])
+mutation("an evaluation-only run writes into the run's metrics", PACKING,
+         [("metrics.py", 'self.writes = master and not config["eval_only"]', "self.writes = master")])
 mutation("a new run silently replaces the run in its out_dir", LIFE,
          [("checkpoint.py", "    if found and not overwrite:", "    if False:")])
 mutation("a second Ctrl-C waits for the step to end", LIFE,
